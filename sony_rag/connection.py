@@ -1,0 +1,389 @@
+"""``Database``: one object owning a sync and an async connection pool to one Postgres server.
+
+It resolves where to connect (``DATABASE_URL`` or the embedded server), waits for a server that is waking
+up (bounded retries with backoff), applies the transaction-pooler rules (no prepared statements, no
+session ``SET``), registers pgvector's type on each new connection, and runs plans (``run``/``arun``),
+translating database errors into sony-rag's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types import TypeInfo
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from sony_rag.embedded import embedded_url
+from sony_rag.errors import (
+    DatabaseUnavailableError,
+    SonyRagError,
+    translate_database_error,
+)
+from sony_rag.executor import Plan, adrive, drive
+from sony_rag.settings import Settings, get_settings
+
+logger = logging.getLogger("sony_rag")
+T = TypeVar("T")
+
+# How long cached server facts (pgvector version, index options) are trusted before being read again.
+_CAPABILITY_TTL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """The approximate index on document_embeddings.embedding, as the server reports it."""
+
+    method: str  # "ivfflat" or "hnsw"
+    lists: int | None
+    m: int | None
+    ef_construction: int | None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the connected server can do, read once and cached for a minute."""
+
+    pgvector_version: tuple[int, ...]
+    vector_index: VectorIndex | None
+
+    @property
+    def iterative_scan(self) -> bool:
+        """Return True when pgvector has iterative index scans (0.8.0 and later)."""
+        return self.pgvector_version >= (0, 8, 0)
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """Return ``user@host:port/dbname`` for logs and errors: never the password or other parameters."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    host = str(parts.get("host") or "localhost")
+    if host.startswith("/"):
+        host = f"socket {host}"
+    user = parts.get("user")
+    port = parts.get("port")
+    where = f"{host}:{port}" if port else host
+    return f"{user + '@' if user else ''}{where}/{parts.get('dbname') or user or 'postgres'}"
+
+
+def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
+    """Return True when the URL points at a transaction-mode pooler (Neon's '-pooler' hosts) or settings say so."""
+    if explicit is not None:
+        return explicit
+    try:
+        host = str(conninfo_to_dict(conninfo).get("host") or "")
+    except psycopg.ProgrammingError:
+        return False
+    return any("-pooler" in name for name in host.split(","))
+
+
+class Database:
+    """Both pools to one server, opened lazily; use as a (sync or async) context manager or call ``close``."""
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server."""
+        self.settings = settings or get_settings()
+        if url is None and self.settings.database_url is not None:
+            url = self.settings.database_url.get_secret_value()
+        self._url = url
+        self._conninfo: str | None = None
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._apool_loop: asyncio.AbstractEventLoop | None = None
+        self._vector_info: TypeInfo | None = None
+        self._capabilities: tuple[float, Capabilities] | None = None
+        self._closed = False
+
+    # -- where and how to connect -------------------------------------------------------------------
+
+    @property
+    def conninfo(self) -> str:
+        """Return the libpq connection string (contains secrets: never log it); starts the embedded server."""
+        if self._conninfo is None:
+            self._conninfo = self._url if self._url is not None else embedded_url(self.settings.data_dir)
+        return self._conninfo
+
+    @property
+    def description(self) -> str:
+        """Return where this database is, safe to print (no password)."""
+        return describe_conninfo(self.conninfo)
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """Return True when connections go through a transaction-mode pooler."""
+        return is_transaction_pooler(self.conninfo, self.settings.transaction_pooler)
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Return the keyword arguments every connection of this database is opened with."""
+        kwargs: dict[str, Any] = {
+            "autocommit": True,  # every plan opens its own explicit transaction
+            "connect_timeout": max(1, round(self.settings.connect_timeout)),
+            "application_name": "sony-rag",
+        }
+        if self.transaction_pooler:
+            # PgBouncer in transaction mode hands each transaction to any server connection: a statement
+            # prepared on one is missing on the next ("prepared statement _pg3_0 does not exist").
+            kwargs["prepare_threshold"] = None
+        elif self.settings.statement_timeout_ms:
+            # A startup parameter costs no round trip; behind a pooler the executor uses SET LOCAL instead.
+            kwargs["options"] = f"-c statement_timeout={self.settings.statement_timeout_ms}"
+        return kwargs
+
+    def _per_transaction_settings(self) -> dict[str, str] | None:
+        if self.transaction_pooler and self.settings.statement_timeout_ms:
+            return {"statement_timeout": str(self.settings.statement_timeout_ms)}
+        return None
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """Return a new plain connection (no pgvector types), retrying while the server wakes up."""
+        kwargs = {**self.connection_kwargs(), "autocommit": autocommit}
+        attempts = self.settings.connect_retries + 1
+        delay = self.settings.connect_backoff
+        last_error: psycopg.OperationalError | None = None
+        for attempt in range(attempts):
+            try:
+                return psycopg.connect(self.conninfo, **kwargs)
+            except psycopg.OperationalError as error:
+                last_error = error
+                if attempt + 1 < attempts:
+                    logger.warning("sony-rag: %s not reachable (attempt %d/%d), retrying in %.2fs",
+                                   self.description, attempt + 1, attempts, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        raise DatabaseUnavailableError(
+            f"could not connect to {self.description} after {attempts} attempts: "
+            f"{_safe_reason(last_error, self.conninfo)}"
+        ) from None
+
+    # -- pools ----------------------------------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        info = self._vector_info or self._fetch_vector_info(conn)
+        if info is not None:
+            _register_vector_adapters(conn, info)
+
+    async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        info = self._vector_info
+        if info is None:
+            info = await TypeInfo.fetch(conn, "vector")
+            self._vector_info = info
+        if info is not None:
+            _register_vector_adapters(conn, info)
+
+    def _fetch_vector_info(self, conn: psycopg.Connection[Any]) -> TypeInfo | None:
+        # Fetched once per database rather than on every new connection; None until migrations ran.
+        info = TypeInfo.fetch(conn, "vector")
+        self._vector_info = info
+        return info
+
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        """Return the sync pool, opening it (after the server answers) on first use."""
+        if self._closed:
+            raise DatabaseUnavailableError("this Database was closed")
+        with self._lock:
+            if self._pool is None:
+                self.connect().close()  # waits for a waking server with a clear error, before the pool
+                self._pool = ConnectionPool(
+                    self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
+                    max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
+                    configure=self._configure, check=ConnectionPool.check_connection,
+                    name="sony-rag", open=True,
+                )
+            return self._pool
+
+    async def apool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        """Return the async pool of the running event loop, opening it on first use."""
+        if self._closed:
+            raise DatabaseUnavailableError("this Database was closed")
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            stale = None
+            if self._apool is not None and self._apool_loop is not loop:
+                # A pool belongs to the loop that opened it; asyncio.run() twice means two loops.
+                stale, self._apool = self._apool, None
+            if self._apool is None:
+                self._apool = AsyncConnectionPool(
+                    self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
+                    max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
+                    configure=self._aconfigure, check=AsyncConnectionPool.check_connection,
+                    name="sony-rag-async", open=False,
+                )
+                self._apool_loop = loop
+            pool = self._apool
+        if stale is not None:
+            await _close_stale_pool(stale)
+        if pool.closed:
+            await asyncio.to_thread(self.connect().close)  # bounded wait for a waking server
+            await pool.open()
+        return pool
+
+    def reset(self) -> None:
+        """Close both pools and forget cached server facts (after migrations or an index rebuild)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            apool, self._apool = self._apool, None
+            self._vector_info = None
+            self._capabilities = None
+        if pool is not None:
+            pool.close()
+        if apool is not None:
+            _close_async_pool_from_sync(apool, self._apool_loop)
+
+    def close(self) -> None:
+        """Close both pools; the Database cannot be used afterwards."""
+        self.reset()
+        self._closed = True
+
+    async def aclose(self) -> None:
+        """Close both pools from async code; the Database cannot be used afterwards."""
+        with self._lock:
+            apool, self._apool = self._apool, None
+        if apool is not None:
+            await apool.close()
+        self.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- running plans -----------------------------------------------------------------------------
+
+    def run(self, plan_: Plan[T]) -> T:
+        """Run a plan in one transaction and return its result; raises SonyRagError subclasses only."""
+        attempts = 2 if plan_.read_only else 1
+        for attempt in range(attempts):
+            try:
+                with self.pool().connection() as conn:
+                    return drive(conn, plan_, self._per_transaction_settings())
+            except PoolTimeout as error:
+                raise DatabaseUnavailableError(
+                    f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
+                ) from error
+            except psycopg.Error as error:
+                if attempt + 1 < attempts and _connection_lost(error):
+                    logger.warning("sony-rag: connection to %s lost during a read; retrying once",
+                                   self.description)
+                    continue
+                raise translate_database_error(error) from error
+        raise AssertionError("unreachable")
+
+    async def arun(self, plan_: Plan[T]) -> T:
+        """Run a plan in one transaction on the async pool and return its result; raises SonyRagError only."""
+        attempts = 2 if plan_.read_only else 1
+        for attempt in range(attempts):
+            try:
+                pool = await self.apool()
+                async with pool.connection() as conn:
+                    return await adrive(conn, plan_, self._per_transaction_settings())
+            except PoolTimeout as error:
+                raise DatabaseUnavailableError(
+                    f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
+                ) from error
+            except psycopg.Error as error:
+                if attempt + 1 < attempts and _connection_lost(error):
+                    logger.warning("sony-rag: connection to %s lost during a read; retrying once",
+                                   self.description)
+                    continue
+                raise translate_database_error(error) from error
+        raise AssertionError("unreachable")
+
+    # -- server facts ------------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        """Return the server's pgvector version and vector index options (cached for a minute)."""
+        cached = self._capabilities
+        if cached is not None and time.monotonic() - cached[0] < _CAPABILITY_TTL_SECONDS:
+            return cached[1]
+        from sony_rag import plans
+
+        caps = self.run(plans.read_capabilities())
+        self._capabilities = (time.monotonic(), caps)
+        return caps
+
+    async def acapabilities(self) -> Capabilities:
+        """Return the server's pgvector version and vector index options (cached for a minute)."""
+        cached = self._capabilities
+        if cached is not None and time.monotonic() - cached[0] < _CAPABILITY_TTL_SECONDS:
+            return cached[1]
+        from sony_rag import plans
+
+        caps = await self.arun(plans.read_capabilities())
+        self._capabilities = (time.monotonic(), caps)
+        return caps
+
+    def forget_capabilities(self) -> None:
+        """Drop cached server facts so the next search reads them again (after an index change)."""
+        self._capabilities = None
+
+    def __repr__(self) -> str:
+        where = self.description if self._conninfo or self._url else "embedded (not started)"
+        return f"Database({where})"
+
+
+def _register_vector_adapters(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+                              info: TypeInfo) -> None:
+    from pgvector.psycopg.vector import register_vector_info
+
+    register_vector_info(conn, info)
+
+
+def _connection_lost(error: psycopg.Error) -> bool:
+    return isinstance(error, psycopg.OperationalError) and not isinstance(
+        error, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable
+    )
+
+
+def _safe_reason(error: BaseException | None, conninfo: str) -> str:
+    if error is None:
+        return "unknown error"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    password = conninfo_to_dict(conninfo).get("password")
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason
+
+
+async def _close_stale_pool(pool: AsyncConnectionPool[Any]) -> None:
+    try:
+        await asyncio.wait_for(pool.close(timeout=1.0), timeout=2.0)
+    except Exception:  # the old loop is gone: its sockets are released by garbage collection
+        logger.debug("sony-rag: could not close an async pool from a finished event loop")
+
+
+def _close_async_pool_from_sync(pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop | None) -> None:
+    if loop is not None and loop.is_running():
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(pool.close())
+        else:
+            asyncio.run_coroutine_threadsafe(pool.close(), loop)
+        return
+    if loop is not None and not loop.is_closed():
+        try:
+            loop.run_until_complete(pool.close())
+            return
+        except Exception:
+            logger.debug("sony-rag: could not close the async pool on its loop")
+
+
+__all__ = ["Capabilities", "Database", "SonyRagError", "VectorIndex", "describe_conninfo", "is_transaction_pooler"]

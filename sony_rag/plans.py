@@ -1,0 +1,249 @@
+"""Every database operation of more than one step, written once for the sync and the async executor.
+
+Each plan is a generator function decorated with ``@plan``: it yields steps (``fetch``, ``execute``,
+``Copy``, ``SetLocal``), receives their results, and returns the operation's result. Plans do no I/O and
+run inside one transaction, so an exception anywhere (ours or the database's) leaves nothing written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import numpy.typing as npt
+from psycopg.types.json import Jsonb
+
+from sony_rag.connection import Capabilities, VectorIndex
+from sony_rag.errors import SessionNotFoundError
+from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
+from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql import messages as message_sql
+from sony_rag.sql import selections as selection_sql
+from sony_rag.sql import sessions as session_sql
+
+Row = dict[str, Any]
+
+# HNSW needs ef_search >= k to return k rows; pgvector caps ef_search at 1000.
+_MAX_EF_SEARCH = 1000
+
+
+@plan(read_only=True)
+def read_capabilities() -> PlanGenerator[Capabilities]:
+    """Read the pgvector version and the vector index's method and options."""
+    rows = yield fetch(embedding_sql.capabilities())
+    row = rows[0]
+    version = tuple(int(part) for part in str(row["pgvector_version"] or "0").split(".") if part.isdigit())
+    index = None
+    if row["index_method"]:
+        options = dict(option.split("=", 1) for option in (row["index_options"] or []))
+        index = VectorIndex(
+            method=row["index_method"],
+            lists=int(options.get("lists", 100)) if row["index_method"] == "ivfflat" else None,
+            m=int(options.get("m", 16)) if row["index_method"] == "hnsw" else None,
+            ef_construction=int(options.get("ef_construction", 64)) if row["index_method"] == "hnsw" else None,
+        )
+    return Capabilities(pgvector_version=version, vector_index=index)
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+
+@plan(read_only=False)
+def create_session(session_id: UUID | None, user_agent: str | None, current_page: str | None,
+                   metadata: dict[str, Any], *, if_missing: bool = False) -> PlanGenerator[Row | None]:
+    """Insert a session; with ``if_missing`` an existing id is left alone and None is returned."""
+    rows = yield fetch(session_sql.insert(session_id, user_agent, current_page, metadata, if_missing=if_missing))
+    return rows[0] if rows else None
+
+
+@plan(read_only=True)
+def get_session(session_id: UUID) -> PlanGenerator[Row | None]:
+    """Return one session row, or None."""
+    rows = yield fetch(session_sql.get(session_id))
+    return rows[0] if rows else None
+
+
+@plan(read_only=False)
+def update_session(session_id: UUID, user_agent: str | None, current_page: str | None,
+                   metadata: dict[str, Any] | None) -> PlanGenerator[Row]:
+    """Update a session and return its row; raises SessionNotFoundError."""
+    rows = yield fetch(session_sql.update(session_id, user_agent=user_agent, current_page=current_page,
+                                          metadata=metadata))
+    if not rows:
+        raise SessionNotFoundError(f"chat session {session_id} does not exist")
+    return rows[0]  # type: ignore[no-any-return]
+
+
+@plan(read_only=False)
+def delete_session(session_id: UUID) -> PlanGenerator[bool]:
+    """Delete a session (messages and selections cascade); return whether it existed."""
+    count = yield execute(session_sql.delete(session_id))
+    return bool(count)
+
+
+@plan(read_only=False)
+def prune_sessions(older_than: timedelta) -> PlanGenerator[int]:
+    """Delete sessions idle for longer than ``older_than``; return how many."""
+    count = yield execute(session_sql.prune(older_than))
+    return int(count)
+
+
+@plan(read_only=True)
+def recent_sessions(limit: int) -> PlanGenerator[list[Row]]:
+    """Return the most recently active sessions with their message counts."""
+    rows = yield fetch(session_sql.recent(limit))
+    return rows  # type: ignore[no-any-return]
+
+
+# -- messages ----------------------------------------------------------------------------------------
+
+
+@plan(read_only=False)
+def add_messages(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
+                 token_usages: Sequence[int | None], page_context: str | None,
+                 metadatas: Sequence[dict[str, Any]], *, create_session: Row | None = None) -> PlanGenerator[None]:
+    """Append messages in order and mark the session active; ``create_session`` holds columns for a new one.
+
+    Raises SessionNotFoundError when the session is missing and may not be created.
+    """
+    # Touching the session first takes its row lock: concurrent writers to one session queue here, so the
+    # order of their seq values is the order in which they committed.
+    touched = yield fetch(session_sql.touch(session_id, page_context))
+    if not touched:
+        if create_session is None:
+            raise SessionNotFoundError(f"chat session {session_id} does not exist")
+        yield fetch(session_sql.insert(session_id, create_session.get("user_agent"),
+                                       page_context or create_session.get("current_page"),
+                                       create_session.get("metadata") or {}, if_missing=True))
+        yield fetch(session_sql.touch(session_id, page_context))
+    if message_ids:
+        yield execute(message_sql.insert_many(session_id, message_ids, roles, contents, token_usages,
+                                              [page_context] * len(message_ids), metadatas))
+
+
+@plan(read_only=True)
+def history(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row]]:
+    """Return the newest ``limit`` messages of a session (all when None), oldest first."""
+    rows = yield fetch(message_sql.newest(session_id, limit))
+    return rows  # type: ignore[no-any-return]
+
+
+@plan(read_only=False)
+def clear_messages(session_id: UUID) -> PlanGenerator[int]:
+    """Delete every message of a session; return how many."""
+    count = yield execute(message_sql.delete_for_session(session_id))
+    return int(count)
+
+
+# -- embeddings --------------------------------------------------------------------------------------
+
+EmbeddingRow = tuple[UUID, str, str | None, str, npt.NDArray[np.float32], Jsonb, str | None]
+
+
+@plan(read_only=False)
+def insert_embeddings(rows: Sequence[EmbeddingRow]) -> PlanGenerator[int]:
+    """Append rows whose ids are new (freshly generated) through one binary COPY; return the count."""
+    count = yield Copy(embedding_sql.copy_into_table(), embedding_sql.COPY_TYPES, rows)
+    return int(count)
+
+
+@plan(read_only=False)
+def upsert_embeddings(rows: Sequence[EmbeddingRow]) -> PlanGenerator[int]:
+    """Insert rows or replace those whose ids exist, through COPY into a staging table; return the count."""
+    yield execute(embedding_sql.create_staging())
+    yield Copy(embedding_sql.copy_into_staging(), embedding_sql.COPY_TYPES, rows)
+    count = yield execute(embedding_sql.upsert_from_staging())
+    return int(count)
+
+
+def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = None,
+                 ef_search: int | None = None) -> dict[str, str]:
+    """Return the SET LOCAL settings that make the vector index find ``k`` rows well."""
+    index = capabilities.vector_index
+    if index is None:
+        return {}
+    if index.method == "ivfflat":
+        lists = index.lists or 100
+        settings = {"ivfflat.probes": str(probes or default_probes(lists))}
+        if capabilities.iterative_scan:
+            settings["ivfflat.iterative_scan"] = "relaxed_order"
+        return settings
+    settings = {"hnsw.ef_search": str(min(_MAX_EF_SEARCH, ef_search or max(40, 2 * k)))}
+    if capabilities.iterative_scan:
+        settings["hnsw.iterative_scan"] = "strict_order"
+    return settings
+
+
+def default_probes(lists: int) -> int:
+    """Return the IVFFlat probes used when none is given: twice sqrt(lists), at most all lists."""
+    return max(1, min(lists, math.ceil(2 * math.sqrt(lists))))
+
+
+@plan(read_only=True)
+def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, Any] | None,
+           capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
+           probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``.
+
+    Exact count: the index is tried first; when it yields fewer than ``k`` rows (an IVFFlat index trained on
+    few rows, or a selective filter that post-filtering starves), the same query runs again as an exact scan.
+    """
+    max_distance = None if min_similarity is None else 1.0 - min_similarity
+    settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search)
+    if settings:
+        yield SetLocal(settings)
+    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, with_embedding=with_embedding))
+    if len(rows) < k and capabilities.vector_index is not None:
+        # The vector index serves only index scans; turning them off leaves an exact scan (bitmap scans on
+        # the btree indexes still serve the filter).
+        yield SetLocal({"enable_indexscan": "off"})
+        rows = yield fetch(embedding_sql.nearest(query_vector, k, filter, max_distance=max_distance,
+                                                 with_embedding=with_embedding))
+    # Iterative scans in relaxed order may return rows slightly out of order.
+    rows.sort(key=lambda row: row["distance"])
+    if max_distance is not None:
+        rows = [row for row in rows if row["distance"] <= max_distance]
+    return rows
+
+
+@plan(read_only=True)
+def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
+    """Return the rows with the given ids (in no particular order)."""
+    rows = yield fetch(embedding_sql.by_ids(ids))
+    return rows  # type: ignore[no-any-return]
+
+
+@plan(read_only=False)
+def delete_embeddings(ids: Sequence[UUID] | None = None, filter: Mapping[str, Any] | None = None,
+                      source: tuple[str, str | None] | None = None) -> PlanGenerator[int]:
+    """Delete the rows matched by each selector given (ids, filter, source); return how many were deleted."""
+    total = 0
+    if ids is not None:
+        total += yield execute(embedding_sql.delete_ids(ids))
+    if filter is not None:
+        total += yield execute(embedding_sql.delete_matching(filter))
+    if source is not None:
+        total += yield execute(embedding_sql.delete_source(*source))
+    return total
+
+
+# -- selections --------------------------------------------------------------------------------------
+
+
+@plan(read_only=False)
+def insert_selection(session_id: UUID, selected_text: str, page_url: str | None,
+                     embedding: npt.NDArray[np.float32] | None, metadata: dict[str, Any]) -> PlanGenerator[UUID]:
+    """Insert one selection and return its id; raises SessionNotFoundError for an unknown session."""
+    rows = yield fetch(selection_sql.insert(session_id, selected_text, page_url, embedding, metadata))
+    return rows[0]["selection_id"]  # type: ignore[no-any-return]
+
+
+@plan(read_only=True)
+def recent_selections(session_id: UUID, limit: int, max_age: timedelta | None = None) -> PlanGenerator[list[Row]]:
+    """Return a session's newest selections, newest first."""
+    rows = yield fetch(selection_sql.recent(session_id, limit, max_age))
+    return rows  # type: ignore[no-any-return]

@@ -1,0 +1,50 @@
+"""Settings read from the environment and a ``.env`` file (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(user_data_dir("sony-rag", appauthor=False)) / "pgdata"
+
+
+class Settings(BaseSettings):
+    """Configuration of sony-rag; every field has an environment variable (see the README's table)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SONY_RAG_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        populate_by_name=True,
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SONY_RAG_DATABASE_URL", "database_url"),
+        description="Postgres URL; unset means an embedded server in data_dir.",
+    )
+    pool_min_size: int = Field(default=2, ge=0, description="Connections each pool keeps open.")
+    pool_max_size: int = Field(default=10, ge=1, description="Most connections each pool opens.")
+    pool_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for a free pooled connection.")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds one connection attempt may take.")
+    connect_retries: int = Field(default=5, ge=0, description="Extra attempts while a server wakes up.")
+    connect_backoff: float = Field(default=0.25, gt=0, description="First retry delay in seconds; doubles.")
+    statement_timeout_ms: int = Field(default=30_000, ge=0, description="Per-statement limit; 0 = none.")
+    transaction_pooler: bool | None = Field(
+        default=None,
+        description="True behind PgBouncer in transaction mode; None detects Neon's '-pooler' hosts.",
+    )
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Embedded server's data folder.")
+    embeddings: Literal["local", "fake"] = Field(
+        default="local", description="Embeddings the CLI and examples use: the real MiniLM model or the fake."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment and ``.env``."""
+    return Settings()

@@ -1,0 +1,113 @@
+"""SQL for document_embeddings: bulk writes through binary COPY, nearest-neighbour search, deletes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+from uuid import UUID
+
+from psycopg import sql
+
+from sony_rag.sql import Params, Query
+from sony_rag.sql.filters import compile_filter
+
+# Column order of every COPY into document_embeddings (and of the staging table used for upserts).
+COPY_COLUMNS: Final = ("embedding_id", "source_type", "source_id", "content_chunk", "embedding", "metadata",
+                       "document_id")
+COPY_TYPES: Final = ("uuid", "varchar", "text", "text", "vector", "jsonb", "text")
+
+_RESULT_COLUMNS = sql.SQL(
+    "embedding_id, source_type, source_id, content_chunk, metadata, created_at, updated_at, document_id"
+)
+_STAGING = sql.Identifier("sony_rag_staging")
+
+
+def _column_list() -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(name) for name in COPY_COLUMNS)
+
+
+def copy_into_table() -> sql.Composable:
+    """Return the binary COPY statement that appends rows straight to document_embeddings."""
+    return sql.SQL("COPY document_embeddings ({}) FROM STDIN WITH (FORMAT BINARY)").format(_column_list())
+
+
+def create_staging() -> Query:
+    """Return a CREATE of the transaction-scoped staging table that upserts are copied into first."""
+    return sql.SQL(
+        "CREATE TEMP TABLE {} (LIKE document_embeddings INCLUDING DEFAULTS) ON COMMIT DROP"
+    ).format(_STAGING), {}
+
+
+def copy_into_staging() -> sql.Composable:
+    """Return the binary COPY statement into the staging table."""
+    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(_STAGING, _column_list())
+
+
+def upsert_from_staging() -> Query:
+    """Return the INSERT ... ON CONFLICT that moves staged rows in, replacing rows with the same id."""
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in COPY_COLUMNS[1:]
+    )
+    # Sorted by id so that concurrent upserts of overlapping ids lock rows in one order and cannot deadlock.
+    return sql.SQL(
+        "INSERT INTO document_embeddings ({cols}) SELECT {cols} FROM {staging} ORDER BY embedding_id "
+        "ON CONFLICT (embedding_id) DO UPDATE SET {updates}, updated_at = NOW()"
+    ).format(cols=_column_list(), staging=_STAGING, updates=updates), {}
+
+
+def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
+            max_distance: float | None = None, with_embedding: bool = False) -> Query:
+    """Return the ``ORDER BY embedding <=> q LIMIT n`` search (the form the vector index serves)."""
+    p = Params()
+    q = p.add(query_vector)
+    where = [compile_filter(filter, p)]
+    if max_distance is not None:
+        where.append(sql.SQL("(embedding <=> {}) <= {}").format(q, p.add(max_distance, "float8")))
+    extra = sql.SQL(", embedding") if with_embedding else sql.SQL("")
+    query = sql.SQL(
+        "SELECT {cols}{extra}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} "
+        "ORDER BY embedding <=> {q} LIMIT {limit}"
+    ).format(cols=_RESULT_COLUMNS, extra=extra, q=q, where=sql.SQL(" AND ").join(where), limit=p.add(limit))
+    return query, p.values
+
+
+def by_ids(ids: Sequence[UUID]) -> Query:
+    """Return a SELECT of the rows with the given ids."""
+    p = Params()
+    return sql.SQL("SELECT {} FROM document_embeddings WHERE embedding_id = ANY({})").format(
+        _RESULT_COLUMNS, p.add(list(ids), "uuid[]")), p.values
+
+
+def delete_ids(ids: Sequence[UUID]) -> Query:
+    """Return a DELETE of the rows with the given ids."""
+    p = Params()
+    return sql.SQL("DELETE FROM document_embeddings WHERE embedding_id = ANY({})").format(
+        p.add(list(ids), "uuid[]")), p.values
+
+
+def delete_matching(filter: Mapping[str, Any]) -> Query:
+    """Return a DELETE of the rows a metadata filter matches."""
+    p = Params()
+    return sql.SQL("DELETE FROM document_embeddings WHERE {}").format(compile_filter(filter, p)), p.values
+
+
+def delete_source(source_type: str, source_id: str | None) -> Query:
+    """Return a DELETE of one source's rows (all rows of the type when ``source_id`` is None)."""
+    p = Params()
+    query = sql.SQL("DELETE FROM document_embeddings WHERE source_type = {}").format(p.add(source_type))
+    if source_id is not None:
+        query += sql.SQL(" AND source_id = {}").format(p.add(source_id))
+    return query, p.values
+
+
+def capabilities() -> Query:
+    """Return a SELECT of the pgvector version and the method and options of the vector index, if any."""
+    return sql.SQL(
+        "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector_version, "
+        "idx.amname AS index_method, idx.reloptions AS index_options "
+        "FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
+        " SELECT am.amname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = to_regclass('document_embeddings')"
+        " AND am.amname IN ('ivfflat', 'hnsw') AND i.indisvalid ORDER BY c.relname LIMIT 1"
+        ") AS idx ON TRUE"
+    ), {}

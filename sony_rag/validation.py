@@ -1,0 +1,168 @@
+"""Checks of user input, run before anything is written; each raises a documented InvalidInputError."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import numpy.typing as npt
+
+from sony_rag.errors import (
+    InvalidEmbeddingError,
+    InvalidIdentifierError,
+    InvalidMetadataError,
+    InvalidRoleError,
+    InvalidSourceTypeError,
+    InvalidTextError,
+)
+from sony_rag.types import EMBEDDING_DIMENSIONS, ROLES, SOURCE_TYPES
+
+# Deeper documents than this are almost certainly hostile input, and jsonb refuses very deep nesting anyway.
+MAX_METADATA_DEPTH = 64
+
+
+def as_uuid(value: object, what: str = "id") -> UUID:
+    """Return ``value`` as a UUID; raises InvalidIdentifierError when it is not one."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidIdentifierError(f"{what} must be a UUID, got {_preview(value)}")
+
+
+def text(value: object, what: str, *, optional: bool = False) -> str | None:
+    """Return ``value`` if it is storable text (a str without NUL bytes); raises InvalidTextError."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise InvalidTextError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise InvalidTextError(f"{what} contains a NUL byte, which Postgres cannot store")
+    if not _is_utf8(value):
+        raise InvalidTextError(f"{what} contains a lone surrogate, which is not valid UTF-8")
+    return value
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def required_text(value: object, what: str) -> str:
+    """Return ``value`` if it is storable text; raises InvalidTextError (None is refused too)."""
+    checked = text(value, what)
+    assert checked is not None
+    return checked
+
+
+def role(value: object) -> str:
+    """Return ``value`` if it is an allowed chat role; raises InvalidRoleError."""
+    if not isinstance(value, str) or value not in ROLES:
+        raise InvalidRoleError(f"role must be one of {sorted(ROLES)}, got {_preview(value)}")
+    return value
+
+
+def source_type(value: object) -> str:
+    """Return ``value`` if it is an allowed source type; raises InvalidSourceTypeError."""
+    if not isinstance(value, str) or value not in SOURCE_TYPES:
+        raise InvalidSourceTypeError(f"source_type must be one of {sorted(SOURCE_TYPES)}, got {_preview(value)}")
+    return value
+
+
+def metadata(value: object, what: str = "metadata") -> dict[str, Any]:
+    """Return ``value`` (None -> {}) if it is a JSON object that round-trips exactly; raises InvalidMetadataError."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidMetadataError(f"{what} must be a dict, got {type(value).__name__}")
+    _check_json(value, what, 0)
+    return dict(value)
+
+
+def _check_json(value: object, path: str, depth: int) -> None:
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidMetadataError(f"{path} is nested deeper than {MAX_METADATA_DEPTH} levels")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidMetadataError(f"{path} is {value}, which JSON cannot hold")
+        # jsonb keeps the decimal digits of repr(); a huge whole float like 1e308 would read back as the
+        # integer 10**308, which is not equal to it.
+        if abs(value) >= 2**53 and value.is_integer() and Decimal(repr(value)) != Decimal(value):
+            raise InvalidMetadataError(f"{path} is {value!r}, too large to read back exactly; store it as a string")
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidMetadataError(f"{path} contains a NUL byte, which jsonb cannot store")
+        if not _is_utf8(value):
+            raise InvalidMetadataError(f"{path} contains a lone surrogate, which is not valid UTF-8")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMetadataError(f"{path} has a non-string key {_preview(key)}")
+            if "\x00" in key or not _is_utf8(key):
+                raise InvalidMetadataError(f"{path} has a key with a NUL byte or a lone surrogate")
+            _check_json(item, f"{path}.{key}", depth + 1)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+        return
+    raise InvalidMetadataError(
+        f"{path} is a {type(value).__name__}, which would not read back as stored: use str, int, float, "
+        "bool, None, list or dict"
+    )
+
+
+def vector(value: object, what: str = "embedding") -> npt.NDArray[np.float32]:
+    """Return ``value`` as a float32 array of 384 finite numbers with non-zero norm; raises InvalidEmbeddingError."""
+    if value is None or isinstance(value, str | bytes | Mapping):
+        raise InvalidEmbeddingError(f"{what} must be a sequence of {EMBEDDING_DIMENSIONS} floats, got "
+                                    f"{type(value).__name__}")
+    if hasattr(value, "to_numpy"):  # pgvector.Vector
+        value = value.to_numpy()
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InvalidEmbeddingError(f"{what} must contain only numbers: {error}") from None
+    if array.ndim != 1 or array.shape[0] != EMBEDDING_DIMENSIONS:
+        raise InvalidEmbeddingError(f"{what} must have {EMBEDDING_DIMENSIONS} dimensions, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise InvalidEmbeddingError(f"{what} contains NaN or infinity (or a number too large for float32)")
+    if not array.any():
+        raise InvalidEmbeddingError(f"{what} is all zeros, which has no cosine similarity to anything")
+    return array
+
+
+def vectors(values: Iterable[object], what: str = "embedding") -> list[npt.NDArray[np.float32]]:
+    """Return each of ``values`` checked as by ``vector``; raises InvalidEmbeddingError naming the index."""
+    checked = []
+    for index, value in enumerate(values):
+        checked.append(vector(value, f"{what}[{index}]"))
+    return checked
+
+
+def dimensions_of(sample: Sequence[float], source: str) -> None:
+    """Raise InvalidEmbeddingError unless ``sample`` has 384 dimensions (checks an embedding model's output)."""
+    if len(sample) != EMBEDDING_DIMENSIONS:
+        raise InvalidEmbeddingError(
+            f"{source} produces {len(sample)}-dimensional vectors; document_embeddings holds "
+            f"vector({EMBEDDING_DIMENSIONS})"
+        )
+
+
+def _preview(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."

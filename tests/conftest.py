@@ -1,0 +1,82 @@
+"""Shared fixtures: one real PostgreSQL with pgvector per test run (embedded, or TEST_DATABASE_URL)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from sony_rag.connection import Database
+from sony_rag.migrate import migrate
+from sony_rag.settings import Settings
+
+TEST_DATABASE = "sony_rag_test"
+
+
+def _fresh_database(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_conninfo(server_url, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Return a URL of the server's maintenance database: TEST_DATABASE_URL, else a new embedded server."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    import pgserver
+
+    server = pgserver.get_server(Path(tmp_path_factory.mktemp("pgdata")), cleanup_mode="delete")
+    yield server.get_uri()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> str:
+    """Return the URL of a migrated database for this test run."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        url = server_url  # a given test database is used as it is: it may not allow CREATE DATABASE
+    else:
+        url = _fresh_database(server_url, TEST_DATABASE)
+    with Database(url, settings=test_settings()) as db:
+        migrate(db)
+    return url
+
+
+def test_settings(**overrides: object) -> Settings:
+    """Return Settings for tests: small pools, quick retries, the environment's pooler flag."""
+    values: dict[str, object] = {"pool_min_size": 1, "pool_max_size": 8, "connect_retries": 2,
+                                 "connect_backoff": 0.05, "pool_timeout": 10.0, "embeddings": "fake"}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def shared_db(database_url: str) -> Iterator[Database]:
+    """Return one Database for the whole run (its async pool follows each test's event loop)."""
+    db = Database(database_url, settings=test_settings())
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def db(shared_db: Database) -> Iterator[Database]:
+    """Return the shared Database with empty tables, emptied again after the test."""
+    _truncate(shared_db)
+    yield shared_db
+    _truncate(shared_db)
+
+
+def _truncate(db: Database) -> None:
+    with db.pool().connection() as conn:
+        conn.execute("TRUNCATE chat_sessions, chat_messages, document_embeddings, user_text_selections CASCADE")
+        db.forget_capabilities()
