@@ -40,6 +40,7 @@ from sony_rag.errors import (
     SonyRagError,
 )
 from sony_rag.settings import Settings, get_settings
+from sony_rag.vectorstore import SonyVectorStore
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "SessionNotFoundError",
     "Settings",
     "SonyRagError",
+    "SonyVectorStore",
     "batch_insert_embeddings",
     "close_db",
     "create_chat_session",

@@ -206,7 +206,7 @@ class Database:
             raise DatabaseUnavailableError("this Database was closed")
         loop = asyncio.get_running_loop()
         with self._lock:
-            stale = None
+            stale, stale_loop = None, self._apool_loop
             if self._apool is not None and self._apool_loop is not loop:
                 # A pool belongs to the loop that opened it; asyncio.run() twice means two loops.
                 stale, self._apool = self._apool, None
@@ -220,10 +220,12 @@ class Database:
                 self._apool_loop = loop
             pool = self._apool
         if stale is not None:
-            await _close_stale_pool(stale)
+            _close_async_pool_from_sync(stale, stale_loop)
         if pool.closed:
             await asyncio.to_thread(self.connect().close)  # bounded wait for a waking server
-            await pool.open()
+            # Waiting for min_size connections leaves no connect task in flight: a loop that ends while
+            # one is pending hangs in asyncio.run()'s shutdown, as the pool keeps retrying it.
+            await pool.open(wait=True, timeout=self.settings.pool_timeout)
         return pool
 
     def reset(self) -> None:
@@ -360,14 +362,9 @@ def _safe_reason(error: BaseException | None, conninfo: str) -> str:
     return reason
 
 
-async def _close_stale_pool(pool: AsyncConnectionPool[Any]) -> None:
-    try:
-        await asyncio.wait_for(pool.close(timeout=1.0), timeout=2.0)
-    except Exception:  # the old loop is gone: its sockets are released by garbage collection
-        logger.debug("sony-rag: could not close an async pool from a finished event loop")
-
-
 def _close_async_pool_from_sync(pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop | None) -> None:
+    # An async pool can only be closed on its own loop; once that loop is closed its tasks are gone and
+    # the connections are released when the pool is garbage-collected.
     if loop is not None and loop.is_running():
         try:
             running = asyncio.get_running_loop()

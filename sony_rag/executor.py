@@ -61,7 +61,7 @@ PlanGenerator = Generator[Step, Any, T]
 _LOCAL_SETTINGS = frozenset(
     {"statement_timeout", "ivfflat.probes", "ivfflat.iterative_scan", "ivfflat.max_probes", "hnsw.ef_search",
      "hnsw.iterative_scan", "hnsw.max_scan_tuples", "enable_indexscan", "enable_seqscan", "work_mem",
-     "maintenance_work_mem", "lock_timeout"}
+     "maintenance_work_mem", "lock_timeout", "plan_cache_mode"}
 )
 
 

@@ -265,8 +265,7 @@ def _round_trip(conn: psycopg.Connection[Any]) -> list[CheckResult]:
             with conn.cursor().copy(embedding_sql.copy_into_table()) as copy:
                 copy.set_types(list(embedding_sql.COPY_TYPES))
                 copy.write_row((embedding_id, "policy", "check", "round trip", vector, Jsonb({}), None))
-            conn.execute("SET LOCAL enable_indexscan = off")
-            found = run(embedding_sql.nearest(vector, 1, {"source_id": "check"}))
+            found = run(embedding_sql.exact_nearest(vector, 1, {"source_id": "check"}))
             record("vector search", bool(found) and found[0]["embedding_id"] == embedding_id
                    and abs(float(found[0]["distance"])) < 1e-6,
                    f"similarity {1 - float(found[0]['distance']):.3f}" if found else "no row found")

@@ -190,19 +190,17 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``.
 
     Exact count: the index is tried first; when it yields fewer than ``k`` rows (an IVFFlat index trained on
-    few rows, or a selective filter that post-filtering starves), the same query runs again as an exact scan.
+    few rows, or a selective filter that post-filtering starves), an exact scan of the matching rows follows.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
     settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search)
     if settings:
-        yield SetLocal(settings)
+        # A generic cached plan would ignore how selective this call's filter is.
+        yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
     rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, with_embedding=with_embedding))
     if len(rows) < k and capabilities.vector_index is not None:
-        # The vector index serves only index scans; turning them off leaves an exact scan (bitmap scans on
-        # the btree indexes still serve the filter).
-        yield SetLocal({"enable_indexscan": "off"})
-        rows = yield fetch(embedding_sql.nearest(query_vector, k, filter, max_distance=max_distance,
-                                                 with_embedding=with_embedding))
+        rows = yield fetch(embedding_sql.exact_nearest(query_vector, k, filter, max_distance=max_distance,
+                                                       with_embedding=with_embedding))
     # Iterative scans in relaxed order may return rows slightly out of order.
     rows.sort(key=lambda row: row["distance"])
     if max_distance is not None:

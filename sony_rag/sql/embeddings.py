@@ -16,9 +16,9 @@ COPY_COLUMNS: Final = ("embedding_id", "source_type", "source_id", "content_chun
                        "document_id")
 COPY_TYPES: Final = ("uuid", "varchar", "text", "text", "vector", "jsonb", "text")
 
-_RESULT_COLUMNS = sql.SQL(
-    "embedding_id, source_type, source_id, content_chunk, metadata, created_at, updated_at, document_id"
-)
+_RESULT_COLUMN_NAMES = ("embedding_id", "source_type", "source_id", "content_chunk", "metadata", "created_at",
+                        "updated_at", "document_id")
+_RESULT_COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
 _STAGING = sql.Identifier("sony_rag_staging")
 
 
@@ -68,6 +68,30 @@ def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
         "SELECT {cols}{extra}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} "
         "ORDER BY embedding <=> {q} LIMIT {limit}"
     ).format(cols=_RESULT_COLUMNS, extra=extra, q=q, where=sql.SQL(" AND ").join(where), limit=p.add(limit))
+    return query, p.values
+
+
+def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
+                  max_distance: float | None = None, with_embedding: bool = False) -> Query:
+    """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings.
+
+    ``OFFSET 0`` fences the distance computation off from the ORDER BY, so even a cached generic plan
+    cannot turn it into an (approximate) index scan; btree indexes still serve the filter.
+    """
+    p = Params()
+    q = p.add(query_vector)
+    where = [compile_filter(filter, p)]
+    if max_distance is not None:
+        where.append(sql.SQL("(embedding <=> {}) <= {}").format(q, p.add(max_distance, "float8")))
+    extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
+    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    query = sql.SQL(
+        "SELECT {cols}{extra}, n.distance FROM ("
+        " SELECT embedding_id, distance FROM ("
+        "  SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} OFFSET 0"
+        " ) AS f ORDER BY distance LIMIT {limit}"
+        ") AS n JOIN document_embeddings AS d USING (embedding_id) ORDER BY n.distance"
+    ).format(cols=columns, extra=extra, q=q, where=sql.SQL(" AND ").join(where), limit=p.add(limit))
     return query, p.values
 
 
