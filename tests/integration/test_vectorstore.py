@@ -1,0 +1,244 @@
+"""SonyVectorStore behaviour a user relies on, each test run through the sync and the async API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+
+from sony_rag import (
+    Database,
+    InvalidEmbeddingError,
+    InvalidFilterError,
+    InvalidIdentifierError,
+    InvalidInputError,
+    InvalidSourceTypeError,
+    SonyVectorStore,
+)
+
+DIM = 384
+
+
+class AxisEmbeddings(Embeddings):
+    """Texts 'axis:N[:w]' embed near basis vector N, so expected neighbours are known exactly."""
+
+    def _one(self, text: str) -> list[float]:
+        vector = np.full(DIM, 1e-3)
+        for part in text.split():
+            if part.startswith("axis:"):
+                fields = part.split(":")
+                vector[int(fields[1])] += float(fields[2]) if len(fields) > 2 else 1.0
+        return (vector / np.linalg.norm(vector)).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._one(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._one(text)
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Return a caller that runs a store method by name through the sync or the async API."""
+
+    def invoke(store: SonyVectorStore, method: str, *args: Any, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            return getattr(store, method)(*args, **kwargs)
+        return asyncio.run(getattr(store, "a" + method)(*args, **kwargs))
+
+    return invoke
+
+
+@pytest.fixture
+def store(db: Database) -> SonyVectorStore:
+    return SonyVectorStore(AxisEmbeddings(), db)
+
+
+CATALOG = [
+    ("p1", "axis:1 oak dining table", {"source_type": "product", "source_id": "oak-table", "price": 449,
+                                       "material": "oak", "tags": ["dining", "sale"]}),
+    ("p2", "axis:1:0.9 axis:2:0.3 ash dining table", {"source_type": "product", "source_id": "ash-table",
+                                                     "price": 429, "material": "ash"}),
+    ("p3", "axis:3 velvet sofa", {"source_type": "product", "source_id": "velvet-sofa", "price": 1899,
+                                  "material": "velvet", "dimensions": {"width_cm": 220}}),
+    ("f1", "axis:4 how do I track my order", {"source_type": "faq", "source_id": "faq-tracking"}),
+    ("s1", "axis:5 free shipping on orders over $500", {"source_type": "policy", "source_id": "shipping",
+                                                        "in_stock": True}),
+]
+
+
+def load(store: SonyVectorStore, call: Callable[..., Any]) -> None:
+    texts = [text for _, text, _ in CATALOG]
+    metas = [meta for _, _, meta in CATALOG]
+    ids = [doc_id for doc_id, _, _ in CATALOG]
+    assert call(store, "add_texts", texts, metas, ids=ids) == ids
+
+
+def test_metadata_maps_to_columns_and_reads_back_exactly(store: SonyVectorStore, call: Callable[..., Any],
+                                                         db: Database) -> None:
+    load(store, call)
+    with db.pool().connection() as conn:
+        row = conn.execute("SELECT source_type, source_id FROM document_embeddings WHERE document_id = 'p3'"
+                           ).fetchone()
+    assert row == ("product", "velvet-sofa")
+    [doc] = call(store, "get_by_ids", ["p3"])
+    assert doc.metadata == CATALOG[2][2]
+    assert doc.id == "p3"
+
+
+def test_default_source_type_and_bad_source_type(db: Database, call: Callable[..., Any]) -> None:
+    store = SonyVectorStore(AxisEmbeddings(), db, source_type="faq")
+    call(store, "add_texts", ["axis:7 returns"], ids=["x"])
+    assert call(store, "similarity_search", "axis:7", k=1, filter={"source_type": "faq"})[0].id == "x"
+    with pytest.raises(InvalidSourceTypeError):
+        call(store, "add_texts", ["axis:8"], [{"source_type": "blog"}])
+    with pytest.raises(InvalidSourceTypeError):
+        SonyVectorStore(AxisEmbeddings(), db, source_type="blog")
+
+
+@pytest.mark.parametrize(
+    ("filter", "expected"),
+    [
+        ({"source_type": "product"}, {"p1", "p2", "p3"}),
+        ({"source_type": {"$in": ["faq", "policy"]}}, {"f1", "s1"}),
+        ({"price": {"$lt": 500}}, {"p1", "p2"}),
+        ({"price": {"$between": [430, 2000]}}, {"p1", "p3"}),
+        ({"material": {"$ne": "oak"}}, {"p2", "p3"}),
+        ({"material": {"$nin": ["oak", "ash"]}}, {"p3"}),
+        ({"material": {"$like": "%a%"}}, {"p1", "p2"}),
+        ({"material": {"$ilike": "VEL%"}}, {"p3"}),
+        ({"dimensions.width_cm": {"$gte": 220}}, {"p3"}),
+        ({"in_stock": True}, {"s1"}),
+        ({"price": {"$exists": False}}, {"f1", "s1"}),
+        ({"$or": [{"source_id": "shipping"}, {"price": {"$gt": 1000}}]}, {"s1", "p3"}),
+        ({"$and": [{"source_type": "product"}, {"$not": {"material": "oak"}}]}, {"p2", "p3"}),
+        ({"tags": "sale"}, {"p1"}),
+        ({"price": "449"}, set()),  # a string never equals a number
+    ],
+)
+def test_filters_select_expected_documents(store: SonyVectorStore, call: Callable[..., Any],
+                                           filter: dict[str, Any], expected: set[str]) -> None:
+    load(store, call)
+    found = call(store, "similarity_search", "axis:1", k=10, filter=filter)
+    assert {doc.id for doc in found} == expected
+
+
+@pytest.mark.parametrize("bad", [{"price": {"$regex": "x"}}, {"$or": {}}, {"a;drop": 1}, {"price": {"$in": 3}},
+                                 {"source_type": "blog"}])
+def test_bad_filters_raise_our_error(store: SonyVectorStore, call: Callable[..., Any], bad: dict[str, Any]) -> None:
+    load(store, call)
+    with pytest.raises(InvalidFilterError):
+        call(store, "similarity_search", "axis:1", k=3, filter=bad)
+
+
+def test_scores_order_and_threshold(store: SonyVectorStore, call: Callable[..., Any]) -> None:
+    load(store, call)
+    pairs = call(store, "similarity_search_with_score", "axis:1", k=3)
+    assert [doc.id for doc, _ in pairs][:2] == ["p1", "p2"]
+    distances = [distance for _, distance in pairs]
+    assert distances == sorted(distances) and distances[0] < 1e-3
+    relevance = call(store, "similarity_search_with_relevance_scores", "axis:1", k=5, score_threshold=0.9)
+    assert [doc.id for doc, _ in relevance] == ["p1", "p2"]
+    assert all(score >= 0.9 for _, score in relevance)
+
+
+def test_mmr_prefers_diversity(store: SonyVectorStore, call: Callable[..., Any]) -> None:
+    load(store, call)
+    plain = call(store, "similarity_search", "axis:1 axis:3:0.2", k=2)
+    diverse = call(store, "max_marginal_relevance_search", "axis:1 axis:3:0.2", k=2, fetch_k=5, lambda_mult=0.2)
+    assert [d.id for d in plain] == ["p1", "p2"]
+    assert diverse[0].id == "p1" and diverse[1].id != "p2"
+
+
+def test_upsert_replaces_and_delete(store: SonyVectorStore, call: Callable[..., Any]) -> None:
+    load(store, call)
+    call(store, "add_texts", ["axis:9 walnut dining table"], [{"source_type": "product", "price": 999}],
+         ids=["p1"])
+    [doc] = call(store, "get_by_ids", ["p1"])
+    assert doc.page_content == "axis:9 walnut dining table" and doc.metadata == {"source_type": "product",
+                                                                                  "price": 999}
+    assert call(store, "delete", ["p1", "missing"]) is True
+    assert call(store, "get_by_ids", ["p1", "p2"]) == [Document(id="p2", page_content=CATALOG[1][1],
+                                                                metadata=CATALOG[1][2])]
+    call(store, "delete", filter={"source_type": "product"})
+    remaining = call(store, "similarity_search", "axis:1", k=10)
+    assert {d.id for d in remaining} == {"f1", "s1"}
+    with pytest.raises(InvalidInputError):
+        call(store, "delete")
+
+
+def test_uuid_ids_map_to_embedding_id(store: SonyVectorStore, call: Callable[..., Any], db: Database) -> None:
+    given = "0b7f0c56-2f4e-4bde-9f55-3a3b1f0f7e11"
+    call(store, "add_texts", ["axis:2"], ids=[given])
+    with db.pool().connection() as conn:
+        row = conn.execute("SELECT embedding_id::text, document_id FROM document_embeddings").fetchone()
+    assert row == (given, None)
+    generated = call(store, "add_texts", ["axis:3"])
+    assert call(store, "get_by_ids", generated)[0].id == generated[0]
+
+
+def test_bad_input_raises_before_writing(store: SonyVectorStore, call: Callable[..., Any], db: Database) -> None:
+    with pytest.raises(InvalidIdentifierError):
+        call(store, "add_texts", ["axis:1", "axis:2"], ids=["ok", ""])
+    with pytest.raises(InvalidEmbeddingError):
+        call(store, "add_embeddings", ["a"], [[0.1] * 10])
+    with pytest.raises(InvalidInputError):
+        call(store, "add_texts", ["axis:1", "bad\x00text"])
+    small = SonyVectorStore(DeterministicFakeEmbedding(size=6), db)
+    with pytest.raises(InvalidEmbeddingError, match="6-dimensional"):
+        call(small, "add_texts", ["x"])
+    with db.pool().connection() as conn:
+        assert conn.execute("SELECT count(*) FROM document_embeddings").fetchone() == (0,)
+
+
+def test_exact_count_under_selective_filter_with_many_lists(db: Database, call: Callable[..., Any]) -> None:
+    """An IVFFlat index of 50 lists with probes=1 would starve a 1% filter; k rows must still come back."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(2000, DIM)).astype(np.float32)
+    # A metadata filter has no btree index, so the planner scans the vector index and filters afterwards.
+    metas = [{"rare": i % 100 == 0} for i in range(2000)]
+    store = SonyVectorStore(AxisEmbeddings(), db, probes=1)
+    store.add_embeddings([f"doc {i}" for i in range(2000)], list(vectors), metas)
+    with db.pool().connection() as conn:
+        conn.execute("DROP INDEX idx_document_embeddings_vector")
+        conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                     "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 50)")
+        conn.execute("ANALYZE document_embeddings")
+    db.forget_capabilities()
+    try:
+        query = rng.normal(size=DIM).tolist()
+        found = call(store, "similarity_search_by_vector", query, k=10, filter={"rare": True})
+        assert len(found) == 10 and all(d.metadata["rare"] for d in found)
+        exact = sorted(range(0, 2000, 100), key=lambda i: -float(
+            np.dot(vectors[i], query) / np.linalg.norm(vectors[i]) / np.linalg.norm(query)))[:10]
+        assert [d.page_content for d in found] == [f"doc {i}" for i in exact]
+    finally:
+        with db.pool().connection() as conn:
+            conn.execute("DROP INDEX idx_document_embeddings_vector")
+            conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                         "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 100)")
+        db.forget_capabilities()
+
+
+def test_retriever_in_lcel_chain(store: SonyVectorStore, call: Callable[..., Any]) -> None:
+    load(store, call)
+    retriever = store.as_retriever(search_kwargs={"k": 1, "filter": {"source_type": "policy"}})
+    chain = (
+        {"context": retriever | RunnableLambda(lambda docs: docs[0].page_content), "question": RunnablePassthrough()}
+        | RunnableLambda(lambda x: f"Q: {x['question']} A: {x['context']}")
+        | StrOutputParser()
+    )
+    answer = chain.invoke("axis:1 is shipping free?")
+    assert answer.endswith("free shipping on orders over $500")
+    threshold = store.as_retriever(search_type="similarity_score_threshold",
+                                   search_kwargs={"k": 5, "score_threshold": 0.95})
+    assert [d.id for d in threshold.invoke("axis:4")] == ["f1"]
+    mmr = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 5})
+    assert len(mmr.invoke("axis:1")) == 2
