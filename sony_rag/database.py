@@ -180,18 +180,28 @@ def embedding_row(item: Mapping[str, Any], index: int = 0, *, embedding_id: UUID
 
 async def search_similar_embeddings(query_embedding: Any, source_type: str | None = None, limit: int = 5,
                                     similarity_threshold: float | None = None, *,
-                                    filter: Mapping[str, Any] | None = None,
+                                    filter: Mapping[str, Any] | None = None, query_text: str | None = None,
                                     db: Database | None = None) -> list[EmbeddingMatch]:
     """Return up to ``limit`` chunks by cosine similarity, highest first, at or above the threshold.
 
     Exact count: never fewer than ``limit`` when that many rows match, whatever the index. ``filter`` takes
-    the metadata filter grammar. Raises InvalidEmbeddingError, InvalidSourceTypeError or InvalidFilterError.
+    the metadata filter grammar. With ``query_text`` the ranking is hybrid (vector and full-text search fused
+    by reciprocal rank fusion) and ``similarity`` is still each row's cosine similarity.
+    Raises InvalidEmbeddingError, InvalidSourceTypeError, InvalidFilterError or InvalidTextError.
     """
     database = get_db(db)
-    rows = await database.arun(plans.search(
-        check.vector(query_embedding, "query_embedding"), _limit(limit, False),
-        _combined_filter(source_type, filter), await database.acapabilities(),
-        min_similarity=_threshold(similarity_threshold)))
+    vector = check.vector(query_embedding, "query_embedding")
+    count = _limit(limit, False) or 1
+    combined = _combined_filter(source_type, filter)
+    threshold = _threshold(similarity_threshold)
+    capabilities = await database.acapabilities()
+    if query_text is None:
+        search_plan = plans.search(vector, count, combined, capabilities, min_similarity=threshold)
+    else:
+        options = plans.HybridOptions.from_settings(database.settings)
+        search_plan = plans.hybrid_search(vector, check.required_text(query_text, "query_text"), count, combined,
+                                          capabilities, options, min_similarity=threshold)
+    rows = await database.arun(search_plan)
     return [match_from_row(row) for row in rows]
 
 

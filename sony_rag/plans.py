@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -20,6 +21,7 @@ from psycopg.types.json import Jsonb
 from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
+from sony_rag.settings import Settings
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
@@ -139,6 +141,36 @@ def clear_messages(session_id: UUID) -> PlanGenerator[int]:
     return int(count)
 
 
+@plan(read_only=True)
+def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row] | None]:
+    """Return a session's newest ``limit`` messages (all when None), oldest first; None if it is missing."""
+    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit))
+    if rows:
+        return rows
+    # Only an empty answer needs the second look: a session with messages exists.
+    found = yield fetch(session_sql.get(session_id))
+    return rows if found else None
+
+
+@plan(read_only=False)
+def clear_session_messages(session_id: UUID, *, create_session: Row | None = None) -> PlanGenerator[int]:
+    """Delete every message of a session and return how many; raises SessionNotFoundError.
+
+    A missing session is created from ``create_session``'s columns when given, else it raises.
+    """
+    count = yield execute(message_sql.delete_for_session(session_id))
+    if count:
+        return int(count)
+    found = yield fetch(session_sql.get(session_id))
+    if not found:
+        if create_session is None:
+            raise SessionNotFoundError(f"chat session {session_id} does not exist")
+        yield fetch(session_sql.insert(session_id, create_session.get("user_agent"),
+                                       create_session.get("current_page"),
+                                       create_session.get("metadata") or {}, if_missing=True))
+    return 0
+
+
 # -- embeddings --------------------------------------------------------------------------------------
 
 EmbeddingRow = tuple[UUID, str, str | None, str, npt.NDArray[np.float32], Jsonb, str | None]
@@ -197,7 +229,10 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     if settings:
         # A generic cached plan would ignore how selective this call's filter is.
         yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
-    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, with_embedding=with_embedding))
+    # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
+    # below it would otherwise hide rows above it that the probed lists missed.
+    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, max_distance=max_distance,
+                                                        with_embedding=with_embedding))
     if len(rows) < k and capabilities.vector_index is not None:
         rows = yield fetch(embedding_sql.exact_nearest(query_vector, k, filter, max_distance=max_distance,
                                                        with_embedding=with_embedding))
@@ -206,6 +241,58 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     if max_distance is not None:
         rows = [row for row in rows if row["distance"] <= max_distance]
     return rows
+
+
+@dataclass(frozen=True)
+class HybridOptions:
+    """How hybrid search fuses its legs: RRF constant, leg weights, candidates per leg, text configuration."""
+
+    config: str = "english"
+    rrf_k: float = 60.0
+    vector_weight: float = 1.0
+    keyword_weight: float = 1.0
+    fetch_k: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HybridOptions:
+        """Return the options configured in settings (SONY_RAG_RRF_K, SONY_RAG_HYBRID_*_WEIGHT, ...)."""
+        return cls(config=settings.text_search_config, rrf_k=settings.rrf_k,
+                   vector_weight=settings.hybrid_vector_weight, keyword_weight=settings.hybrid_keyword_weight)
+
+
+@plan(read_only=True)
+def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
+                  filter: Mapping[str, Any] | None, capabilities: Capabilities, options: HybridOptions, *,
+                  min_similarity: float | None = None, with_embedding: bool = False, probes: int | None = None,
+                  ef_search: int | None = None) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` rows ranked by reciprocal rank fusion of vector and keyword search, in one statement.
+
+    Exact count: when the fused result is short (the vector leg starved by its index), it runs again with an
+    exact vector leg. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
+    """
+    fetch_k = max(k, options.fetch_k)
+    settings = ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search)
+    if settings:
+        yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
+    arguments = dict(config=options.config, rrf_k=options.rrf_k, vector_weight=options.vector_weight,
+                     keyword_weight=options.keyword_weight, with_embedding=with_embedding)
+    rows: list[Row] = yield fetch(embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, **arguments))
+    if len(rows) < k and capabilities.vector_index is not None:
+        rows = yield fetch(embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, exact=True,
+                                                **arguments))
+    if min_similarity is not None:
+        rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
+    return rows
+
+
+@plan(read_only=True)
+def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
+                   filter: Mapping[str, Any] | None, options: HybridOptions, *,
+                   with_embedding: bool = False) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first."""
+    rows = yield fetch(embedding_sql.keyword(query_vector, query_text, k, filter, config=options.config,
+                                             with_embedding=with_embedding))
+    return rows  # type: ignore[no-any-return]
 
 
 @plan(read_only=True)
@@ -227,6 +314,36 @@ def delete_embeddings(ids: Sequence[UUID] | None = None, filter: Mapping[str, An
     if source is not None:
         total += yield execute(embedding_sql.delete_source(*source))
     return total
+
+
+@plan(read_only=True)
+def source_states(sources: Sequence[tuple[str, str]]) -> PlanGenerator[dict[tuple[str, str], Row]]:
+    """Return ``{(source_type, source_id): {"chunks": n, "content_hashes": [...]}}`` for the stored sources."""
+    by_type: dict[str, list[str]] = {}
+    for source_type, source_id in sources:
+        by_type.setdefault(source_type, []).append(source_id)
+    found: dict[tuple[str, str], Row] = {}
+    for source_type, source_ids in sorted(by_type.items()):
+        rows = yield fetch(embedding_sql.source_states(source_type, source_ids))
+        for row in rows:
+            found[(source_type, row["source_id"])] = row
+    return found
+
+
+@plan(read_only=False)
+def replace_sources(sources: Sequence[tuple[str, str]], rows: Sequence[EmbeddingRow]) -> PlanGenerator[int]:
+    """Replace the chunks of each ``(source_type, source_id)`` by ``rows``: delete, then one COPY; return deleted.
+
+    One transaction: a source is never seen half-replaced. Advisory locks per source make two concurrent
+    replacements of one source queue instead of both inserting.
+    """
+    yield fetch(embedding_sql.lock_sources([f"sony-rag-source:{t}:{i}" for t, i in sources]))
+    deleted = 0
+    for source_type, source_id in sources:
+        deleted += yield execute(embedding_sql.delete_source(source_type, source_id))
+    if rows:
+        yield Copy(embedding_sql.copy_into_table(), embedding_sql.COPY_TYPES, rows)
+    return deleted
 
 
 # -- selections --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
 
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
@@ -80,6 +81,8 @@ document_embeddings = Table(
     _timestamp("created_at"),
     _timestamp("updated_at"),
     Column("document_id", Text),
+    Column("search_vector", TSVECTOR,
+           Computed("to_tsvector('english'::regconfig, content_chunk || ' ' || coalesce(source_id, ''))")),
     CheckConstraint("source_type IN ('product', 'page_content', 'faq', 'policy')",
                     name="document_embeddings_source_type_check"),
     Index("idx_document_embeddings_vector", "embedding", postgresql_using="ivfflat",
@@ -87,6 +90,7 @@ document_embeddings = Table(
     Index("idx_document_embeddings_source_type", "source_type"),
     Index("idx_document_embeddings_source_id", "source_id"),
     Index("idx_document_embeddings_source", "source_type", "source_id"),
+    Index("idx_document_embeddings_search_vector", "search_vector", postgresql_using="gin"),
 )
 
 user_text_selections = Table(

@@ -60,6 +60,12 @@ class SonyVectorStore(VectorStore):
         langchain-postgres grammar ($eq $ne $lt $lte $gt $gte $in $nin $between $like $ilike $exists $and
         $or $not). Whenever ``k`` rows match, ``k`` are returned, whatever the index or filter.
 
+    Hybrid search:
+        ``store.similarity_search("SX-1123", k=5, hybrid=True)`` (or ``SonyVectorStore(..., hybrid=True)``, or
+        ``as_retriever(search_kwargs={"k": 5, "hybrid": True})``) fuses the vector ranking with Postgres
+        full-text search by reciprocal rank fusion, in one statement; ``search_mode="keyword"`` runs the
+        full-text leg alone. Order is the fused order; scores stay cosine distance / similarity.
+
     Async:
         Every method has a native async twin (``aadd_texts``, ``asimilarity_search``, ...).
 
@@ -71,10 +77,17 @@ class SonyVectorStore(VectorStore):
 
     def __init__(self, embeddings: Embeddings, db: Database | None = None, *,
                  source_type: str = "page_content", source_id: str | None = None,
-                 probes: int | None = None, ef_search: int | None = None) -> None:
-        """Create a store; raises InvalidSourceTypeError for a bad default source type."""
+                 probes: int | None = None, ef_search: int | None = None, hybrid: bool = False,
+                 hybrid_options: plans.HybridOptions | None = None) -> None:
+        """Create a store; raises InvalidSourceTypeError for a bad default source type.
+
+        ``hybrid=True`` makes text searches fuse vector and full-text search by default (per call:
+        ``hybrid=`` or ``search_mode="vector"|"keyword"|"hybrid"``); ``hybrid_options`` tunes the fusion.
+        """
         self._embeddings = embeddings
         self._db = get_db(db)
+        self.search_mode = "hybrid" if hybrid else "vector"
+        self.hybrid_options = hybrid_options or plans.HybridOptions.from_settings(self._db.settings)
         self.default_source_type = check.source_type(source_type)
         self.default_source_id = check.text(source_id, "source_id", optional=True)
         self.probes = probes
@@ -189,12 +202,23 @@ class SonyVectorStore(VectorStore):
         if score_threshold is not None and (isinstance(score_threshold, bool)
                                             or not isinstance(score_threshold, int | float)):
             raise InvalidInputError(f"score_threshold must be a number, got {score_threshold!r}")
-        return plans.search(
-            check.vector(vector, "query embedding"), k, filter or None, capabilities,
-            min_similarity=None if score_threshold is None else float(score_threshold),
-            with_embedding=with_embedding, probes=kwargs.get("probes", self.probes),
-            ef_search=kwargs.get("ef_search", self.ef_search),
-        )
+        vector_ = check.vector(vector, "query embedding")
+        min_similarity = None if score_threshold is None else float(score_threshold)
+        probes, ef_search = kwargs.get("probes", self.probes), kwargs.get("ef_search", self.ef_search)
+        mode = _search_mode(kwargs, self.search_mode)
+        query_text = kwargs.get("query_text")
+        if mode != "vector":
+            if not isinstance(query_text, str):
+                raise InvalidInputError(f"search_mode {mode!r} needs the query text (query_text=...)")
+            check.required_text(query_text, "query text")
+            if mode == "keyword":
+                return plans.keyword_search(vector_, query_text, k, filter or None, self.hybrid_options,
+                                            with_embedding=with_embedding)
+            return plans.hybrid_search(vector_, query_text, k, filter or None, capabilities, self.hybrid_options,
+                                       min_similarity=min_similarity, with_embedding=with_embedding,
+                                       probes=probes, ef_search=ef_search)
+        return plans.search(vector_, k, filter or None, capabilities, min_similarity=min_similarity,
+                            with_embedding=with_embedding, probes=probes, ef_search=ef_search)
 
     def similarity_search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                           **kwargs: Any) -> list[Document]:
@@ -210,13 +234,13 @@ class SonyVectorStore(VectorStore):
                                      **kwargs: Any) -> list[tuple[Document, float]]:
         """Return ``(document, cosine distance)`` pairs, closest first."""
         vector = self._query_vector(self._embeddings.embed_query(query))
-        return self.similarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+        return self.similarity_search_with_score_by_vector(vector, k, filter, query_text=query, **kwargs)
 
     async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                             **kwargs: Any) -> list[tuple[Document, float]]:
         """Return ``(document, cosine distance)`` pairs, closest first."""
         vector = self._query_vector(await self._embeddings.aembed_query(query))
-        return await self.asimilarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+        return await self.asimilarity_search_with_score_by_vector(vector, k, filter, query_text=query, **kwargs)
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
                                     filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
@@ -264,7 +288,8 @@ class SonyVectorStore(VectorStore):
                                       filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
         """Return ``k`` documents chosen for relevance to ``query`` and diversity among themselves."""
         vector = self._query_vector(self._embeddings.embed_query(query))
-        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter, **kwargs)
+        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter,
+                                                            query_text=query, **kwargs)
 
     async def amax_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
                                              lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
@@ -272,7 +297,7 @@ class SonyVectorStore(VectorStore):
         """Return ``k`` documents chosen for relevance to ``query`` and diversity among themselves."""
         vector = self._query_vector(await self._embeddings.aembed_query(query))
         return await self.amax_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter,
-                                                                   **kwargs)
+                                                                   query_text=query, **kwargs)
 
     def max_marginal_relevance_search_by_vector(self, embedding: Sequence[float] | npt.NDArray[Any], k: int = 4,
                                                 fetch_k: int = 20, lambda_mult: float = 0.5,
@@ -380,6 +405,16 @@ def _source_id(value: object, index: int) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise InvalidInputError(f"metadatas[{index}].source_id must be a string or number, got {type(value).__name__}")
+
+
+def _search_mode(kwargs: Mapping[str, Any], default: str) -> str:
+    mode = kwargs.get("search_mode")
+    hybrid = kwargs.get("hybrid")
+    if mode is None:
+        mode = default if hybrid is None else ("hybrid" if hybrid else "vector")
+    if mode not in ("vector", "keyword", "hybrid"):
+        raise InvalidInputError(f"search_mode must be 'vector', 'keyword' or 'hybrid', got {mode!r}")
+    return str(mode)
 
 
 def _similarity_from_distance(distance: float) -> float:

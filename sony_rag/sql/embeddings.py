@@ -95,6 +95,94 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
     return query, p.values
 
 
+def _tsquery(p: Params, query_text: str, config: str) -> sql.Composable:
+    # websearch_to_tsquery accepts any user text (quotes, operators, emoji) without a syntax error. All words
+    # must match (precise); when that finds nothing the same words OR-ed are used, so that a question with
+    # extra words ("TB-2040 price") still reaches the product that has the code.
+    cfg = p.add(config, "regconfig")
+    text = p.add(query_text)
+    strict = sql.SQL("websearch_to_tsquery({}, {})").format(cfg, text)
+    return strict, sql.SQL("replace(websearch_to_tsquery({}, {})::text, ' & ', ' | ')::tsquery").format(cfg, text)
+
+
+def _keyword_leg(p: Params, query_text: str, config: str, limit: sql.Composable,
+                 filter: Mapping[str, Any] | None) -> sql.Composable:
+    strict, loose = _tsquery(p, query_text, config)
+    where = compile_filter(filter, p)
+    where_again = compile_filter(filter, p)
+    return sql.SQL(
+        "SELECT embedding_id, row_number() OVER (ORDER BY score DESC, embedding_id) AS rank FROM ("
+        " SELECT e.embedding_id, ts_rank_cd(e.search_vector, t.q) AS score"
+        " FROM document_embeddings AS e, ("
+        "  SELECT CASE WHEN EXISTS ("
+        "   SELECT 1 FROM document_embeddings WHERE {where_again} AND search_vector @@ {strict}"
+        "  ) THEN {strict} ELSE {loose} END AS q) AS t"
+        " WHERE {where} AND e.search_vector @@ t.q ORDER BY score DESC, e.embedding_id LIMIT {limit}"
+        ") AS keyword_hits"
+    ).format(where=where, where_again=where_again, strict=strict, loose=loose, limit=limit)
+
+
+def _vector_leg(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
+                exact: bool) -> sql.Composable:
+    where = compile_filter(filter, p)
+    fence = sql.SQL(" OFFSET 0") if exact else sql.SQL("")
+    inner = sql.SQL("SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}").format(
+        q=q, where=where)
+    if exact:
+        # The fence keeps the vector index out, as in exact_nearest.
+        inner = sql.SQL("SELECT * FROM ({inner}{fence}) AS f ORDER BY distance LIMIT {limit}").format(
+            inner=inner, fence=fence, limit=limit)
+    else:
+        inner = inner + sql.SQL(" ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, limit=limit)
+    return sql.SQL(
+        "SELECT embedding_id, row_number() OVER (ORDER BY distance, embedding_id) AS rank FROM ({}) AS vector_hits"
+    ).format(inner)
+
+
+def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
+           config: str, rrf_k: float, vector_weight: float, keyword_weight: float, exact: bool = False,
+           with_embedding: bool = False) -> Query:
+    """Return one statement fusing the vector and the keyword leg by reciprocal rank fusion.
+
+    Each leg ranks up to ``fetch_k`` rows that match the filter; a row scores the sum over legs of
+    ``weight / (rrf_k + rank)``; the best ``limit`` rows come back with their cosine ``distance`` and ``rrf``.
+    """
+    p = Params()
+    q = p.add(query_vector)
+    legs_limit = p.add(fetch_k)
+    vector_leg = _vector_leg(p, q, legs_limit, filter, exact)
+    keyword_leg = _keyword_leg(p, query_text, config, legs_limit, filter)
+    extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
+    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    query = sql.SQL(
+        "WITH vector_leg AS ({vector_leg}), keyword_leg AS ({keyword_leg}), fused AS ("
+        " SELECT embedding_id, sum(score) AS rrf FROM ("
+        "  SELECT embedding_id, {wv} / ({c} + rank) AS score FROM vector_leg"
+        "  UNION ALL SELECT embedding_id, {wk} / ({c} + rank) AS score FROM keyword_leg"
+        " ) AS scored GROUP BY embedding_id ORDER BY rrf DESC, embedding_id LIMIT {limit}"
+        ") SELECT {cols}{extra}, d.embedding <=> {q} AS distance, f.rrf FROM fused AS f"
+        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, d.embedding_id"
+    ).format(vector_leg=vector_leg, keyword_leg=keyword_leg, wv=p.add(vector_weight, "float8"),
+             wk=p.add(keyword_weight, "float8"), c=p.add(rrf_k, "float8"), limit=p.add(limit), cols=columns,
+             extra=extra, q=q)
+    return query, p.values
+
+
+def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
+            config: str, with_embedding: bool = False) -> Query:
+    """Return a full-text search alone (ranked by ts_rank_cd), rows carrying their cosine ``distance``."""
+    p = Params()
+    q = p.add(query_vector)
+    leg = _keyword_leg(p, query_text, config, p.add(limit), filter)
+    extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
+    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    query = sql.SQL(
+        "SELECT {cols}{extra}, d.embedding <=> {q} AS distance FROM ({leg}) AS k"
+        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY k.rank"
+    ).format(cols=columns, extra=extra, q=q, leg=leg)
+    return query, p.values
+
+
 def by_ids(ids: Sequence[UUID]) -> Query:
     """Return a SELECT of the rows with the given ids."""
     p = Params()
@@ -135,3 +223,22 @@ def capabilities() -> Query:
         " AND am.amname IN ('ivfflat', 'hnsw') AND i.indisvalid ORDER BY c.relname LIMIT 1"
         ") AS idx ON TRUE"
     ), {}
+
+
+def source_states(source_type: str, source_ids: Sequence[str]) -> Query:
+    """Return, per source id of one type, its chunk count and distinct ``metadata->>'content_hash'`` values."""
+    p = Params()
+    return sql.SQL(
+        "SELECT source_id, count(*) AS chunks, array_agg(DISTINCT metadata->>'content_hash') AS content_hashes "
+        "FROM document_embeddings WHERE source_type = {} AND source_id = ANY({}) GROUP BY source_id"
+    ).format(p.add(source_type), p.add(list(source_ids), "text[]")), p.values
+
+
+def lock_sources(keys: Sequence[str]) -> Query:
+    """Return a SELECT taking a transaction-scoped advisory lock per source key, in one fixed order."""
+    p = Params()
+    # Sorted keys: two writers of overlapping sources take the locks in the same order and cannot deadlock.
+    return sql.SQL(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0))) AS locked "
+        "FROM (SELECT DISTINCT unnest({}) AS key ORDER BY 1) AS keys"
+    ).format(p.add(sorted(set(keys)), "text[]")), p.values
