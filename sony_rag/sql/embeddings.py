@@ -95,31 +95,29 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
     return query, p.values
 
 
-def _tsquery(p: Params, query_text: str, config: str) -> sql.Composable:
-    # websearch_to_tsquery accepts any user text (quotes, operators, emoji) without a syntax error. All words
-    # must match (precise); when that finds nothing the same words OR-ed are used, so that a question with
-    # extra words ("TB-2040 price") still reaches the product that has the code.
+def _keyword_leg(p: Params, query_text: str, config: str, limit: sql.Composable,
+                 filter: Mapping[str, Any] | None, *, loose_fallback: bool) -> sql.Composable:
+    # websearch_to_tsquery accepts any user text (quotes, operators, emoji) without a syntax error, and
+    # requires every word. With ``loose_fallback``, when that matches nothing the same words are OR-ed, so a
+    # question with extra words ("TB-2040 price") still finds the code; hybrid search does not use it, since
+    # a loose leg drowns the vector leg (benchmarks/relevance.py measures both).
     cfg = p.add(config, "regconfig")
     text = p.add(query_text)
     strict = sql.SQL("websearch_to_tsquery({}, {})").format(cfg, text)
-    return strict, sql.SQL("replace(websearch_to_tsquery({}, {})::text, ' & ', ' | ')::tsquery").format(cfg, text)
-
-
-def _keyword_leg(p: Params, query_text: str, config: str, limit: sql.Composable,
-                 filter: Mapping[str, Any] | None) -> sql.Composable:
-    strict, loose = _tsquery(p, query_text, config)
-    where = compile_filter(filter, p)
-    where_again = compile_filter(filter, p)
+    tsquery: sql.Composable = strict
+    if loose_fallback:
+        loose = sql.SQL("replace(websearch_to_tsquery({}, {})::text, ' & ', ' | ')::tsquery").format(cfg, text)
+        tsquery = sql.SQL(
+            "CASE WHEN EXISTS (SELECT 1 FROM document_embeddings WHERE {where} AND search_vector @@ {strict})"
+            " THEN {strict} ELSE {loose} END"
+        ).format(where=compile_filter(filter, p), strict=strict, loose=loose)
     return sql.SQL(
         "SELECT embedding_id, row_number() OVER (ORDER BY score DESC, embedding_id) AS rank FROM ("
         " SELECT e.embedding_id, ts_rank_cd(e.search_vector, t.q) AS score"
-        " FROM document_embeddings AS e, ("
-        "  SELECT CASE WHEN EXISTS ("
-        "   SELECT 1 FROM document_embeddings WHERE {where_again} AND search_vector @@ {strict}"
-        "  ) THEN {strict} ELSE {loose} END AS q) AS t"
+        " FROM document_embeddings AS e, (SELECT {tsquery} AS q) AS t"
         " WHERE {where} AND e.search_vector @@ t.q ORDER BY score DESC, e.embedding_id LIMIT {limit}"
         ") AS keyword_hits"
-    ).format(where=where, where_again=where_again, strict=strict, loose=loose, limit=limit)
+    ).format(tsquery=tsquery, where=compile_filter(filter, p), limit=limit)
 
 
 def _vector_leg(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
@@ -151,7 +149,7 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     q = p.add(query_vector)
     legs_limit = p.add(fetch_k)
     vector_leg = _vector_leg(p, q, legs_limit, filter, exact)
-    keyword_leg = _keyword_leg(p, query_text, config, legs_limit, filter)
+    keyword_leg = _keyword_leg(p, query_text, config, legs_limit, filter, loose_fallback=False)
     extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
     columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
     query = sql.SQL(
@@ -170,10 +168,10 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
             config: str, with_embedding: bool = False) -> Query:
-    """Return a full-text search alone (ranked by ts_rank_cd), rows carrying their cosine ``distance``."""
+    """Return a full-text search alone (all words, else any word; ranked by ts_rank_cd) with cosine ``distance``."""
     p = Params()
     q = p.add(query_vector)
-    leg = _keyword_leg(p, query_text, config, p.add(limit), filter)
+    leg = _keyword_leg(p, query_text, config, p.add(limit), filter, loose_fallback=True)
     extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
     columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
     query = sql.SQL(
