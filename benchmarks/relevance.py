@@ -89,7 +89,7 @@ def print_table(table: dict[str, dict[str, dict[str, float]]]) -> None:
     """Print the table as Markdown (pasted into the README)."""
     print("| class | questions | " + " | ".join(f"{m} R@5 | {m} MRR@10" for m in MODES) + " |")
     print("|---|---:|" + "---:|" * (2 * len(MODES)))
-    order = sorted((k for k in table if k != "overall")) + ["overall"]
+    order = [*sorted(k for k in table if k != "overall"), "overall"]
     for klass in order:
         cells = [f"{table[klass][m]['recall@5']:.3f} | {table[klass][m]['mrr@10']:.3f}" for m in MODES]
         print(f"| {klass} | {table[klass]['vector']['questions']} | " + " | ".join(cells) + " |")

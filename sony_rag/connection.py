@@ -71,7 +71,7 @@ def describe_conninfo(conninfo: str) -> str:
     user = parts.get("user")
     port = parts.get("port")
     where = f"{host}:{port}" if port else host
-    return f"{user + '@' if user else ''}{where}/{parts.get('dbname') or user or 'postgres'}"
+    return f"{str(user) + '@' if user else ''}{where}/{parts.get('dbname') or user or 'postgres'}"
 
 
 def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
@@ -99,6 +99,7 @@ class Database:
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._apool_loop: asyncio.AbstractEventLoop | None = None
+        self._apool_opening = asyncio.Lock()
         self._vector_info: TypeInfo | None = None
         self._capabilities: tuple[float, Capabilities] | None = None
         self._closed = False
@@ -218,14 +219,18 @@ class Database:
                     name="sony-rag-async", open=False,
                 )
                 self._apool_loop = loop
-            pool = self._apool
+                self._apool_opening = asyncio.Lock()
+            pool, opening = self._apool, self._apool_opening
         if stale is not None:
             _close_async_pool_from_sync(stale, stale_loop)
         if pool.closed:
-            await asyncio.to_thread(self.connect().close)  # bounded wait for a waking server
-            # Waiting for min_size connections leaves no connect task in flight: a loop that ends while
-            # one is pending hangs in asyncio.run()'s shutdown, as the pool keeps retrying it.
-            await pool.open(wait=True, timeout=self.settings.pool_timeout)
+            # Many tasks may make their first call at once: one opens the pool, the others wait for it.
+            async with opening:
+                if pool.closed:
+                    await asyncio.to_thread(self.connect().close)  # bounded wait for a waking server
+                    # Waiting for min_size connections leaves no connect task in flight: a loop that ends
+                    # while one is pending hangs in asyncio.run()'s shutdown, as the pool keeps retrying it.
+                    await pool.open(wait=True, timeout=self.settings.pool_timeout)
         return pool
 
     def reset(self) -> None:
@@ -249,8 +254,13 @@ class Database:
         """Close both pools from async code; the Database cannot be used afterwards."""
         with self._lock:
             apool, self._apool = self._apool, None
+            loop = self._apool_loop
         if apool is not None:
-            await apool.close()
+            if loop is asyncio.get_running_loop():
+                await apool.close()
+            else:
+                # Opened by an earlier asyncio.run(): awaiting it here fails with "Event loop is closed".
+                _close_async_pool_from_sync(apool, loop)
         self.close()
 
     def __enter__(self) -> Database:

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.connection import Database
-from sony_rag.errors import InvalidInputError
+from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
 
@@ -148,12 +148,16 @@ async def batch_insert_embeddings(embeddings_data: Iterable[Mapping[str, Any] | 
                                   db: Database | None = None) -> list[UUID]:
     """Store many chunks in one transaction through binary COPY and return their ids in input order.
 
-    Every item is checked before anything is written; raises InvalidInputError naming the bad item.
+    Every item is checked; a bad one raises InvalidInputError naming it and nothing is written.
     """
-    rows = [embedding_row(item, index) for index, item in enumerate(embeddings_data)]
-    if rows:
+    items = list(embeddings_data)
+    ids = [uuid.uuid4() for _ in items]
+    if items:
+        # Items are checked as they stream into the COPY, so the checks overlap the server's work; a bad
+        # item aborts the COPY and its transaction.
+        rows = (embedding_row(item, index, embedding_id=ids[index]) for index, item in enumerate(items))
         await get_db(db).arun(plans.insert_embeddings(rows))
-    return [row[0] for row in rows]
+    return ids
 
 
 def embedding_row(item: Mapping[str, Any], index: int = 0, *, embedding_id: UUID | None = None,
@@ -167,9 +171,13 @@ def embedding_row(item: Mapping[str, Any], index: int = 0, *, embedding_id: UUID
     for key in ("source_type", "content_chunk", "embedding"):
         if key not in item:
             raise InvalidInputError(f"item {index} is missing {key!r}")
+    try:
+        source_type = check.source_type(item["source_type"])
+    except InvalidSourceTypeError as error:
+        raise InvalidSourceTypeError(f"item {index} {error}") from None
     return (
         embedding_id or uuid.uuid4(),
-        check.source_type(item["source_type"]),
+        source_type,
         check.text(item.get("source_id"), f"item {index} source_id", optional=True),
         check.required_text(item["content_chunk"], f"item {index} content_chunk"),
         check.vector(item["embedding"], f"item {index} embedding"),

@@ -31,7 +31,7 @@ def embedded_url(data_dir: Path) -> str:
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 # 'stop' shuts the server down when the last process using this folder exits.
-                server = pgserver.get_server(folder, cleanup_mode="stop")
+                server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
             except Exception as error:
                 raise DatabaseUnavailableError(f"the embedded server in {folder} did not start: {error}") from error
             _servers[folder] = server

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from sony_rag.sql import Query
+from sony_rag.sql import Query, Statement
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -26,7 +26,7 @@ P = ParamSpec("P")
 class Fetch:
     """Run a query and receive all its rows as dicts."""
 
-    query: sql.Composable
+    query: Statement
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -34,7 +34,7 @@ class Fetch:
 class Execute:
     """Run a statement and receive its row count."""
 
-    query: sql.Composable
+    query: Statement
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -42,7 +42,7 @@ class Execute:
 class Copy:
     """Stream rows through binary ``COPY ... FROM STDIN`` and receive the number of rows written."""
 
-    query: sql.Composable
+    query: Statement
     types: Sequence[str]
     rows: Iterable[Sequence[Any]]
 

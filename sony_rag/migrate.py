@@ -28,8 +28,8 @@ from sony_rag.connection import Database
 from sony_rag.errors import ChecksumMismatchError, MigrationError, SonyRagError
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
-from sony_rag.sql import sessions as session_sql
 from sony_rag.sql import selections as selection_sql
+from sony_rag.sql import sessions as session_sql
 
 # An arbitrary constant shared by every runner ("SonyRAG" in ASCII) so they queue on one advisory lock.
 MIGRATION_LOCK_KEY = 0x536F6E79524147
@@ -170,7 +170,7 @@ _TYPE_NAMES = {"VARCHAR": "character varying", "TIMESTAMP WITH TIME ZONE": "time
 
 def expected_type(column: Any) -> str:
     """Return the Postgres ``format_type`` spelling of a SQLAlchemy column's type."""
-    compiled = str(column.type.compile(dialect=postgresql.dialect()))
+    compiled = str(column.type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
     for short, long in _TYPE_NAMES.items():
         if compiled.startswith(short):
             compiled = long + compiled[len(short):]
@@ -281,8 +281,8 @@ def _round_trip(conn: psycopg.Connection[Any]) -> list[CheckResult]:
                 "SELECT (SELECT count(*) FROM chat_messages WHERE session_id = %(s)s) + "
                 "(SELECT count(*) FROM user_text_selections WHERE session_id = %(s)s) AS n", {"s": session_id},
             ).fetchone()
-            record("cascade delete", bool(left) and left["n"] == 0,  # type: ignore[call-overload]
-                   f"{left['n'] if left else '?'} child rows left")  # type: ignore[call-overload]
+            children = int(left["n"]) if left else -1  # type: ignore[call-overload, index]
+            record("cascade delete", children == 0, f"{children} child rows left")
             try:
                 conn.execute("SAVEPOINT bad_role")
                 conn.execute("INSERT INTO chat_messages (session_id, role, content) VALUES (%s, 'robot', 'x')",

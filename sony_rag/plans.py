@@ -8,7 +8,7 @@ run inside one transaction, so an exception anywhere (ours or the database's) le
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
+from sony_rag.sql import Query
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
@@ -177,14 +178,18 @@ EmbeddingRow = tuple[UUID, str, str | None, str, npt.NDArray[np.float32], Jsonb,
 
 
 @plan(read_only=False)
-def insert_embeddings(rows: Sequence[EmbeddingRow]) -> PlanGenerator[int]:
-    """Append rows whose ids are new (freshly generated) through one binary COPY; return the count."""
+def insert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
+    """Append rows whose ids are new (freshly generated) through one binary COPY; return the count.
+
+    ``rows`` may be a generator that validates as it goes: it is consumed once, while the server is already
+    storing earlier rows, and an exception from it aborts the transaction (nothing is written).
+    """
     count = yield Copy(embedding_sql.copy_into_table(), embedding_sql.COPY_TYPES, rows)
     return int(count)
 
 
 @plan(read_only=False)
-def upsert_embeddings(rows: Sequence[EmbeddingRow]) -> PlanGenerator[int]:
+def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     """Insert rows or replace those whose ids exist, through COPY into a staging table; return the count."""
     yield execute(embedding_sql.create_staging())
     yield Copy(embedding_sql.copy_into_staging(), embedding_sql.COPY_TYPES, rows)
@@ -274,12 +279,15 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     settings = ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search)
     if settings:
         yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
-    arguments = dict(config=options.config, rrf_k=options.rrf_k, vector_weight=options.vector_weight,
-                     keyword_weight=options.keyword_weight, with_embedding=with_embedding)
-    rows: list[Row] = yield fetch(embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, **arguments))
+    def statement(exact: bool) -> Query:
+        return embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, config=options.config,
+                                    rrf_k=options.rrf_k, vector_weight=options.vector_weight,
+                                    keyword_weight=options.keyword_weight, exact=exact,
+                                    with_embedding=with_embedding)
+
+    rows: list[Row] = yield fetch(statement(exact=False))
     if len(rows) < k and capabilities.vector_index is not None:
-        rows = yield fetch(embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, exact=True,
-                                                **arguments))
+        rows = yield fetch(statement(exact=True))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
     return rows

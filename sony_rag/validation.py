@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -134,8 +135,19 @@ def vector(value: object, what: str = "embedding") -> npt.NDArray[np.float32]:
     if hasattr(value, "to_numpy"):  # pgvector.Vector
         value = value.to_numpy()
     try:
-        array = np.asarray(value, dtype=np.float32)
+        raw = np.asarray(value)
     except (TypeError, ValueError) as error:
+        raise InvalidEmbeddingError(f"{what} must contain only numbers: {error}") from None
+    # Converting straight to float32 would turn "0.5" into 0.5, True into 1.0 and drop imaginary parts.
+    if raw.dtype.kind == "O":
+        if not all(isinstance(x, numbers.Real | Decimal) and not isinstance(x, bool) for x in raw.ravel()):
+            raise InvalidEmbeddingError(f"{what} must contain only numbers")
+    elif raw.dtype.kind not in "iuf":
+        raise InvalidEmbeddingError(f"{what} must contain only numbers, got {raw.dtype} values")
+    try:
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+            array = raw.astype(np.float32)
+    except (TypeError, ValueError, OverflowError) as error:
         raise InvalidEmbeddingError(f"{what} must contain only numbers: {error}") from None
     if array.ndim != 1 or array.shape[0] != EMBEDDING_DIMENSIONS:
         raise InvalidEmbeddingError(f"{what} must have {EMBEDDING_DIMENSIONS} dimensions, got shape {array.shape}")

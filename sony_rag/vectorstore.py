@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 import numpy as np
@@ -106,14 +106,14 @@ class SonyVectorStore(VectorStore):
     # -- adding --------------------------------------------------------------------------------------
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, *,
-                  ids: list[str | None] | None = None, **kwargs: Any) -> list[str]:
+                  ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         """Embed and store texts (upserting by id) and return their ids; raises InvalidInputError subclasses."""
         texts = list(texts)
         vectors = self._checked_embeddings(self._embeddings.embed_documents(texts), len(texts))
         return self.add_embeddings(texts, vectors, metadatas, ids=ids, **kwargs)
 
     async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, *,
-                         ids: list[str | None] | None = None, **kwargs: Any) -> list[str]:
+                         ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         """Embed and store texts (upserting by id) and return their ids; raises InvalidInputError subclasses."""
         texts = list(texts)
         vectors = self._checked_embeddings(await self._embeddings.aembed_documents(texts), len(texts))
@@ -150,33 +150,32 @@ class SonyVectorStore(VectorStore):
             raise InvalidInputError(f"got {count} texts but {len(metadatas)} metadatas")
         if ids is not None and len(ids) != count:
             raise InvalidInputError(f"got {count} texts but {len(ids)} ids")
-        rows_by_id: dict[UUID, plans.EmbeddingRow] = {}
-        returned: list[str] = []
-        any_given_id = False
-        for index in range(count):
-            given = ids[index] if ids is not None else None
-            any_given_id = any_given_id or given is not None
-            embedding_id, document_id, public_id = resolve_id(given)
-            metadata = check.metadata(metadatas[index] if metadatas is not None else None,
-                                      f"metadatas[{index}]")
-            row = (
-                embedding_id,
-                check.source_type(metadata.get("source_type", self.default_source_type)),
-                _source_id(metadata.get("source_id", self.default_source_id), index),
-                check.required_text(texts[index], f"texts[{index}]"),
-                check.vector(vectors[index], f"embeddings[{index}]"),
-                Jsonb(metadata),
-                document_id,
-            )
-            rows_by_id.pop(embedding_id, None)  # a repeated id in one batch: the last one wins
-            rows_by_id[embedding_id] = row
-            returned.append(public_id)
-        if not rows_by_id:
-            return None, returned
-        rows = list(rows_by_id.values())
+        resolved = [resolve_id(ids[index] if ids is not None else None) for index in range(count)]
+        if not resolved:
+            return None, []
+        last = {embedding_id: index for index, (embedding_id, _, _) in enumerate(resolved)}
+        # A repeated id in one batch: the last one wins. Rows are checked as they stream into the COPY, so
+        # the checks overlap the server's work; a bad row aborts the COPY and its transaction.
+        rows = (self._row(index, resolved[index], texts[index], vectors[index],
+                          metadatas[index] if metadatas is not None else None)
+                for index in sorted(last.values()))
+        any_given_id = ids is not None and any(given is not None for given in ids)
         # Fresh random ids cannot collide, so they skip the staging table and go straight in.
         write_plan = plans.upsert_embeddings(rows) if any_given_id else plans.insert_embeddings(rows)
-        return write_plan, returned
+        return write_plan, [public_id for _, _, public_id in resolved]
+
+    def _row(self, index: int, resolved: tuple[UUID, str | None, str], text: object, vector: object,
+             metadata: Mapping[str, Any] | None) -> plans.EmbeddingRow:
+        checked = check.metadata(metadata, f"metadatas[{index}]")
+        return (
+            resolved[0],
+            check.source_type(checked.get("source_type", self.default_source_type)),
+            _source_id(checked.get("source_id", self.default_source_id), index),
+            check.required_text(text, f"texts[{index}]"),
+            check.vector(vector, f"embeddings[{index}]"),
+            Jsonb(checked),
+            resolved[1],
+        )
 
     def _checked_embeddings(self, vectors: list[list[float]], expected: int) -> list[list[float]]:
         if len(vectors) != expected:
@@ -421,7 +420,7 @@ def _similarity_from_distance(distance: float) -> float:
     return 1.0 - distance
 
 
-def _in_order(ids: Sequence[UUID], rows: Iterable[Row]) -> list[Document]:
+def _in_order(ids: Sequence[UUID], rows: list[Row]) -> list[Document]:
     by_id = {row["embedding_id"]: row for row in rows}
     seen: set[UUID] = set()
     documents = []
@@ -441,7 +440,8 @@ def _mmr_select(query: Sequence[float] | npt.NDArray[Any], rows: list[Row], k: i
     if not rows:
         return []
     candidates = [_as_array(row["embedding"]) for row in rows]
-    chosen = maximal_marginal_relevance(np.asarray(query, dtype=np.float32), candidates, lambda_mult=lambda_mult,
+    chosen = maximal_marginal_relevance(np.asarray(query, dtype=np.float32),
+                                        cast(list[list[float]], candidates), lambda_mult=lambda_mult,
                                         k=min(k, len(rows)))
     return [document_from_row(rows[index]) for index in chosen]
 

@@ -40,10 +40,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> str:
     """Return the URL of a migrated database for this test run."""
-    if os.environ.get("TEST_DATABASE_URL"):
-        url = server_url  # a given test database is used as it is: it may not allow CREATE DATABASE
-    else:
-        url = _fresh_database(server_url, TEST_DATABASE)
+    # A given test database is used as it is: its server may not allow CREATE DATABASE.
+    url = server_url if os.environ.get("TEST_DATABASE_URL") else _fresh_database(server_url, TEST_DATABASE)
     with Database(url, settings=test_settings()) as db:
         migrate(db)
     return url

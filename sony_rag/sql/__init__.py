@@ -11,9 +11,10 @@ from typing import Any
 
 from psycopg import sql
 
-__all__ = ["Params", "Query"]
+__all__ = ["Params", "Query", "Statement"]
 
-Query = tuple[sql.Composable, dict[str, Any]]
+Statement = sql.SQL | sql.Composed
+Query = tuple[Statement, dict[str, Any]]
 
 # Casts that a placeholder may carry; a fixed set so that no caller can smuggle SQL in through a cast name.
 _ALLOWED_CASTS = frozenset(

@@ -26,7 +26,7 @@ def _column_list() -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(name) for name in COPY_COLUMNS)
 
 
-def copy_into_table() -> sql.Composable:
+def copy_into_table() -> sql.Composed:
     """Return the binary COPY statement that appends rows straight to document_embeddings."""
     return sql.SQL("COPY document_embeddings ({}) FROM STDIN WITH (FORMAT BINARY)").format(_column_list())
 
@@ -38,7 +38,7 @@ def create_staging() -> Query:
     ).format(_STAGING), {}
 
 
-def copy_into_staging() -> sql.Composable:
+def copy_into_staging() -> sql.Composed:
     """Return the binary COPY statement into the staging table."""
     return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(_STAGING, _column_list())
 

@@ -28,7 +28,7 @@ def insert(session_id: UUID, selected_text: str, page_url: str | None, embedding
 def recent(session_id: UUID, limit: int, max_age: timedelta | None = None) -> Query:
     """Return a SELECT of a session's newest selections (optionally not older than ``max_age``), newest first."""
     p = Params()
-    age = sql.SQL("")
+    age: sql.Composable = sql.SQL("")
     if max_age is not None:
         age = sql.SQL(" AND created_at >= NOW() - {}").format(p.add(max_age, "interval"))
     return sql.SQL(

@@ -38,7 +38,7 @@ def update(session_id: UUID, *, user_agent: str | None, current_page: str | None
            metadata: dict[str, Any] | None) -> Query:
     """Return an UPDATE that sets the given fields (metadata merged key by key) returning the row."""
     p = Params()
-    assignments = [sql.SQL("updated_at = NOW()")]
+    assignments: list[sql.Composable] = [sql.SQL("updated_at = NOW()")]
     if user_agent is not None:
         assignments.append(sql.SQL("user_agent = {}").format(p.add(user_agent)))
     if current_page is not None:
