@@ -1,5 +1,6 @@
 """sony-rag: conversation memory and filtered similarity retrieval for LangChain agents on Postgres + pgvector."""
 
+from sony_rag.chat_history import SonyChatMessageHistory
 from sony_rag.connection import Database
 from sony_rag.database import (
     batch_insert_embeddings,
@@ -39,6 +40,7 @@ from sony_rag.errors import (
     SessionNotFoundError,
     SonyRagError,
 )
+from sony_rag.selections import SelectionAwareRetriever, arecord_selection, record_selection
 from sony_rag.settings import Settings, get_settings
 from sony_rag.vectorstore import SonyVectorStore
 
@@ -62,10 +64,13 @@ __all__ = [
     "NotFoundError",
     "QueryTimeoutError",
     "SchemaNotReadyError",
+    "SelectionAwareRetriever",
     "SessionNotFoundError",
     "Settings",
+    "SonyChatMessageHistory",
     "SonyRagError",
     "SonyVectorStore",
+    "arecord_selection",
     "batch_insert_embeddings",
     "close_db",
     "create_chat_session",
@@ -81,6 +86,7 @@ __all__ = [
     "insert_embedding",
     "insert_text_selection",
     "prune_chat_sessions",
+    "record_selection",
     "search_similar_embeddings",
     "update_chat_session",
 ]

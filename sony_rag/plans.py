@@ -346,9 +346,12 @@ def replace_sources(sources: Sequence[tuple[str, str]], rows: Sequence[Embedding
     replacements of one source queue instead of both inserting.
     """
     yield fetch(embedding_sql.lock_sources([f"sony-rag-source:{t}:{i}" for t, i in sources]))
-    deleted = 0
+    by_type: dict[str, list[str]] = {}
     for source_type, source_id in sources:
-        deleted += yield execute(embedding_sql.delete_source(source_type, source_id))
+        by_type.setdefault(source_type, []).append(source_id)
+    deleted = 0
+    for source_type, source_ids in sorted(by_type.items()):
+        deleted += yield execute(embedding_sql.delete_sources(source_type, source_ids))
     if rows:
         yield Copy(embedding_sql.copy_into_table(), embedding_sql.COPY_TYPES, rows)
     return deleted

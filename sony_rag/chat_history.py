@@ -1,0 +1,192 @@
+"""``SonyChatMessageHistory``: LangChain conversation memory on the documented chat tables."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import BaseMessage
+
+from sony_rag import plans
+from sony_rag import validation as check
+from sony_rag.connection import Database
+from sony_rag.database import get_db
+from sony_rag.errors import InvalidInputError, SessionNotFoundError
+from sony_rag.executor import Plan
+from sony_rag.message_codec import decode_message, encode_message
+
+
+class SonyChatMessageHistory(BaseChatMessageHistory):
+    """Chat message history of one ``chat_sessions`` row, stored in ``chat_messages``.
+
+    Setup:
+        ``pip install sony-rag`` and ``sony-rag migrate`` (or ``sony_rag.migrate.migrate(db)``).
+
+    Instantiate:
+        .. code-block:: python
+
+            from sony_rag import Database, SonyChatMessageHistory
+            history = SonyChatMessageHistory(session_id, Database(), current_page="/products/sofa-123")
+
+        ``session_id`` is a UUID (or its string). Construction checks the arguments but does no I/O.
+
+    Missing sessions:
+        Every read, write and clear needs the session row. When it is missing, ``create_session=True``
+        (the default) creates it, with ``user_agent``, ``current_page`` and ``metadata`` in those columns,
+        and carries on; ``create_session=False`` raises ``SessionNotFoundError``. This is decided on each
+        call, sync or async alike, so a session deleted meanwhile is noticed (or re-created) too. An
+        existing session keeps its columns, except that every write moves ``updated_at`` to now and
+        ``current_page`` to the batch's page context (when there is one).
+
+    Add:
+        ``history.add_messages([HumanMessage("Hi"), AIMessage("Hello!")])`` writes the batch in one
+        transaction, in list order; ``add_messages(msgs, page_context="/cart")`` overrides the page
+        context of one batch. The ``page_context`` attribute (default: ``current_page``) is used otherwise.
+
+    Read:
+        ``history.messages`` returns the messages oldest first, in exactly the order they were added
+        (also within one batch and across concurrent writers). With ``max_messages=N`` only the newest N
+        rows are read from the database, however long the session is.
+
+    Lossless:
+        Every langchain-core message class comes back equal and of the same class (ids, names,
+        ``additional_kwargs``, tool calls and usage included); ``role`` holds ``user``/``assistant``/
+        ``system`` and ``token_usage`` the AI message's total tokens. See ``sony_rag.message_codec``.
+
+    Clear:
+        ``history.clear()`` deletes the session's messages (the session row stays).
+
+    Async:
+        ``aget_messages``, ``aadd_messages`` and ``aclear`` are native async (no thread pool).
+
+    Use with ``RunnableWithMessageHistory``:
+        .. code-block:: python
+
+            chain_with_memory = RunnableWithMessageHistory(
+                chain, lambda session_id: SonyChatMessageHistory(session_id, db),
+                input_messages_key="question", history_messages_key="history",
+            )
+    """
+
+    def __init__(self, session_id: str | UUID, db: Database | None = None, *, create_session: bool = True,
+                 user_agent: str | None = None, current_page: str | None = None,
+                 metadata: Mapping[str, Any] | None = None, max_messages: int | None = None,
+                 page_context: str | None = None) -> None:
+        """Create the history; raises InvalidInputError (or a subclass) for a bad argument, before any I/O."""
+        if not isinstance(create_session, bool):
+            raise InvalidInputError(f"create_session must be True or False, got {create_session!r}")
+        if max_messages is not None and (isinstance(max_messages, bool) or not isinstance(max_messages, int)
+                                         or max_messages < 1):
+            raise InvalidInputError(f"max_messages must be a positive integer or None, got {max_messages!r}")
+        self._session_id = check.as_uuid(session_id, "session_id")
+        self._db = get_db(db)
+        self.create_session = create_session
+        self.max_messages = max_messages
+        self._new_session: dict[str, Any] = {
+            "user_agent": check.text(user_agent, "user_agent", optional=True),
+            "current_page": check.text(current_page, "current_page", optional=True),
+            "metadata": check.metadata(metadata),
+        }
+        self.page_context = page_context if page_context is not None else self._new_session["current_page"]
+
+    @property
+    def session_id(self) -> str:
+        """Return the session's id as a string."""
+        return str(self._session_id)
+
+    @property
+    def page_context(self) -> str | None:
+        """Return the page URL recorded with each batch that names none (the session's current page)."""
+        return self._page_context
+
+    @page_context.setter
+    def page_context(self, value: str | None) -> None:
+        """Set the page context for later batches (e.g. per web request); raises InvalidTextError."""
+        self._page_context = check.text(value, "page_context", optional=True)
+
+    @property
+    def db(self) -> Database:
+        """Return the Database the history reads and writes."""
+        return self._db
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        """Return the messages (newest ``max_messages`` if set), oldest first; raises SessionNotFoundError."""
+        rows = self._db.run(self._read_plan())
+        if rows is None:
+            self._db.run(self._missing_session_plan())
+            return []
+        return _decoded(rows)
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        """Return the messages (newest ``max_messages`` if set), oldest first; raises SessionNotFoundError."""
+        rows = await self._db.arun(self._read_plan())
+        if rows is None:
+            await self._db.arun(self._missing_session_plan())
+            return []
+        return _decoded(rows)
+
+    def _read_plan(self) -> Plan[list[plans.Row] | None]:
+        return plans.history_if_session(self._session_id, self.max_messages)
+
+    def _missing_session_plan(self) -> Plan[plans.Row | None]:
+        if not self.create_session:
+            raise SessionNotFoundError(f"chat session {self._session_id} does not exist")
+        return plans.create_session(self._session_id, self._new_session["user_agent"],
+                                    self._new_session["current_page"], self._new_session["metadata"],
+                                    if_missing=True)
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def add_messages(self, messages: Sequence[BaseMessage], *, page_context: str | None = None) -> None:
+        """Append ``messages`` in order in one transaction; raises InvalidInputError, SessionNotFoundError."""
+        self._db.run(self._write_plan(messages, page_context))
+
+    async def aadd_messages(self, messages: Sequence[BaseMessage], *,
+                            page_context: str | None = None) -> None:
+        """Append ``messages`` in order in one transaction; raises InvalidInputError, SessionNotFoundError."""
+        await self._db.arun(self._write_plan(messages, page_context))
+
+    def _write_plan(self, messages: Sequence[BaseMessage], page_context: str | None) -> Plan[None]:
+        # Every message is encoded (and so checked) before the transaction starts: a bad one writes nothing.
+        encoded = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, BaseMessage):
+                raise InvalidInputError(f"messages[{index}] is a {type(message).__name__}, not a BaseMessage")
+            encoded.append(encode_message(message))
+        page = check.text(page_context, "page_context", optional=True)
+        return plans.add_messages(
+            self._session_id, [uuid.uuid4() for _ in encoded], [row.role for row in encoded],
+            [row.content for row in encoded], [row.token_usage for row in encoded],
+            page if page is not None else self.page_context, [row.metadata for row in encoded],
+            create_session=self._new_session if self.create_session else None,
+        )
+
+    # -- clearing ------------------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Delete every message of the session (the session stays); raises SessionNotFoundError."""
+        self._db.run(self._clear_plan())
+
+    async def aclear(self) -> None:
+        """Delete every message of the session (the session stays); raises SessionNotFoundError."""
+        await self._db.arun(self._clear_plan())
+
+    def _clear_plan(self) -> Plan[int]:
+        return plans.clear_session_messages(self._session_id,
+                                            create_session=self._new_session if self.create_session else None)
+
+    def __repr__(self) -> str:
+        return f"SonyChatMessageHistory(session_id={self.session_id!r}, max_messages={self.max_messages!r})"
+
+
+def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
+    return [decode_message(row["role"], row["content"], row["metadata"]) for row in rows]
+
+
+__all__ = ["SonyChatMessageHistory"]
