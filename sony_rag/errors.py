@@ -7,6 +7,8 @@ psycopg exception.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psycopg
 from psycopg import errors as pg_errors
 
@@ -43,6 +45,10 @@ class SchemaNotReadyError(SonyRagError):
     """Raised when the tables do not exist yet: run ``sony-rag migrate`` first."""
 
 
+class IndexBuildError(SonyRagError):
+    """Raised when the vector index cannot be rebuilt (e.g. k-means needs more memory than allowed); says why."""
+
+
 class InvalidInputError(SonyRagError, ValueError):
     """Raised for any argument that cannot be stored or searched as given; nothing was written."""
 
@@ -73,6 +79,15 @@ class InvalidTextError(InvalidInputError):
 
 class InvalidMetadataError(InvalidInputError):
     """Raised when metadata is not a JSON object that round-trips exactly (non-JSON values, NaN, NUL bytes)."""
+
+
+class BadRecordError(InvalidInputError):
+    """Raised by ingestion for bad input records (``errors`` lists each as ``file:line: reason``); nothing written."""
+
+    def __init__(self, message: str, errors: Sequence[object] = ()) -> None:
+        """Create the error with its message and the bad records it is about."""
+        super().__init__(message)
+        self.errors = list(errors)
 
 
 class NotFoundError(SonyRagError, LookupError):

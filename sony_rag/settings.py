@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     embeddings: Literal["local", "fake"] = Field(
         default="local", description="Embeddings the CLI and examples use: the real MiniLM model or the fake."
     )
+    chat_model: str | None = Field(
+        default=None,
+        description="Chat model of `sony-rag chat` and the agent, as 'provider:model' for init_chat_model "
+        "(e.g. openai:gpt-4o-mini); unset means the offline answerer.",
+    )
+
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _blank_url_means_embedded(cls, value: object) -> object:
+        # `DATABASE_URL=` in a .env file means "not set", not "connect to the default local socket".
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 @lru_cache(maxsize=1)

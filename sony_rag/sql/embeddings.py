@@ -232,6 +232,13 @@ def source_states(source_type: str, source_ids: Sequence[str]) -> Query:
     ).format(p.add(source_type), p.add(list(source_ids), "text[]")), p.values
 
 
+def delete_sources(source_type: str, source_ids: Sequence[str]) -> Query:
+    """Return a DELETE of the rows of several sources of one type."""
+    p = Params()
+    return sql.SQL("DELETE FROM document_embeddings WHERE source_type = {} AND source_id = ANY({})").format(
+        p.add(source_type), p.add(list(source_ids), "text[]")), p.values
+
+
 def lock_sources(keys: Sequence[str]) -> Query:
     """Return a SELECT taking a transaction-scoped advisory lock per source key, in one fixed order."""
     p = Params()

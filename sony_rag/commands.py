@@ -1,0 +1,251 @@
+"""The library behind each ``sony-rag`` command: one function per verb, returning data (``cli.py`` prints it).
+
+Every function takes an open ``Database`` and raises only ``SonyRagError`` subclasses, so a script can call
+these directly: ``commands.search(db, "oak table", embeddings=get_embeddings("fake"))``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+
+from sony_rag import plans
+from sony_rag import validation as check
+from sony_rag.connection import Database
+from sony_rag.database import match_from_row, parse_age
+from sony_rag.embeddings import embeddings_name
+from sony_rag.errors import InvalidInputError, SchemaNotReadyError, SessionNotFoundError
+from sony_rag.ingest import IngestReport, OnError, Progress, ingest_paths
+from sony_rag.message_codec import decode_message
+from sony_rag.migrate import CheckResult, check_database
+from sony_rag.migrate import migrate as apply_migrations
+from sony_rag.types import EmbeddingMatch
+
+# -- migrate ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MigrateOutcome:
+    """What ``migrate`` did: the migrations applied and, with ``test``, each check's result."""
+
+    applied: list[str] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        """Return the checks that failed."""
+        return [result for result in self.checks if not result.passed]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the outcome as a JSON-ready dict."""
+        return {"applied": self.applied, "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail}
+                                                    for c in self.checks], "ok": not self.failed}
+
+
+def migrate(db: Database, *, test: bool = False, log: Callable[[str], None] = lambda line: None) -> MigrateOutcome:
+    """Apply pending migrations (and, with ``test``, check the database); raises MigrationError."""
+    outcome = MigrateOutcome(applied=apply_migrations(db, log=log))
+    if test:
+        outcome.checks = check_database(db)
+    return outcome
+
+
+# -- ingest ----------------------------------------------------------------------------------------------
+
+
+def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings, source_type: str | None = None,
+           on_error: OnError = "stop", progress: Progress | None = None) -> IngestReport:
+    """Ingest JSONL, CSV, Markdown and text files (see ``sony_rag.ingest``) and return the report.
+
+    Raises BadRecordError (``on_error="stop"``), InvalidInputError or DatabaseError subclasses.
+    """
+    return ingest_paths(db, paths, embeddings, source_type=source_type, on_error=on_error, progress=progress)
+
+
+# -- search ----------------------------------------------------------------------------------------------
+
+
+def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str | None = None, k: int = 5,
+           threshold: float | None = None) -> list[EmbeddingMatch]:
+    """Return up to ``k`` chunks most similar to ``query`` (cosine similarity, highest first).
+
+    Raises InvalidInputError for an empty query, a bad ``k``, threshold or source type, and
+    SchemaNotReadyError before ``migrate``.
+    """
+    text = check.required_text(query, "query")
+    if not text.strip():
+        raise InvalidInputError("the query is empty")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+        raise InvalidInputError(f"k must be an integer from 1 to 1000, got {k!r}")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise InvalidInputError(f"threshold must be a similarity from -1 to 1, got {threshold!r}")
+    type_filter = None if source_type is None else {"source_type": check.source_type(source_type)}
+    capabilities = db.capabilities()
+    if not any(capabilities.pgvector_version):  # (0,) when the extension is missing
+        # Without the extension the vector type is unknown and the query could not even be sent.
+        raise SchemaNotReadyError("the pgvector extension and tables are missing: run `sony-rag migrate` first")
+    vector = embeddings.embed_query(text)
+    check.dimensions_of(vector, type(embeddings).__name__)
+    rows = db.run(plans.search(check.vector(vector, "query embedding"), k, type_filter, capabilities,
+                               min_similarity=threshold))
+    return [match_from_row(row) for row in rows]
+
+
+def model_mismatch(matches: Sequence[EmbeddingMatch], embeddings: Embeddings) -> str | None:
+    """Return a warning when the matches were embedded by another model than ``embeddings`` (else None)."""
+    used = embeddings_name(embeddings)
+    stored = sorted({str(m["metadata"]["embedding_model"]) for m in matches
+                     if isinstance(m["metadata"], dict) and m["metadata"].get("embedding_model")} - {used})
+    if not stored:
+        return None
+    return (f"these chunks were embedded with {', '.join(stored)} but the query with {used}: similarities "
+            "are meaningless; search with the same embeddings or run `sony-rag ingest` again")
+
+
+# -- chat ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conversation:
+    """An open chat: the agent with its session; ``ask`` runs one turn and stores it."""
+
+    session_id: str
+    resumed: bool
+    earlier_messages: int
+    agent: Any  # sony_rag.agent.ShopAgent, imported lazily: the agent pulls in langchain's agent graph
+
+    @property
+    def offline(self) -> bool:
+        """Return True when the offline answerer writes the replies."""
+        return bool(self.agent.offline)
+
+    def ask(self, question: str) -> Any:
+        """Answer ``question`` and store the turn; return the ``AgentReply``."""
+        return self.agent.ask(question)
+
+
+def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = None, page: str | None = None,
+              model: BaseChatModel | None = None, k: int = 4) -> Conversation:
+    """Return a conversation with the shop agent: a new session, or ``session_id`` resumed.
+
+    Raises InvalidIdentifierError for a malformed id and SessionNotFoundError for an unknown one.
+    """
+    from sony_rag.agent import ShopAgent
+    from sony_rag.chat_history import SonyChatMessageHistory
+    from sony_rag.vectorstore import SonyVectorStore
+
+    page = check.text(page, "page", optional=True)
+    earlier = 0
+    if session_id is not None:
+        existing = check.as_uuid(session_id, "session id")
+        if db.run(plans.get_session(existing)) is None:
+            raise SessionNotFoundError(f"chat session {existing} does not exist (omit --session to start one)")
+        earlier = len(db.run(plans.history(existing, None)))
+        chosen: UUID = existing
+    else:
+        chosen = uuid.uuid4()
+    history = SonyChatMessageHistory(chosen, db, create_session=session_id is None, current_page=page,
+                                     user_agent="sony-rag chat")
+    agent = ShopAgent(SonyVectorStore(embeddings, db), history, model=model, k=k)
+    return Conversation(session_id=str(chosen), resumed=session_id is not None, earlier_messages=earlier,
+                        agent=agent)
+
+
+# -- sessions --------------------------------------------------------------------------------------------
+
+
+def list_sessions(db: Database, *, limit: int = 20) -> list[dict[str, Any]]:
+    """Return the most recently active sessions with their message counts, newest first."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInputError(f"limit must be a positive integer, got {limit!r}")
+    return db.run(plans.recent_sessions(limit))
+
+
+@dataclass
+class SessionTranscript:
+    """A session's row and its messages, oldest first, each described for reading."""
+
+    session: dict[str, Any]
+    messages: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the transcript as a JSON-ready dict."""
+        return {"session": self.session, "messages": self.messages}
+
+
+def show_session(db: Database, session_id: str, *, limit: int | None = None) -> SessionTranscript:
+    """Return a session and its messages (the newest ``limit``, all when None); raises SessionNotFoundError."""
+    wanted = check.as_uuid(session_id, "session id")
+    session = db.run(plans.get_session(wanted))
+    if session is None:
+        raise SessionNotFoundError(f"chat session {wanted} does not exist")
+    rows = db.run(plans.history(wanted, limit))
+    messages = []
+    for row in rows:
+        message = decode_message(row["role"], row["content"], row["metadata"])
+        messages.append({"role": row["role"], "type": message.type, "created_at": row["created_at"],
+                         "page_context": row["page_context"], "text": describe_message(message)})
+    return SessionTranscript(session=session, messages=messages)
+
+
+def describe_message(message: BaseMessage) -> str:
+    """Return a one-paragraph reading of a stored message (tool calls and results summarised)."""
+    if isinstance(message, AIMessage) and message.tool_calls:
+        calls = ", ".join(f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in call['args'].items())})"
+                          for call in message.tool_calls)
+        return (message.text + "\n" if message.text else "") + f"[calls {calls}]"
+    if isinstance(message, ToolMessage):
+        found = len(message.artifact) if isinstance(message.artifact, list) else None
+        return f"[{message.name or 'tool'} returned {found if found is not None else 'a'} result(s)]"
+    return message.text
+
+
+# -- prune -----------------------------------------------------------------------------------------------
+
+
+def prune(db: Database, older_than: str) -> int:
+    """Delete sessions idle for longer than ``older_than`` ("30d", "12h", ...); return how many."""
+    return db.run(plans.prune_sessions(parse_age(older_than)))
+
+
+# -- stats and index management --------------------------------------------------------------------------
+
+
+def stats(db: Database) -> dict[str, Any]:
+    """Return rows per table and source type, index sizes and scans, the vector index and pgvector version."""
+    from sony_rag.indexes import vector_index_stats
+
+    return vector_index_stats(db)
+
+
+def rebuild_index(db: Database, *, lists: str = "auto", hnsw: bool = False,
+                  concurrently: bool = False) -> dict[str, Any]:
+    """Rebuild the vector index (IVFFlat with ``lists`` "auto" or a number, or HNSW); return what was built.
+
+    Raises InvalidInputError for a bad ``lists`` and IndexBuildError when the server cannot build it.
+    """
+    from sony_rag.indexes import rebuild_vector_index
+
+    if hnsw and lists != "auto":
+        raise InvalidInputError("--lists applies to IVFFlat only; leave it out with --hnsw")
+    list_count: int | Literal["auto"] = "auto"
+    if lists != "auto":
+        try:
+            list_count = int(lists)
+        except ValueError:
+            raise InvalidInputError(f"--lists must be 'auto' or a positive integer, got {lists!r}") from None
+    report = rebuild_vector_index(db, method="hnsw" if hnsw else "ivfflat", lists=list_count,
+                                  concurrently=concurrently)
+    return report.as_dict()
+
+
+__all__ = ["Conversation", "MigrateOutcome", "SessionTranscript", "describe_message", "ingest", "list_sessions",
+           "migrate", "model_mismatch", "open_chat", "prune", "rebuild_index", "search", "show_session", "stats"]

@@ -1,0 +1,362 @@
+"""The ``sony-rag`` command end to end on the test database: every subcommand, its output and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sony_rag.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
+from sony_rag.connection import Database
+
+DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+SUBCOMMANDS = [["migrate"], ["ingest"], ["search"], ["chat"], ["sessions"], ["sessions", "list"],
+               ["sessions", "show"], ["prune"], ["stats"], ["index"], ["index", "rebuild"]]
+
+
+class Cli:
+    """Runs ``sony-rag`` in this process against the test database and captures its output."""
+
+    def __init__(self, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.url = url
+        self.capsys = capsys
+
+    def __call__(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        """Return (exit code, stdout, stderr) of one run."""
+        self.capsys.readouterr()
+        saved = sys.stdin
+        if stdin is not None:
+            sys.stdin = io.StringIO(stdin)
+        try:
+            code = main(["--database-url", self.url, "--embeddings", "fake", *args])
+        finally:
+            sys.stdin = saved
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *args: str, stdin: str | None = None) -> Any:
+        """Return the parsed JSON output of a successful run."""
+        code, out, err = self(*args, "--json", stdin=stdin)
+        assert code == EXIT_OK, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(db: Database, database_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Return a runner of the command on empty tables."""
+    return Cli(database_url, capsys)
+
+
+@pytest.fixture
+def loaded(cli: Cli) -> Cli:
+    """Return a runner after the sample catalog was ingested."""
+    cli.json("ingest", str(DATA))
+    return cli
+
+
+def count_rows(db: Database, table: str) -> int:
+    """Return the number of rows in one of the four tables."""
+    assert table in ("chat_sessions", "chat_messages", "document_embeddings", "user_text_selections")
+    with db.pool().connection() as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- help and usage -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help_with_the_exit_codes(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"usage: sony-rag {' '.join(command)}" in out
+    assert "exit codes:" in out and "3  the database is unavailable" in out
+
+
+def test_the_parser_knows_exactly_the_documented_commands() -> None:
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    assert set(commands.choices) == {"migrate", "ingest", "search", "chat", "sessions", "prune", "stats", "index"}
+    assert {" ".join(command) for command in SUBCOMMANDS} >= set(commands.choices)
+
+
+def test_top_level_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == EXIT_OK
+    assert "exit codes:" in capsys.readouterr().out
+    assert main(["--version"]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("sony-rag ")
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["search"], ["search", "x", "--k", "many"],
+                                  ["ingest", "x", "--on-error", "ignore"], ["ingest", "x", "--source-type", "blog"],
+                                  ["sessions"], ["index", "rebuild", "--bogus"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_global_options_work_after_the_subcommand_too(cli: Cli) -> None:
+    code = main(["stats", "--database-url", cli.url, "--json"])
+    assert code == EXIT_OK
+    assert "tables" in json.loads(cli.capsys.readouterr().out)
+
+
+# -- migrate ------------------------------------------------------------------------------------------------
+
+
+def test_migrate_is_up_to_date_and_its_checks_pass(cli: Cli) -> None:
+    code, out, _ = cli("migrate", "--test")
+    assert code == EXIT_OK
+    assert "up to date" in out and " 0 failed" in out
+    result = cli.json("migrate", "--test")
+    assert result["applied"] == [] and result["ok"] is True
+    assert all(check["passed"] for check in result["checks"]) and len(result["checks"]) > 10
+
+
+# -- ingest -------------------------------------------------------------------------------------------------
+
+
+def test_ingest_then_again_changes_nothing(cli: Cli, db: Database) -> None:
+    first = cli.json("ingest", str(DATA))
+    assert first["written"] == first["sources"] >= 100 and first["skipped"] == []
+    assert first["embedding_model"] == "sony-rag/hashed-word-stems-384-v1"
+    rows = count_rows(db, "document_embeddings")
+    assert rows == first["chunks_written"]
+    second = cli.json("ingest", str(DATA))
+    assert (second["written"], second["unchanged"], second["chunks_written"]) == (0, first["sources"], 0)
+    assert count_rows(db, "document_embeddings") == rows
+
+
+def test_ingest_human_output(cli: Cli) -> None:
+    code, out, err = cli("ingest", str(DATA / "faq.jsonl"))
+    assert code == EXIT_OK, err
+    assert "ingested 1 file(s)" in out and "25 sources, 25 written, 0 unchanged" in out and "rows/s" in out
+
+
+def test_ingest_bad_record_stops_with_file_and_line(cli: Cli, db: Database, tmp_path: Path) -> None:
+    folder = tmp_path / "faq"
+    folder.mkdir()
+    path = folder / "extra.jsonl"
+    path.write_text('{"id": "a", "question": "Q?", "answer": "A."}\n{"id": "b", "question": "no answer"}\n',
+                    encoding="utf-8")
+    code, _, err = cli("ingest", str(DATA / "faq.jsonl"), str(path))
+    assert code == EXIT_USAGE
+    assert f"{path}:2:" in err and "nothing was written" in err
+    assert count_rows(db, "document_embeddings") == 0
+
+    report = cli.json("ingest", str(DATA / "faq.jsonl"), str(path), "--on-error", "skip")
+    assert report["skipped"] == [{"path": str(path), "line": 2, "message": report["skipped"][0]["message"]}]
+    assert report["written"] == 26
+    code, _, err = cli("ingest", str(path), "--on-error", "skip")
+    assert code == EXIT_OK and f"skipped {path}:2:" in err
+
+
+def test_ingest_with_explicit_source_type(cli: Cli, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Opening hours\n\nOur Brooklyn showroom opens at 10am.\n", encoding="utf-8")
+    code, _, err = cli("ingest", str(notes))
+    assert code == EXIT_USAGE and "--source-type" in err
+    report = cli.json("ingest", str(notes), "--source-type", "page_content")
+    assert report["written"] == 1
+    hits = cli.json("search", "showroom opening hours", "--source-type", "page_content", "--k", "1")
+    assert hits[0]["source_id"] == "notes"
+
+
+def test_ingest_missing_path_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("ingest", str(tmp_path / "nope.jsonl"))
+    assert code == EXIT_USAGE and "no such file or directory" in err
+
+
+def test_ingest_a_changed_record_replaces_only_it(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    cli.json("ingest", str(data))
+    faq = data / "faq.jsonl"
+    lines = faq.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[0])
+    record["answer"] += " Tracking links also arrive by text message."
+    lines[0] = json.dumps(record)
+    faq.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = cli.json("ingest", str(data))
+    assert (report["written"], report["chunks_written"], report["chunks_deleted"]) == (1, 1, 1)
+
+
+# -- search -------------------------------------------------------------------------------------------------
+
+
+def test_search_json_shape_and_order(loaded: Cli) -> None:
+    hits = loaded.json("search", "oak dining table", "--k", "4")
+    assert len(hits) == 4
+    assert set(hits[0]) == {"similarity", "source_type", "source_id", "title", "content", "metadata", "embedding_id"}
+    similarities = [hit["similarity"] for hit in hits]
+    assert similarities == sorted(similarities, reverse=True)
+    assert hits[0]["source_id"] == "ekeby-oak-dining-table"
+    assert hits[0]["metadata"]["source_id"] == "ekeby-oak-dining-table"
+
+
+def test_search_filters_by_source_type_and_threshold(loaded: Cli) -> None:
+    hits = loaded.json("search", "how long does delivery take", "--source-type", "faq", "--k", "3")
+    assert len(hits) == 3 and {hit["source_type"] for hit in hits} == {"faq"}
+    strict = loaded.json("search", "how long does delivery take", "--threshold", "0.3", "--k", "50")
+    assert strict and all(hit["similarity"] >= 0.3 for hit in strict)
+    assert len(strict) < 50
+    assert loaded.json("search", "how long does delivery take", "--threshold", "0.99") == []
+
+
+def test_search_human_table(loaded: Cli) -> None:
+    code, out, _ = loaded("search", "walnut sideboard", "--source-type", "product", "--k", "2")
+    assert code == EXIT_OK
+    assert "similarity" in out and "product:mossby-sideboard" in out
+    code, out, _ = loaded("search", "walnut sideboard", "--threshold", "0.999")
+    assert code == EXIT_OK and "no matches" in out
+
+
+@pytest.mark.parametrize("args", [["   "], ["x", "--k", "0"], ["x", "--threshold", "2"]])
+def test_search_bad_input_exits_2(loaded: Cli, args: list[str]) -> None:
+    code, _, err = loaded("search", *args)
+    assert code == EXIT_USAGE and "error:" in err
+
+
+def test_search_warns_when_the_chunks_came_from_another_model(loaded: Cli, db: Database) -> None:
+    with db.pool().connection() as conn:
+        conn.execute("UPDATE document_embeddings SET metadata = metadata || '{\"embedding_model\": \"other\"}'")
+    code, _, err = loaded("search", "sofa")
+    assert code == EXIT_OK and "embedded with other" in err
+
+
+# -- chat and sessions --------------------------------------------------------------------------------------
+
+
+def test_chat_answers_and_the_session_can_be_resumed(loaded: Cli, db: Database) -> None:
+    code, out, err = loaded("chat", "--page", "/products/hallwyl",
+                            stdin="How much does shipping cost?\n/quit\nignored\n")
+    assert code == EXIT_OK, err
+    assert "offline answerer" in out and "[faq:faq-shipping-cost]" in out
+    session_id = out.split("session ", 1)[1].split(" ", 1)[0]
+    assert f"sony-rag chat --session {session_id}" in out
+
+    turns = [json.loads(line) for line in loaded("chat", "--session", session_id, "--json",
+                                                 stdin="and what about returns?\n")[1].splitlines()]
+    assert len(turns) == 1 and turns[0]["session_id"] == session_id and turns[0]["offline"] is True
+    assert "How much does shipping cost?" in turns[0]["text"]  # the answerer remembers the first question
+    assert any(source["source"].startswith("policy:returns") for source in turns[0]["sources"])
+
+    listed = loaded.json("sessions", "list")
+    assert [row["session_id"] for row in listed] == [session_id]
+    assert listed[0]["message_count"] == 12 and listed[0]["current_page"] == "/products/hallwyl"
+    shown = loaded.json("sessions", "show", session_id)
+    assert [m["type"] for m in shown["messages"][:6]] == ["human", "ai", "tool", "tool", "tool", "ai"]
+    assert shown["messages"][0]["text"] == "How much does shipping cost?"
+    assert "search_products(query=" in shown["messages"][1]["text"]
+    code, out, _ = loaded("sessions", "show", session_id, "--limit", "1")
+    assert code == EXIT_OK and "1 message(s)" in out and "assistant>" in out
+
+
+def test_chat_with_an_unknown_session_is_not_found(loaded: Cli) -> None:
+    code, _, err = loaded("chat", "--session", "00000000-0000-4000-8000-000000000000", stdin="hi\n")
+    assert code == EXIT_FAILED and "does not exist" in err
+    code, _, err = loaded("chat", "--session", "not-a-uuid", stdin="hi\n")
+    assert code == EXIT_USAGE
+
+
+def test_sessions_show_errors(cli: Cli) -> None:
+    assert cli("sessions", "show", "00000000-0000-4000-8000-000000000000")[0] == EXIT_FAILED
+    assert cli("sessions", "show", "nope")[0] == EXIT_USAGE
+    code, out, _ = cli("sessions", "list")
+    assert code == EXIT_OK and "no sessions" in out
+
+
+def test_prune_deletes_idle_sessions(loaded: Cli, db: Database) -> None:
+    loaded("chat", stdin="hello\n")
+    assert loaded.json("prune", "--older-than", "30d") == {"deleted": 0, "older_than": "30d"}
+    with db.pool().connection() as conn:
+        conn.execute("ALTER TABLE chat_sessions DISABLE TRIGGER update_chat_sessions_updated_at")
+        try:
+            conn.execute("UPDATE chat_sessions SET updated_at = NOW() - interval '40 days'")
+        finally:
+            conn.execute("ALTER TABLE chat_sessions ENABLE TRIGGER update_chat_sessions_updated_at")
+    code, out, _ = loaded("prune", "--older-than", "30d")
+    assert code == EXIT_OK and "deleted 1 session(s)" in out
+    assert count_rows(db, "chat_messages") == 0
+    assert loaded("prune", "--older-than", "soon")[0] == EXIT_USAGE
+
+
+# -- stats and index ----------------------------------------------------------------------------------------
+
+
+def test_stats(loaded: Cli) -> None:
+    data = loaded.json("stats")
+    assert data["tables"]["document_embeddings"] == sum(data["document_embeddings_by_source_type"].values())
+    assert set(data["document_embeddings_by_source_type"]) == {"product", "faq", "policy", "page_content"}
+    assert data["pgvector_version"]
+    assert any(row["index"] == "idx_document_embeddings_vector" for row in data["indexes"])
+    code, out, _ = loaded("stats")
+    assert code == EXIT_OK and "document_embeddings / product" in out and "pgvector" in out
+
+
+def test_index_rebuild(loaded: Cli) -> None:
+    report = loaded.json("index", "rebuild")
+    assert report["method"] == "ivfflat" and report["lists"] >= 1 and report["rows"] > 100
+    report = loaded.json("index", "rebuild", "--lists", "3")
+    assert report["lists"] == 3
+    code, out, _ = loaded("index", "rebuild", "--hnsw")
+    assert code == EXIT_OK and "hnsw" in out
+    assert loaded.json("stats")["vector_index"]["method"] == "hnsw"
+    assert loaded("index", "rebuild", "--lists", "many")[0] == EXIT_USAGE
+    assert loaded("index", "rebuild", "--hnsw", "--lists", "4")[0] == EXIT_USAGE
+    assert loaded.json("index", "rebuild")["method"] == "ivfflat"  # leave the default shape behind
+
+
+# -- as a process ------------------------------------------------------------------------------------------
+
+
+def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m sony_rag`` with ``args`` and return the finished process."""
+    environment = {**os.environ, "SONY_RAG_EMBEDDINGS": "fake", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "sony_rag", *args], capture_output=True, text=True, timeout=120,
+                          env=environment, check=False)
+
+
+def test_unreachable_database_exits_3() -> None:
+    done = run_process("--database-url", "postgresql://postgres@127.0.0.1:9/postgres?connect_timeout=2", "stats",
+                       env={"SONY_RAG_CONNECT_RETRIES": "0"})
+    assert done.returncode == EXIT_DATABASE
+    assert "error: could not connect" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_tables_exit_1(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.environ.get("TEST_DATABASE_URL"):
+        pytest.skip("needs a server on which the tests may create a database")
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "sony_rag_cli_empty" WITH (FORCE)')
+        conn.execute('CREATE DATABASE "sony_rag_cli_empty"')
+    cli = Cli(make_conninfo(server_url, dbname="sony_rag_cli_empty"), capsys)
+    for command in (["search", "sofa"], ["stats"], ["ingest", str(DATA / "faq.jsonl")]):
+        code, _, err = cli(*command)
+        assert code == EXIT_FAILED, err
+        assert "sony-rag migrate" in err
+
+
+def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from sony_rag.settings import get_settings
+
+    monkeypatch.setenv("SONY_RAG_POOL_MAX_SIZE", "zero")
+    get_settings.cache_clear()
+    try:
+        assert main(["stats"]) == EXIT_USAGE
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "pool_max_size" in err

