@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--k", type=int, default=5, help="how many results (default 5)")
     sub.add_argument("--threshold", type=float, default=None,
                      help="minimum cosine similarity, e.g. 0.6 (default: none)")
+    sub.add_argument("--mode", choices=["vector", "keyword", "hybrid"], default="hybrid",
+                     help="ranking: vector, keyword (full text) or hybrid, both fused (default; best measured)")
     sub.add_argument("--json", action="store_true", help="print the results as JSON")
 
     sub = command(subparsers, "chat", "talk with the shop agent (reads lines until EOF or /quit)",
@@ -318,7 +320,7 @@ def _ingest(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
 def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
     embeddings = _embeddings(args, err)
     matches = commands.search(db, args.query, embeddings=embeddings, source_type=args.source_type, k=args.k,
-                              threshold=args.threshold)
+                              threshold=args.threshold, mode=args.mode)
     warning = commands.model_mismatch(matches, embeddings)
     if warning:
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -73,9 +73,14 @@ def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings,
 # -- search ----------------------------------------------------------------------------------------------
 
 
+SEARCH_MODES = ("vector", "keyword", "hybrid")
+
+
 def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str | None = None, k: int = 5,
-           threshold: float | None = None) -> list[EmbeddingMatch]:
-    """Return up to ``k`` chunks most similar to ``query`` (cosine similarity, highest first).
+           threshold: float | None = None, mode: str = "hybrid") -> list[EmbeddingMatch]:
+    """Return up to ``k`` chunks for ``query``, best first: by cosine similarity, full text, or both fused.
+
+    ``mode`` defaults to hybrid, the best of the three on benchmarks/relevance.py.
 
     Raises InvalidInputError for an empty query, a bad ``k``, threshold or source type, and
     SchemaNotReadyError before ``migrate``.
@@ -87,6 +92,8 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
         raise InvalidInputError(f"k must be an integer from 1 to 1000, got {k!r}")
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise InvalidInputError(f"threshold must be a similarity from -1 to 1, got {threshold!r}")
+    if mode not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     type_filter = None if source_type is None else {"source_type": check.source_type(source_type)}
     capabilities = db.capabilities()
     if not any(capabilities.pgvector_version):  # (0,) when the extension is missing
@@ -94,8 +101,18 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
         raise SchemaNotReadyError("the pgvector extension and tables are missing: run `sony-rag migrate` first")
     vector = embeddings.embed_query(text)
     check.dimensions_of(vector, type(embeddings).__name__)
-    rows = db.run(plans.search(check.vector(vector, "query embedding"), k, type_filter, capabilities,
-                               min_similarity=threshold))
+    query_vector = check.vector(vector, "query embedding")
+    options = plans.HybridOptions.from_settings(db.settings)
+    if mode == "hybrid":
+        search_plan = plans.hybrid_search(query_vector, text, k, type_filter, capabilities, options,
+                                          min_similarity=threshold)
+    elif mode == "keyword":
+        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options)
+    else:
+        search_plan = plans.search(query_vector, k, type_filter, capabilities, min_similarity=threshold)
+    rows = db.run(search_plan)
+    if mode == "keyword" and threshold is not None:
+        rows = [row for row in rows if 1.0 - float(row["distance"]) >= threshold]
     return [match_from_row(row) for row in rows]
 
 

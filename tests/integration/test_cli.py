@@ -193,8 +193,15 @@ def test_ingest_a_changed_record_replaces_only_it(cli: Cli, tmp_path: Path) -> N
 # -- search -------------------------------------------------------------------------------------------------
 
 
+def test_search_modes_find_codes(loaded: Cli) -> None:
+    for mode in ("keyword", "hybrid"):
+        hits = loaded.json("search", "SX-1123", "--mode", mode, "--k", "3")
+        assert hits[0]["source_id"] == "hallwyl-3-seat-sofa", mode
+    assert len(loaded.json("search", "SX-1123", "--mode", "vector", "--k", "3")) == 3
+
+
 def test_search_json_shape_and_order(loaded: Cli) -> None:
-    hits = loaded.json("search", "oak dining table", "--k", "4")
+    hits = loaded.json("search", "oak dining table", "--k", "4", "--mode", "vector")
     assert len(hits) == 4
     assert set(hits[0]) == {"similarity", "source_type", "source_id", "title", "content", "metadata", "embedding_id"}
     similarities = [hit["similarity"] for hit in hits]
