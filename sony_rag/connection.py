@@ -102,6 +102,7 @@ class Database:
         self._apool_opening = asyncio.Lock()
         self._vector_info: TypeInfo | None = None
         self._capabilities: tuple[float, Capabilities] | None = None
+        self._pooler_cache: tuple[str, bool | None, bool] | None = None
         self._closed = False
 
     # -- where and how to connect -------------------------------------------------------------------
@@ -121,7 +122,13 @@ class Database:
     @property
     def transaction_pooler(self) -> bool:
         """Return True when connections go through a transaction-mode pooler."""
-        return is_transaction_pooler(self.conninfo, self.settings.transaction_pooler)
+        # Asked on every plan run: parsing the URL each time cost tens of microseconds per call.
+        conninfo, explicit = self.conninfo, self.settings.transaction_pooler
+        cached = self._pooler_cache
+        if cached is None or cached[0] != conninfo or cached[1] != explicit:
+            cached = (conninfo, explicit, is_transaction_pooler(conninfo, explicit))
+            self._pooler_cache = cached
+        return cached[2]
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments every connection of this database is opened with."""
@@ -186,6 +193,28 @@ class Database:
         self._vector_info = info
         return info
 
+    # A dead idle connection usually means the server restarted (or a Neon compute slept) and every idle
+    # connection died with it. psycopg_pool would find them one per request, pausing 1 s, 2 s, 4 s... in
+    # between, so a full pool outlasts pool_timeout: on the first dead one, replace all idle ones at once.
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            pool = self._pool
+            if pool is not None:
+                pool.check()
+            raise
+
+    async def _acheck(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            pool = self._apool
+            if pool is not None and self._apool_loop is asyncio.get_running_loop():
+                await pool.check()
+            raise
+
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         """Return the sync pool, opening it (after the server answers) on first use."""
         if self._closed:
@@ -196,7 +225,7 @@ class Database:
                 self._pool = ConnectionPool(
                     self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
-                    configure=self._configure, check=ConnectionPool.check_connection,
+                    configure=self._configure, check=self._check,
                     name="sony-rag", open=True,
                 )
             return self._pool
@@ -215,7 +244,7 @@ class Database:
                 self._apool = AsyncConnectionPool(
                     self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
-                    configure=self._aconfigure, check=AsyncConnectionPool.check_connection,
+                    configure=self._aconfigure, check=self._acheck,
                     name="sony-rag-async", open=False,
                 )
                 self._apool_loop = loop

@@ -1,0 +1,517 @@
+"""Rebuilding the vector index on document_embeddings, and the statistics ``sony-rag stats`` prints.
+
+A rebuild sizes the index from the rows present (IVFFlat ``lists`` = rows/1000 up to 1M rows, sqrt(rows)
+beyond), checks the memory pgvector's k-means will ask for against ``maintenance_work_mem`` (raising the
+setting for the build alone when ``max_memory_mb`` allows, else raising IndexBuildError saying how much is
+needed), builds the new index under a temporary name and swaps it in, so ``idx_document_embeddings_vector``
+always exists, then runs ``ANALYZE``. With ``concurrently=True`` the build uses ``CREATE INDEX
+CONCURRENTLY`` on a dedicated autocommit connection, so writes continue during the build.
+
+The steps are written once (``_rebuild_steps``) and driven either as a plan in one transaction (``db.run`` /
+``db.arun``) or, for concurrent builds, statement by statement on an autocommit connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from sony_rag import plans
+from sony_rag.connection import Database
+from sony_rag.errors import (
+    DatabaseUnavailableError,
+    IndexBuildError,
+    InvalidInputError,
+    SonyRagError,
+    translate_database_error,
+)
+from sony_rag.executor import Execute, Fetch, PlanGenerator, SetLocal, Step, execute, fetch, plan
+from sony_rag.sql import Query
+from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql import indexes as index_sql
+from sony_rag.types import EMBEDDING_DIMENSIONS
+
+T = TypeVar("T")
+
+VECTOR_INDEX: Final = index_sql.VECTOR_INDEX
+DEFAULT_MAX_MEMORY_MB: Final = 1024
+_MIB: Final = 1024 * 1024
+# pgvector's default hnsw.ef_search; plans.ann_settings raises it to 2k for larger k.
+DEFAULT_EF_SEARCH: Final = 40
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What a rebuild did: the index built, the rows it was trained on, the memory and time it took."""
+
+    index_name: str
+    method: str
+    lists: int | None
+    m: int | None
+    ef_construction: int | None
+    rows: int
+    concurrently: bool
+    memory_required_bytes: int
+    maintenance_work_mem_bytes: int
+    seconds: float
+    size_bytes: int
+    default_probes: int | None
+    default_ef_search: int | None
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-ready dict."""
+        return {name: (list(value) if isinstance(value, tuple) else value)
+                for name, value in self.__dict__.items()}
+
+
+# -- sizing (pure) ---------------------------------------------------------------------------------------
+
+
+def auto_lists(rows: int) -> int:
+    """Return pgvector's recommended IVFFlat lists for ``rows``: rows/1000 up to 1M rows, sqrt(rows) beyond, >= 1.
+
+    A tiny or empty table gets one list, which an IVFFlat scan reads whole: exact, and it cannot under-fill.
+    """
+    if rows <= 1_000_000:
+        return max(1, rows // 1000)
+    return min(index_sql.LISTS_RANGE[1], math.isqrt(rows))
+
+
+def _vector_bytes(dimensions: int) -> int:
+    return 8 + 4 * dimensions  # varlena header, dim, unused, then float4s (pgvector's VECTOR_SIZE)
+
+
+def ivfflat_build_memory(rows: int, lists: int, dimensions: int = EMBEDDING_DIMENSIONS) -> int:
+    """Return the bytes pgvector 0.6-0.8's k-means checks against maintenance_work_mem (0 when it runs no k-means).
+
+    Mirrors ElkanKmeans in ivfkmeans.c: ``max(10000, 50 * lists)`` sample slots, and per sample a lower bound
+    for every list. With no more sampled rows than lists, pgvector copies the rows as centers and checks nothing.
+    """
+    slots = max(10_000, 50 * lists)
+    samples = min(rows, slots)
+    if samples <= lists:
+        return 0
+    array_header = 24
+    vector = _vector_bytes(dimensions)
+    total = (array_header + slots * vector            # samples
+             + 2 * (array_header + lists * vector)    # centers and new centers
+             + 4 * lists                              # center counts
+             + 4 * samples * 2                        # closest centers, upper bounds
+             + 4 * samples * lists                    # lower bounds
+             + 4 * lists * 2                          # s, new center distances
+             + 4 * lists * lists)                     # half distances between centers
+    return total
+
+
+def hnsw_build_memory(rows: int, m: int, dimensions: int = EMBEDDING_DIMENSIONS) -> int:
+    """Return the bytes an HNSW build needs to keep its whole graph in maintenance_work_mem (an estimate).
+
+    Mirrors HnswInitElement in pgvector 0.6: per row an element (128 B), its vector, a layer-0 neighbour
+    array of 2m candidates (16 B each) and, on average, 1/(m-1) upper layers of m candidates.
+    """
+    layer0 = 8 + 2 * m * 16
+    upper = (8 + 8 + m * 16) / max(1, m - 1)
+    per_row = 128 + 8 + layer0 + upper + _vector_bytes(dimensions)
+    # Allocation alignment and the parallel build's bookkeeping: a 5 % margin, measured on pgvector 0.6.2.
+    return int(rows * per_row * 1.05) + _MIB
+
+
+def _ceil_mb(size: int) -> int:
+    return -(-size // _MIB)
+
+
+# -- the request --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: Literal["ivfflat", "hnsw"]
+    lists: int | None  # None: from the row count
+    m: int
+    ef_construction: int
+    concurrently: bool
+    max_memory_mb: int
+    pooled: bool  # a transaction pooler: session settings would not stay with this build
+
+
+@dataclass
+class _Outcome:
+    rows: int = 0
+    lists: int | None = None
+    memory_required: int = 0
+    maintenance_work_mem: int = 0
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Atomic:
+    """Run these statements in one transaction (an autocommit driver's step; a plan is already one)."""
+
+    queries: Sequence[Query]
+
+
+def _int_in(value: object, name: str, bounds: tuple[int, int]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
+        raise InvalidInputError(f"{name} must be an integer in [{bounds[0]}, {bounds[1]}], got {value!r}")
+    return value
+
+
+def _request(db: Database, method: object, lists: object, m: object, ef_construction: object,
+             concurrently: object, max_memory_mb: object) -> _Request:
+    if method not in ("ivfflat", "hnsw"):
+        raise InvalidInputError(f"method must be 'ivfflat' or 'hnsw', got {method!r}")
+    if lists != "auto" and method == "hnsw":
+        raise InvalidInputError("lists applies to ivfflat only; hnsw takes m and ef_construction")
+    checked_lists = None if lists == "auto" else _int_in(lists, "lists", index_sql.LISTS_RANGE)
+    checked_m = _int_in(m, "m", index_sql.M_RANGE)
+    checked_ef = _int_in(ef_construction, "ef_construction", index_sql.EF_CONSTRUCTION_RANGE)
+    if method == "hnsw" and checked_ef < 2 * checked_m:
+        raise InvalidInputError(f"ef_construction must be at least 2 * m ({2 * checked_m}), got {checked_ef}")
+    if not isinstance(concurrently, bool):
+        raise InvalidInputError(f"concurrently must be True or False, got {concurrently!r}")
+    memory = _int_in(max_memory_mb, "max_memory_mb", (1, 2**31 // 1024))
+    return _Request(method, checked_lists, checked_m, checked_ef, concurrently, memory,  # type: ignore[arg-type]
+                    pooled=db.transaction_pooler)
+
+
+def _memory_settings(request: _Request, outcome: _Outcome, lists: int | None) -> dict[str, str]:
+    """Decide maintenance_work_mem for the build; raises IndexBuildError when k-means cannot have enough."""
+    current = outcome.maintenance_work_mem
+    if request.method == "ivfflat":
+        assert lists is not None
+        needed = ivfflat_build_memory(outcome.rows, lists)
+    else:
+        needed = hnsw_build_memory(outcome.rows, request.m)
+    outcome.memory_required = needed
+    if needed <= current:
+        return {}
+    needed_mb, current_mb = _ceil_mb(needed), current // _MIB
+    if request.concurrently and request.pooled:
+        if request.method == "ivfflat":
+            raise IndexBuildError(
+                f"IVFFlat k-means with lists={lists} on {outcome.rows} rows needs about {needed_mb} MB of "
+                f"maintenance_work_mem and the server gives {current_mb} MB; behind a transaction pooler a "
+                "concurrent build cannot raise it: connect to the direct (non-pooled) endpoint, or run "
+                f"ALTER ROLE ... SET maintenance_work_mem = '{needed_mb}MB', or pass fewer lists"
+            )
+        outcome.notes.append(f"the HNSW graph needs about {needed_mb} MB but maintenance_work_mem is "
+                             f"{current_mb} MB behind a pooler: the build spills to disk and is slower")
+        return {}
+    if needed_mb > request.max_memory_mb:
+        if request.method == "ivfflat":
+            raise IndexBuildError(
+                f"IVFFlat k-means with lists={lists} on {outcome.rows} rows needs about {needed_mb} MB of "
+                f"maintenance_work_mem; the server gives {current_mb} MB and max_memory_mb="
+                f"{request.max_memory_mb} forbids raising it that far: pass max_memory_mb={needed_mb} (or "
+                "more) if the server has the memory, or fewer lists"
+            )
+        outcome.notes.append(f"the HNSW graph needs about {needed_mb} MB, more than max_memory_mb="
+                             f"{request.max_memory_mb}: the build spills to disk and is slower")
+        needed_mb = request.max_memory_mb
+        if needed_mb * _MIB <= current:
+            return {}
+    outcome.maintenance_work_mem = needed_mb * _MIB
+    return {"maintenance_work_mem": f"{needed_mb}MB"}
+
+
+def _rebuild_steps(request: _Request) -> Generator[Step | _Atomic, Any, _Outcome]:
+    """Yield the rebuild's steps; as a plan they run in one transaction, else statement by statement."""
+    rows = yield fetch(index_sql.build_facts())
+    facts = rows[0]
+    if not facts["pgvector_version"]:
+        raise IndexBuildError("the pgvector extension is not installed in this database: run `sony-rag migrate`")
+    outcome = _Outcome(rows=int(facts["row_count"]), maintenance_work_mem=int(facts["maintenance_work_mem"]))
+    existing = set(facts["indexes"] or ())
+    lists = None
+    if request.method == "ivfflat":
+        lists = request.lists if request.lists is not None else auto_lists(outcome.rows)
+        if lists > max(1, outcome.rows):
+            outcome.notes.append(
+                f"{outcome.rows} rows for {lists} lists: most lists are empty until the table grows; searches "
+                "stay exact-count (an under-filled scan falls back to an exact one) but rebuild after loading")
+    outcome.lists = lists
+    settings = _memory_settings(request, outcome, lists)
+    if not (request.concurrently and request.pooled):
+        # An index build legitimately outlasts the per-statement timeout that protects queries.
+        settings["statement_timeout"] = "0"
+    if settings:
+        yield SetLocal(settings)
+    concurrently = request.concurrently
+    for leftover in (index_sql.REBUILD_INDEX, index_sql.RETIRED_INDEX):
+        if leftover in existing:  # from an interrupted earlier rebuild
+            yield execute(index_sql.drop_index(leftover, concurrently=concurrently))
+    yield execute(index_sql.create_vector_index(
+        index_sql.REBUILD_INDEX, request.method, lists=lists, m=request.m, ef_construction=request.ef_construction,
+        concurrently=concurrently))
+    # Table statistics do not depend on the index: gathering them before the swap keeps the exclusive lock
+    # that the swap takes (in a transaction, until commit) as short as possible.
+    yield execute(index_sql.analyze())
+    if concurrently:
+        swap: list[Query] = []
+        if VECTOR_INDEX in existing:
+            swap.append(index_sql.rename_index(VECTOR_INDEX, index_sql.RETIRED_INDEX))
+        swap.append(index_sql.rename_index(index_sql.REBUILD_INDEX, VECTOR_INDEX))
+        yield _Atomic(swap)  # readers see the old index or the new one under the documented name, never none
+        if VECTOR_INDEX in existing:
+            yield execute(index_sql.drop_index(index_sql.RETIRED_INDEX, concurrently=True))
+    else:
+        yield execute(index_sql.drop_index(VECTOR_INDEX))
+        yield execute(index_sql.rename_index(index_sql.REBUILD_INDEX, VECTOR_INDEX))
+    size = yield fetch(index_sql.index_size(VECTOR_INDEX))
+    outcome.size_bytes = int(size[0]["size_bytes"] or 0)
+    return outcome
+
+
+@plan(read_only=False)
+def _rebuild_plan(request: _Request) -> PlanGenerator[_Outcome]:
+    outcome = yield from _rebuild_steps(request)  # type: ignore[misc]
+    return outcome
+
+
+# -- drivers for concurrent builds (autocommit: CREATE INDEX CONCURRENTLY cannot run in a transaction) -------
+
+
+def _run_autocommit(conn: psycopg.Connection[Any], steps: Generator[Step | _Atomic, Any, T]) -> T:
+    result: Any = None
+    with conn.cursor(row_factory=dict_row) as cursor:
+        while True:
+            try:
+                step = steps.send(result)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            result = None
+            if isinstance(step, Fetch):
+                cursor.execute(step.query, step.params)
+                result = cursor.fetchall()
+            elif isinstance(step, Execute):
+                cursor.execute(step.query, step.params)
+                result = cursor.rowcount
+            elif isinstance(step, SetLocal):
+                # A dedicated connection, closed after the build: a session setting lasts exactly as long.
+                cursor.execute(*index_sql.session_settings(step.settings, local=False))
+            elif isinstance(step, _Atomic):
+                with conn.transaction():
+                    for query, params in step.queries:
+                        cursor.execute(query, params)
+            else:
+                raise TypeError(f"a concurrent rebuild cannot run {type(step).__name__}")
+
+
+async def _arun_autocommit(conn: psycopg.AsyncConnection[Any], steps: Generator[Step | _Atomic, Any, T]) -> T:
+    result: Any = None
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        while True:
+            try:
+                step = steps.send(result)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            result = None
+            if isinstance(step, Fetch):
+                await cursor.execute(step.query, step.params)
+                result = await cursor.fetchall()
+            elif isinstance(step, Execute):
+                await cursor.execute(step.query, step.params)
+                result = cursor.rowcount
+            elif isinstance(step, SetLocal):
+                await cursor.execute(*index_sql.session_settings(step.settings, local=False))
+            elif isinstance(step, _Atomic):
+                async with conn.transaction():
+                    for query, params in step.queries:
+                        await cursor.execute(query, params)
+            else:
+                raise TypeError(f"a concurrent rebuild cannot run {type(step).__name__}")
+
+
+def _build_error(error: BaseException) -> SonyRagError:
+    cause = error if isinstance(error, psycopg.Error) else error.__cause__
+    if isinstance(cause, pg_errors.ProgramLimitExceeded | pg_errors.OutOfMemory | pg_errors.DiskFull):
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        return IndexBuildError(f"the server could not build the vector index: {first}; raise "
+                               "maintenance_work_mem (max_memory_mb) or pass fewer lists")
+    if isinstance(error, SonyRagError):
+        return error
+    assert isinstance(error, psycopg.Error)
+    return translate_database_error(error)
+
+
+def _cleanup_failed_concurrent_build(db: Database) -> None:
+    # A failed CREATE INDEX CONCURRENTLY leaves an INVALID index behind that every write still maintains.
+    try:
+        with db.connect() as conn:
+            conn.execute(*index_sql.drop_index(index_sql.REBUILD_INDEX, concurrently=True))
+    except (psycopg.Error, SonyRagError):
+        pass  # the next rebuild drops it first
+
+
+async def _acleanup_failed_concurrent_build(db: Database) -> None:
+    try:
+        async with await _aconnect(db) as conn:
+            await conn.execute(*index_sql.drop_index(index_sql.REBUILD_INDEX, concurrently=True))
+    except (psycopg.Error, SonyRagError):
+        pass
+
+
+async def _aconnect(db: Database) -> psycopg.AsyncConnection[Any]:
+    attempts = db.settings.connect_retries + 1
+    delay = db.settings.connect_backoff
+    for attempt in range(attempts):
+        try:
+            return await psycopg.AsyncConnection.connect(db.conninfo, **db.connection_kwargs())
+        except psycopg.OperationalError:
+            if attempt + 1 == attempts:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise DatabaseUnavailableError(f"could not connect to {db.description} after {attempts} attempts")
+
+
+def _report(request: _Request, outcome: _Outcome, seconds: float) -> IndexReport:
+    hnsw = request.method == "hnsw"
+    return IndexReport(
+        index_name=VECTOR_INDEX, method=request.method, lists=outcome.lists, m=request.m if hnsw else None,
+        ef_construction=request.ef_construction if hnsw else None, rows=outcome.rows,
+        concurrently=request.concurrently, memory_required_bytes=outcome.memory_required,
+        maintenance_work_mem_bytes=outcome.maintenance_work_mem, seconds=seconds, size_bytes=outcome.size_bytes,
+        default_probes=None if outcome.lists is None else plans.default_probes(outcome.lists),
+        default_ef_search=DEFAULT_EF_SEARCH if hnsw else None, notes=tuple(outcome.notes),
+    )
+
+
+# -- the public API ------------------------------------------------------------------------------------
+
+
+def rebuild_vector_index(db: Database, *, method: Literal["ivfflat", "hnsw"] = "ivfflat",
+                         lists: int | Literal["auto"] = "auto", m: int = 16, ef_construction: int = 64,
+                         concurrently: bool = False, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> IndexReport:
+    """Rebuild ``idx_document_embeddings_vector`` sized to the table and return what was built.
+
+    Args:
+        db: The database to rebuild the index in.
+        method: ``"ivfflat"`` (default, as the spec) or ``"hnsw"``.
+        lists: IVFFlat lists, or ``"auto"``: rows/1000 up to 1M rows, sqrt(rows) beyond, at least 1.
+        m: HNSW connections per node.
+        ef_construction: HNSW candidate list size while building (at least 2 * m).
+        concurrently: Build with ``CREATE INDEX CONCURRENTLY`` so writes continue (slower; not in a transaction).
+        max_memory_mb: The most ``maintenance_work_mem`` the build may set for itself.
+
+    Raises:
+        InvalidInputError: an option is out of range (nothing was changed).
+        IndexBuildError: k-means needs more memory than ``max_memory_mb`` allows, or the server refused.
+    """
+    request = _request(db, method, lists, m, ef_construction, concurrently, max_memory_mb)
+    started = time.perf_counter()
+    try:
+        if request.concurrently:
+            try:
+                with db.connect() as conn:
+                    outcome = _run_autocommit(conn, _rebuild_steps(request))
+            except psycopg.Error as error:
+                _cleanup_failed_concurrent_build(db)
+                raise _build_error(error) from error
+        else:
+            try:
+                outcome = db.run(_rebuild_plan(request))
+            except SonyRagError as error:
+                translated = _build_error(error)
+                if translated is error:
+                    raise
+                raise translated from error.__cause__
+    finally:
+        db.forget_capabilities()
+    return _report(request, outcome, time.perf_counter() - started)
+
+
+async def arebuild_vector_index(db: Database, *, method: Literal["ivfflat", "hnsw"] = "ivfflat",
+                                lists: int | Literal["auto"] = "auto", m: int = 16, ef_construction: int = 64,
+                                concurrently: bool = False,
+                                max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> IndexReport:
+    """Rebuild ``idx_document_embeddings_vector`` sized to the table and return what was built (see the sync twin).
+
+    Raises:
+        InvalidInputError: an option is out of range (nothing was changed).
+        IndexBuildError: k-means needs more memory than ``max_memory_mb`` allows, or the server refused.
+    """
+    request = _request(db, method, lists, m, ef_construction, concurrently, max_memory_mb)
+    started = time.perf_counter()
+    try:
+        if request.concurrently:
+            try:
+                async with await _aconnect(db) as conn:
+                    outcome = await _arun_autocommit(conn, _rebuild_steps(request))
+            except psycopg.Error as error:
+                await _acleanup_failed_concurrent_build(db)
+                raise _build_error(error) from error
+        else:
+            try:
+                outcome = await db.arun(_rebuild_plan(request))
+            except SonyRagError as error:
+                translated = _build_error(error)
+                if translated is error:
+                    raise
+                raise translated from error.__cause__
+    finally:
+        db.forget_capabilities()
+    return _report(request, outcome, time.perf_counter() - started)
+
+
+@plan(read_only=True)
+def _stats_plan() -> PlanGenerator[dict[str, Any]]:
+    counts = yield fetch(index_sql.table_counts())
+    by_type = yield fetch(index_sql.source_type_counts())
+    usage = yield fetch(index_sql.index_usage())
+    capabilities = yield fetch(embedding_sql.capabilities())
+    version = capabilities[0]["pgvector_version"]
+    index = None
+    if capabilities[0]["index_method"]:
+        options = dict(option.split("=", 1) for option in (capabilities[0]["index_options"] or []))
+        method = capabilities[0]["index_method"]
+        lists = int(options.get("lists", 100)) if method == "ivfflat" else None
+        index = {
+            "name": VECTOR_INDEX, "method": method, "lists": lists,
+            "m": int(options.get("m", 16)) if method == "hnsw" else None,
+            "ef_construction": int(options.get("ef_construction", 64)) if method == "hnsw" else None,
+            "default_probes": None if lists is None else plans.default_probes(lists),
+            "default_ef_search": DEFAULT_EF_SEARCH if method == "hnsw" else None,
+            "size_bytes": next((int(row["size_bytes"]) for row in usage if row["indexname"] == VECTOR_INDEX), None),
+        }
+    return {
+        "pgvector_version": version,
+        "tables": {table: int(counts[0][table]) for table in index_sql.TABLES},
+        "document_embeddings_by_source_type": {row["source_type"]: int(row["row_count"]) for row in by_type},
+        "vector_index": index,
+        "indexes": [
+            {"table": row["tablename"], "index": row["indexname"], "idx_scan": int(row["idx_scan"] or 0),
+             "size_bytes": int(row["size_bytes"] or 0)}
+            for row in usage
+        ],
+    }
+
+
+def vector_index_stats(db: Database) -> dict[str, Any]:
+    """Return rows per table and per source type, each index's scans and size, the vector index and pgvector version.
+
+    Raises SchemaNotReadyError when the tables do not exist yet.
+    """
+    return db.run(_stats_plan())
+
+
+async def avector_index_stats(db: Database) -> dict[str, Any]:
+    """Return the same statistics as ``vector_index_stats``, from async code."""
+    return await db.arun(_stats_plan())
+
+
+__all__ = [
+    "DEFAULT_MAX_MEMORY_MB", "VECTOR_INDEX", "IndexReport", "arebuild_vector_index", "auto_lists",
+    "avector_index_stats", "hnsw_build_memory", "ivfflat_build_memory", "rebuild_vector_index",
+    "vector_index_stats",
+]
