@@ -312,7 +312,12 @@ class Database:
         for attempt in range(attempts):
             try:
                 with self.pool().connection() as conn:
-                    return drive(conn, plan_, self._per_transaction_settings())
+                    try:
+                        return drive(conn, plan_, self._per_transaction_settings())
+                    except Exception as error:
+                        if _lost_midway(conn, error):
+                            raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
+                        raise
             except PoolTimeout as error:
                 raise DatabaseUnavailableError(
                     f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
@@ -332,7 +337,12 @@ class Database:
             try:
                 pool = await self.apool()
                 async with pool.connection() as conn:
-                    return await adrive(conn, plan_, self._per_transaction_settings())
+                    try:
+                        return await adrive(conn, plan_, self._per_transaction_settings())
+                    except Exception as error:
+                        if _lost_midway(conn, error):
+                            raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
+                        raise
             except PoolTimeout as error:
                 raise DatabaseUnavailableError(
                     f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
@@ -383,6 +393,13 @@ def _register_vector_adapters(conn: psycopg.Connection[Any] | psycopg.AsyncConne
     from pgvector.psycopg.vector import register_vector_info
 
     register_vector_info(conn, info)
+
+
+def _lost_midway(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], error: Exception) -> bool:
+    # A connection cut mid-call (a restart, PgBouncer dropping its server side) does not always surface as
+    # OperationalError: psycopg has raised InternalError ("received 2 results from command 'BEGIN'") and,
+    # during COPY, a plain ValueError. The closed connection tells what really happened.
+    return conn.closed and not isinstance(error, psycopg.OperationalError | SonyRagError)
 
 
 def _connection_lost(error: psycopg.Error) -> bool:

@@ -140,7 +140,7 @@ async def insert_embedding(source_type: str, source_id: str | None, content_chun
     """Store one chunk with its 384-d embedding and return its id; raises InvalidInputError subclasses."""
     ids = await batch_insert_embeddings(
         [{"source_type": source_type, "source_id": source_id, "content_chunk": content_chunk,
-          "embedding": embedding, "metadata": dict(metadata) if metadata is not None else None}], db=db)
+          "embedding": embedding, "metadata": metadata}], db=db)
     return ids[0]
 
 
