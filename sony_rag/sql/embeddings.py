@@ -55,19 +55,31 @@ def upsert_from_staging() -> Query:
     ).format(cols=_column_list(), staging=_STAGING, updates=updates), {}
 
 
+def _conditions(p: Params, q: sql.Composable, filter: Mapping[str, Any] | None,
+                max_distance: float | None) -> sql.Composable:
+    where = [compile_filter(filter, p)]
+    if max_distance is not None:
+        where.append(sql.SQL("(embedding <=> {}) <= {}").format(q, p.add(max_distance, "float8")))
+    return sql.SQL(" AND ").join(where)
+
+
+def _joined_columns(with_embedding: bool) -> sql.Composable:
+    # Result columns of the row aliased ``d`` in queries that rank ids first and join the rows after.
+    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    return columns + sql.SQL(", d.embedding") if with_embedding else columns
+
+
 def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
             max_distance: float | None = None, with_embedding: bool = False) -> Query:
     """Return the ``ORDER BY embedding <=> q LIMIT n`` search (the form the vector index serves)."""
     p = Params()
     q = p.add(query_vector)
-    where = [compile_filter(filter, p)]
-    if max_distance is not None:
-        where.append(sql.SQL("(embedding <=> {}) <= {}").format(q, p.add(max_distance, "float8")))
-    extra = sql.SQL(", embedding") if with_embedding else sql.SQL("")
+    where = _conditions(p, q, filter, max_distance)
+    columns = _RESULT_COLUMNS + sql.SQL(", embedding") if with_embedding else _RESULT_COLUMNS
     query = sql.SQL(
-        "SELECT {cols}{extra}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} "
+        "SELECT {cols}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} "
         "ORDER BY embedding <=> {q} LIMIT {limit}"
-    ).format(cols=_RESULT_COLUMNS, extra=extra, q=q, where=sql.SQL(" AND ").join(where), limit=p.add(limit))
+    ).format(cols=columns, q=q, where=where, limit=p.add(limit))
     return query, p.values
 
 
@@ -80,18 +92,15 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
     """
     p = Params()
     q = p.add(query_vector)
-    where = [compile_filter(filter, p)]
-    if max_distance is not None:
-        where.append(sql.SQL("(embedding <=> {}) <= {}").format(q, p.add(max_distance, "float8")))
-    extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
-    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    where = _conditions(p, q, filter, max_distance)
+    columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "SELECT {cols}{extra}, n.distance FROM ("
+        "SELECT {cols}, n.distance FROM ("
         " SELECT embedding_id, distance FROM ("
         "  SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} OFFSET 0"
         " ) AS f ORDER BY distance LIMIT {limit}"
         ") AS n JOIN document_embeddings AS d USING (embedding_id) ORDER BY n.distance"
-    ).format(cols=columns, extra=extra, q=q, where=sql.SQL(" AND ").join(where), limit=p.add(limit))
+    ).format(cols=columns, q=q, where=where, limit=p.add(limit))
     return query, p.values
 
 
@@ -150,19 +159,18 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     legs_limit = p.add(fetch_k)
     vector_leg = _vector_leg(p, q, legs_limit, filter, exact)
     keyword_leg = _keyword_leg(p, query_text, config, legs_limit, filter, loose_fallback=False)
-    extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
-    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    columns = _joined_columns(with_embedding)
     query = sql.SQL(
         "WITH vector_leg AS ({vector_leg}), keyword_leg AS ({keyword_leg}), fused AS ("
         " SELECT embedding_id, sum(score) AS rrf FROM ("
         "  SELECT embedding_id, {wv} / ({c} + rank) AS score FROM vector_leg"
         "  UNION ALL SELECT embedding_id, {wk} / ({c} + rank) AS score FROM keyword_leg"
         " ) AS scored GROUP BY embedding_id ORDER BY rrf DESC, embedding_id LIMIT {limit}"
-        ") SELECT {cols}{extra}, d.embedding <=> {q} AS distance, f.rrf FROM fused AS f"
+        ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf FROM fused AS f"
         " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, d.embedding_id"
     ).format(vector_leg=vector_leg, keyword_leg=keyword_leg, wv=p.add(vector_weight, "float8"),
              wk=p.add(keyword_weight, "float8"), c=p.add(rrf_k, "float8"), limit=p.add(limit), cols=columns,
-             extra=extra, q=q)
+             q=q)
     return query, p.values
 
 
@@ -172,12 +180,11 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
     p = Params()
     q = p.add(query_vector)
     leg = _keyword_leg(p, query_text, config, p.add(limit), filter, loose_fallback=True)
-    extra = sql.SQL(", d.embedding") if with_embedding else sql.SQL("")
-    columns = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+    columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "SELECT {cols}{extra}, d.embedding <=> {q} AS distance FROM ({leg}) AS k"
+        "SELECT {cols}, d.embedding <=> {q} AS distance FROM ({leg}) AS k"
         " JOIN document_embeddings AS d USING (embedding_id) ORDER BY k.rank"
-    ).format(cols=columns, extra=extra, q=q, leg=leg)
+    ).format(cols=columns, q=q, leg=leg)
     return query, p.values
 
 
