@@ -253,9 +253,9 @@ class HybridOptions:
     """How hybrid search fuses its legs: RRF constant, leg weights, candidates per leg, text configuration."""
 
     config: str = "english"
-    rrf_k: float = 60.0
+    rrf_k: float = 1.0
     vector_weight: float = 1.0
-    keyword_weight: float = 1.0
+    keyword_weight: float = 0.4
     fetch_k: int = 20
 
     @classmethod
@@ -272,8 +272,8 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
                   ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows ranked by reciprocal rank fusion of vector and keyword search, in one statement.
 
-    Exact count: when the fused result is short (the vector leg starved by its index), it runs again with an
-    exact vector leg. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
+    Exact count: when the vector leg comes back short of ``fetch_k`` rows (starved by its index), it runs again
+    with an exact vector leg. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
     """
     fetch_k = max(k, options.fetch_k)
     settings = ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search)
@@ -286,8 +286,13 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
                                     with_embedding=with_embedding)
 
     rows: list[Row] = yield fetch(statement(exact=False))
-    if len(rows) < k and capabilities.vector_index is not None:
+    # An index that finds fewer than fetch_k rows (IVFFlat on few rows, a selective filter) would leave the
+    # vector leg short and skew the fusion even when k rows come back: rank again with an exact vector leg.
+    vector_short = not rows or rows[0]["vector_hits"] < fetch_k
+    if vector_short and capabilities.vector_index is not None:
         rows = yield fetch(statement(exact=True))
+    for row in rows:
+        del row["vector_hits"]
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
     return rows

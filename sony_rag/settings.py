@@ -43,9 +43,9 @@ class Settings(BaseSettings):
         default="english", pattern=r"^[a-z_][a-z0-9_]*$",
         description="Text-search configuration of queries; must match migration 003's column.",
     )
-    rrf_k: float = Field(default=60.0, gt=0, description="Reciprocal rank fusion constant of hybrid search.")
+    rrf_k: float = Field(default=1.0, gt=0, description="Rank constant of hybrid search's fusion.")
     hybrid_vector_weight: float = Field(default=1.0, ge=0, description="Weight of the vector leg in hybrid search.")
-    hybrid_keyword_weight: float = Field(default=1.0, ge=0, description="Weight of the keyword leg in hybrid search.")
+    hybrid_keyword_weight: float = Field(default=0.4, ge=0, description="Weight of the text leg in hybrid search.")
     embeddings: Literal["local", "fake"] = Field(
         default="local", description="Embeddings the CLI and examples use: the real MiniLM model or the fake."
     )

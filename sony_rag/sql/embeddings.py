@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 from uuid import UUID
 
@@ -104,87 +104,109 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
     return query, p.values
 
 
-def _keyword_leg(p: Params, query_text: str, config: str, limit: sql.Composable,
-                 filter: Mapping[str, Any] | None, *, loose_fallback: bool) -> sql.Composable:
-    # websearch_to_tsquery accepts any user text (quotes, operators, emoji) without a syntax error, and
-    # requires every word. With ``loose_fallback``, when that matches nothing the same words are OR-ed, so a
-    # question with extra words ("TB-2040 price") still finds the code; hybrid search does not use it, since
-    # a loose leg drowns the vector leg (benchmarks/relevance.py measures both).
+def _text_query(p: Params, query_text: str, config: str) -> sql.Composable:
+    # One row describing the user's text. websearch_to_tsquery accepts any text (quotes, operators, emoji)
+    # without a syntax error and requires every word. ``lexemes`` are the text's distinct words that some row
+    # holds (a word no row holds cannot tell rows apart, so it must not dilute coverage); ``any_word`` ORs
+    # them, each quoted the way tsquery input expects, so it carries no operator from the user.
     cfg = p.add(config, "regconfig")
     text = p.add(query_text)
-    strict = sql.SQL("websearch_to_tsquery({}, {})").format(cfg, text)
-    tsquery: sql.Composable = strict
-    if loose_fallback:
-        loose = sql.SQL("replace(websearch_to_tsquery({}, {})::text, ' & ', ' | ')::tsquery").format(cfg, text)
-        tsquery = sql.SQL(
-            "CASE WHEN EXISTS (SELECT 1 FROM document_embeddings WHERE {where} AND search_vector @@ {strict})"
-            " THEN {strict} ELSE {loose} END"
-        ).format(where=compile_filter(filter, p), strict=strict, loose=loose)
     return sql.SQL(
-        "SELECT embedding_id, row_number() OVER (ORDER BY score DESC, embedding_id) AS rank FROM ("
-        " SELECT e.embedding_id, ts_rank_cd(e.search_vector, t.q) AS score"
-        " FROM document_embeddings AS e, (SELECT {tsquery} AS q) AS t"
-        " WHERE {where} AND e.search_vector @@ t.q ORDER BY score DESC, e.embedding_id LIMIT {limit}"
-        ") AS keyword_hits"
-    ).format(tsquery=tsquery, where=compile_filter(filter, p), limit=limit)
+        "SELECT websearch_to_tsquery({cfg}, {text}) AS all_words,"
+        " coalesce(array_agg(w.lexeme), '{{}}') AS lexemes, count(w.lexeme) AS word_count,"
+        " string_agg(w.quoted, ' | ')::tsquery AS any_word FROM ("
+        "  SELECT l AS lexeme, format('''%%s''', replace(replace(l, '\\', '\\\\'), '''', '''''')) AS quoted"
+        "  FROM unnest(tsvector_to_array(to_tsvector({cfg}, {text}))) AS l"
+        " ) AS w WHERE EXISTS (SELECT 1 FROM document_embeddings AS k WHERE k.search_vector @@ w.quoted::tsquery)"
+    ).format(cfg=cfg, text=text)
+
+
+def _text_matches(p: Params, filter: Mapping[str, Any] | None,
+                  extra_columns: Callable[[sql.Composable], sql.Composable]) -> sql.Composable:
+    # Rows with every word, each with coverage 1; only when there are none, rows with any word, each with the
+    # fraction of the text's words it contains (counted by deleting them from the row's tsvector).
+    # ``extra_columns`` gives further columns from the tsquery of each branch.
+    return sql.SQL(
+        "SELECT e.embedding_id, 1.0::float8 AS coverage{extra_all} FROM document_embeddings AS e, text_query AS t"
+        " WHERE {where} AND e.search_vector @@ t.all_words"
+        " UNION ALL"
+        " SELECT e.embedding_id, (length(e.search_vector) - length(ts_delete(e.search_vector, t.lexemes)))::float8"
+        " / t.word_count AS coverage{extra_any} FROM document_embeddings AS e, text_query AS t"
+        " WHERE {where_any} AND e.search_vector @@ t.any_word AND NOT EXISTS ("
+        "  SELECT 1 FROM document_embeddings AS a WHERE {where_all} AND a.search_vector @@ t.all_words)"
+    ).format(extra_all=extra_columns(sql.SQL("t.all_words")),
+             extra_any=extra_columns(sql.SQL("t.any_word")), where=compile_filter(filter, p),
+             where_any=compile_filter(filter, p), where_all=compile_filter(filter, p))
 
 
 def _vector_leg(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
                 exact: bool) -> sql.Composable:
-    where = compile_filter(filter, p)
-    fence = sql.SQL(" OFFSET 0") if exact else sql.SQL("")
     inner = sql.SQL("SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}").format(
-        q=q, where=where)
+        q=q, where=compile_filter(filter, p))
     if exact:
         # The fence keeps the vector index out, as in exact_nearest.
-        inner = sql.SQL("SELECT * FROM ({inner}{fence}) AS f ORDER BY distance LIMIT {limit}").format(
-            inner=inner, fence=fence, limit=limit)
+        inner = sql.SQL("SELECT * FROM ({inner} OFFSET 0) AS f ORDER BY distance LIMIT {limit}").format(
+            inner=inner, limit=limit)
     else:
         inner = inner + sql.SQL(" ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, limit=limit)
     return sql.SQL(
-        "SELECT embedding_id, row_number() OVER (ORDER BY distance, embedding_id) AS rank FROM ({}) AS vector_hits"
+        "SELECT embedding_id, distance, row_number() OVER (ORDER BY distance, embedding_id) AS rank"
+        " FROM ({}) AS vector_hits"
     ).format(inner)
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, exact: bool = False,
            with_embedding: bool = False) -> Query:
-    """Return one statement fusing the vector and the keyword leg by reciprocal rank fusion.
+    """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
-    Each leg ranks up to ``fetch_k`` rows that match the filter; a row scores the sum over legs of
-    ``weight / (rrf_k + rank)``; the best ``limit`` rows come back with their cosine ``distance`` and ``rrf``.
+    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, the text
+    leg by word coverage (all words, else the share of words present), then distance. A row scores
+    ``vector_weight * similarity / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``;
+    the best ``limit`` rows come back with their cosine ``distance``, that score as ``rrf``, and the number of
+    rows the vector leg found as ``vector_hits``.
     """
     p = Params()
     q = p.add(query_vector)
     legs_limit = p.add(fetch_k)
     vector_leg = _vector_leg(p, q, legs_limit, filter, exact)
-    keyword_leg = _keyword_leg(p, query_text, config, legs_limit, filter, loose_fallback=False)
+    text_query = _text_query(p, query_text, config)
+    matches = _text_matches(p, filter, lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q))
     columns = _joined_columns(with_embedding)
+    c = p.add(rrf_k, "float8")
     query = sql.SQL(
-        "WITH vector_leg AS ({vector_leg}), keyword_leg AS ({keyword_leg}), fused AS ("
+        "WITH text_query AS ({text_query}), vector_leg AS ({vector_leg}), keyword_leg AS ("
+        " SELECT embedding_id, coverage, row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
+        " FROM ({matches} ORDER BY coverage DESC, distance LIMIT {legs_limit}) AS text_hits"
+        "), fused AS ("
         " SELECT embedding_id, sum(score) AS rrf FROM ("
-        "  SELECT embedding_id, {wv} / ({c} + rank) AS score FROM vector_leg"
-        "  UNION ALL SELECT embedding_id, {wk} / ({c} + rank) AS score FROM keyword_leg"
+        "  SELECT embedding_id, {wv} * greatest(1 - distance, 0) / ({c} + rank) AS score FROM vector_leg"
+        "  UNION ALL SELECT embedding_id, {wk} * coverage / ({c} + rank) AS score FROM keyword_leg"
         " ) AS scored GROUP BY embedding_id ORDER BY rrf DESC, embedding_id LIMIT {limit}"
-        ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf FROM fused AS f"
-        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, d.embedding_id"
-    ).format(vector_leg=vector_leg, keyword_leg=keyword_leg, wv=p.add(vector_weight, "float8"),
-             wk=p.add(keyword_weight, "float8"), c=p.add(rrf_k, "float8"), limit=p.add(limit), cols=columns,
-             q=q)
+        ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf,"
+        " (SELECT count(*) FROM vector_leg) AS vector_hits FROM fused AS f"
+        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, distance, d.embedding_id"
+    ).format(text_query=text_query, vector_leg=vector_leg, matches=matches, legs_limit=legs_limit,
+             wv=p.add(vector_weight, "float8"), wk=p.add(keyword_weight, "float8"), c=c, limit=p.add(limit),
+             cols=columns, q=q)
     return query, p.values
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
             config: str, with_embedding: bool = False) -> Query:
-    """Return a full-text search alone (all words, else any word; ranked by ts_rank_cd) with cosine ``distance``."""
+    """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``."""
     p = Params()
     q = p.add(query_vector)
-    leg = _keyword_leg(p, query_text, config, p.add(limit), filter, loose_fallback=True)
+    text_query = _text_query(p, query_text, config)
+    rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
+    matches = _text_matches(p, filter, rank.format)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "SELECT {cols}, d.embedding <=> {q} AS distance FROM ({leg}) AS k"
-        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY k.rank"
-    ).format(cols=columns, q=q, leg=leg)
+        "WITH text_query AS ({text_query}) SELECT {cols}, d.embedding <=> {q} AS distance FROM ("
+        "{matches} ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
+        ") AS k JOIN document_embeddings AS d USING (embedding_id)"
+        " ORDER BY k.coverage DESC, k.score DESC, d.embedding_id"
+    ).format(text_query=text_query, cols=columns, q=q, matches=matches, limit=p.add(limit))
     return query, p.values
 
 
