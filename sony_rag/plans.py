@@ -250,13 +250,14 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
 
 @dataclass(frozen=True)
 class HybridOptions:
-    """How hybrid search fuses its legs: RRF constant, leg weights, candidates per leg, text configuration."""
+    """How hybrid search fuses its legs: rank constant, leg weights, rows per leg, text rows ranked, text config."""
 
     config: str = "english"
     rrf_k: float = 1.0
     vector_weight: float = 1.0
     keyword_weight: float = 0.4
     fetch_k: int = 20
+    text_candidates: int = 200
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HybridOptions:
@@ -282,7 +283,8 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     def statement(exact: bool) -> Query:
         return embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, config=options.config,
                                     rrf_k=options.rrf_k, vector_weight=options.vector_weight,
-                                    keyword_weight=options.keyword_weight, exact=exact,
+                                    keyword_weight=options.keyword_weight,
+                                    text_candidates=max(options.text_candidates, fetch_k), exact=exact,
                                     with_embedding=with_embedding)
 
     rows: list[Row] = yield fetch(statement(exact=False))
@@ -304,6 +306,7 @@ def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: in
                    with_embedding: bool = False) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows matching the words of ``query_text``, best text rank first."""
     rows = yield fetch(embedding_sql.keyword(query_vector, query_text, k, filter, config=options.config,
+                                             text_candidates=options.text_candidates,
                                              with_embedding=with_embedding))
     return rows  # type: ignore[no-any-return]
 

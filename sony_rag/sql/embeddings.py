@@ -104,39 +104,41 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
     return query, p.values
 
 
-def _text_query(p: Params, query_text: str, config: str) -> sql.Composable:
-    # One row describing the user's text. websearch_to_tsquery accepts any text (quotes, operators, emoji)
-    # without a syntax error and requires every word. ``lexemes`` are the text's distinct words that some row
-    # holds (a word no row holds cannot tell rows apart, so it must not dilute coverage); ``any_word`` ORs
-    # them, each quoted the way tsquery input expects, so it carries no operator from the user.
+def _text_ctes(p: Params, query_text: str, config: str, filter: Mapping[str, Any] | None, candidates: int,
+               extra_columns: Callable[[sql.Composable], sql.Composable]) -> sql.Composable:
+    # The text leg's CTEs, read lazily so that each costs only when reached:
+    # - text_query: websearch_to_tsquery accepts any text (quotes, operators, emoji) without a syntax error and
+    #   requires every word;
+    # - all_word_hits: rows holding every word, coverage 1;
+    # - known_words / any_word_hits: only when no row holds every word, rows holding any of the text's words
+    #   that some row holds (a word no row holds cannot tell rows apart, so it must not dilute coverage), each
+    #   with the share of those words it holds (counted by deleting them from its tsvector). The any-word
+    #   query ORs the lexemes, each quoted the way tsquery input expects, so no operator of the user's survives.
+    # Each hit list stops at ``candidates`` rows: a common word can match most of a large table, and ranking
+    # all of it would cost more than the vector search it complements. ``extra_columns`` adds columns computed
+    # from the tsquery each list matched.
     cfg = p.add(config, "regconfig")
     text = p.add(query_text)
+    cap = p.add(candidates)
     return sql.SQL(
-        "SELECT websearch_to_tsquery({cfg}, {text}) AS all_words,"
-        " coalesce(array_agg(w.lexeme), '{{}}') AS lexemes, count(w.lexeme) AS word_count,"
-        " string_agg(w.quoted, ' | ')::tsquery AS any_word FROM ("
-        "  SELECT l AS lexeme, format('''%%s''', replace(replace(l, '\\', '\\\\'), '''', '''''')) AS quoted"
-        "  FROM unnest(tsvector_to_array(to_tsvector({cfg}, {text}))) AS l"
-        " ) AS w WHERE EXISTS (SELECT 1 FROM document_embeddings AS k WHERE k.search_vector @@ w.quoted::tsquery)"
-    ).format(cfg=cfg, text=text)
-
-
-def _text_matches(p: Params, filter: Mapping[str, Any] | None,
-                  extra_columns: Callable[[sql.Composable], sql.Composable]) -> sql.Composable:
-    # Rows with every word, each with coverage 1; only when there are none, rows with any word, each with the
-    # fraction of the text's words it contains (counted by deleting them from the row's tsvector).
-    # ``extra_columns`` gives further columns from the tsquery of each branch.
-    return sql.SQL(
-        "SELECT e.embedding_id, 1.0::float8 AS coverage{extra_all} FROM document_embeddings AS e, text_query AS t"
-        " WHERE {where} AND e.search_vector @@ t.all_words"
-        " UNION ALL"
-        " SELECT e.embedding_id, (length(e.search_vector) - length(ts_delete(e.search_vector, t.lexemes)))::float8"
-        " / t.word_count AS coverage{extra_any} FROM document_embeddings AS e, text_query AS t"
-        " WHERE {where_any} AND e.search_vector @@ t.any_word AND NOT EXISTS ("
-        "  SELECT 1 FROM document_embeddings AS a WHERE {where_all} AND a.search_vector @@ t.all_words)"
-    ).format(extra_all=extra_columns(sql.SQL("t.all_words")),
-             extra_any=extra_columns(sql.SQL("t.any_word")), where=compile_filter(filter, p),
-             where_any=compile_filter(filter, p), where_all=compile_filter(filter, p))
+        "text_query AS (SELECT websearch_to_tsquery({cfg}, {text}) AS all_words),"
+        " known_words AS ("
+        "  SELECT coalesce(array_agg(w.lexeme), '{{}}') AS lexemes, count(w.lexeme) AS word_count,"
+        "  string_agg(w.quoted, ' | ')::tsquery AS any_word FROM ("
+        "   SELECT l AS lexeme, format('''%%s''', replace(replace(l, '\\', '\\\\'), '''', '''''')) AS quoted"
+        "   FROM unnest(tsvector_to_array(to_tsvector({cfg}, {text}))) AS l"
+        "  ) AS w WHERE EXISTS (SELECT 1 FROM document_embeddings AS k WHERE k.search_vector @@ w.quoted::tsquery)"
+        " ), all_word_hits AS ("
+        "  SELECT e.embedding_id, 1.0::float8 AS coverage{extra_all} FROM document_embeddings AS e, text_query AS t"
+        "  WHERE {where_all} AND e.search_vector @@ t.all_words LIMIT {cap}"
+        " ), any_word_hits AS ("
+        "  SELECT e.embedding_id, (length(e.search_vector) - length(ts_delete(e.search_vector, w.lexemes)))::float8"
+        "  / w.word_count AS coverage{extra_any} FROM document_embeddings AS e, known_words AS w"
+        "  WHERE NOT EXISTS (SELECT 1 FROM all_word_hits) AND {where_any} AND e.search_vector @@ w.any_word"
+        "  LIMIT {cap})"
+    ).format(cfg=cfg, text=text, cap=cap, extra_all=extra_columns(sql.SQL("t.all_words")),
+             extra_any=extra_columns(sql.SQL("w.any_word")), where_all=compile_filter(filter, p),
+             where_any=compile_filter(filter, p))
 
 
 def _vector_leg(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
@@ -156,12 +158,13 @@ def _vector_leg(p: Params, q: sql.Composable, limit: sql.Composable, filter: Map
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
-           config: str, rrf_k: float, vector_weight: float, keyword_weight: float, exact: bool = False,
-           with_embedding: bool = False) -> Query:
+           config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
+           exact: bool = False, with_embedding: bool = False) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
     Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, the text
-    leg by word coverage (all words, else the share of words present), then distance. A row scores
+    leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
+    rows and up to ``text_candidates`` rows the text index finds. A row scores
     ``vector_weight * similarity / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``;
     the best ``limit`` rows come back with their cosine ``distance``, that score as ``rrf``, and the number of
     rows the vector leg found as ``vector_hits``.
@@ -170,14 +173,26 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     q = p.add(query_vector)
     legs_limit = p.add(fetch_k)
     vector_leg = _vector_leg(p, q, legs_limit, filter, exact)
-    text_query = _text_query(p, query_text, config)
-    matches = _text_matches(p, filter, lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q))
+    text_ctes = _text_ctes(p, query_text, config, filter, text_candidates,
+                           lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q))
     columns = _joined_columns(with_embedding)
     c = p.add(rrf_k, "float8")
+    # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
+    # matching) is then exact even when the text index matched more rows than it may rank.
     query = sql.SQL(
-        "WITH text_query AS ({text_query}), vector_leg AS ({vector_leg}), keyword_leg AS ("
+        "WITH {text_ctes}, vector_leg AS ({vector_leg}), vector_text_hits AS ("
+        " SELECT v.embedding_id, CASE WHEN EXISTS (SELECT 1 FROM all_word_hits) THEN 1.0::float8 ELSE"
+        "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
+        "  ::float8 / (SELECT word_count FROM known_words) END AS coverage, v.distance"
+        " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
+        " WHERE CASE WHEN EXISTS (SELECT 1 FROM all_word_hits)"
+        "  THEN e.search_vector @@ (SELECT all_words FROM text_query)"
+        "  ELSE e.search_vector @@ (SELECT any_word FROM known_words) END"
+        "), keyword_leg AS ("
         " SELECT embedding_id, coverage, row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
-        " FROM ({matches} ORDER BY coverage DESC, distance LIMIT {legs_limit}) AS text_hits"
+        " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
+        "  SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits UNION ALL SELECT * FROM vector_text_hits"
+        " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
         "), fused AS ("
         " SELECT embedding_id, sum(score) AS rrf FROM ("
         "  SELECT embedding_id, {wv} * greatest(1 - distance, 0) / ({c} + rank) AS score FROM vector_leg"
@@ -186,27 +201,30 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
         ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf,"
         " (SELECT count(*) FROM vector_leg) AS vector_hits FROM fused AS f"
         " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, distance, d.embedding_id"
-    ).format(text_query=text_query, vector_leg=vector_leg, matches=matches, legs_limit=legs_limit,
+    ).format(text_ctes=text_ctes, vector_leg=vector_leg, legs_limit=legs_limit,
              wv=p.add(vector_weight, "float8"), wk=p.add(keyword_weight, "float8"), c=c, limit=p.add(limit),
              cols=columns, q=q)
     return query, p.values
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
-            config: str, with_embedding: bool = False) -> Query:
-    """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``."""
+            config: str, text_candidates: int, with_embedding: bool = False) -> Query:
+    """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
+
+    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds.
+    """
     p = Params()
     q = p.add(query_vector)
-    text_query = _text_query(p, query_text, config)
     rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    matches = _text_matches(p, filter, rank.format)
+    text_ctes = _text_ctes(p, query_text, config, filter, max(text_candidates, limit), rank.format)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "WITH text_query AS ({text_query}) SELECT {cols}, d.embedding <=> {q} AS distance FROM ("
-        "{matches} ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
+        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance FROM ("
+        " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
+        " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
         ") AS k JOIN document_embeddings AS d USING (embedding_id)"
         " ORDER BY k.coverage DESC, k.score DESC, d.embedding_id"
-    ).format(text_query=text_query, cols=columns, q=q, matches=matches, limit=p.add(limit))
+    ).format(text_ctes=text_ctes, cols=columns, q=q, limit=p.add(limit))
     return query, p.values
 
 
