@@ -31,7 +31,9 @@ from sony_rag.sql import sessions as session_sql
 Row = dict[str, Any]
 
 # HNSW needs ef_search >= k to return k rows; pgvector caps ef_search at 1000.
-_MAX_EF_SEARCH = 1000
+MAX_EF_SEARCH = 1000
+# pgvector allows at most 32,768 IVFFlat lists, so no more probes.
+MAX_PROBES = 32_768
 
 
 @plan(read_only=True)
@@ -209,7 +211,7 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
         if capabilities.iterative_scan:
             settings["ivfflat.iterative_scan"] = "relaxed_order"
         return settings
-    settings = {"hnsw.ef_search": str(min(_MAX_EF_SEARCH, ef_search or max(40, 2 * k)))}
+    settings = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search or max(40, 2 * k)))}
     if capabilities.iterative_scan:
         settings["hnsw.iterative_scan"] = "strict_order"
     return settings

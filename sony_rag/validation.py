@@ -15,6 +15,7 @@ import numpy.typing as npt
 from sony_rag.errors import (
     InvalidEmbeddingError,
     InvalidIdentifierError,
+    InvalidInputError,
     InvalidMetadataError,
     InvalidRoleError,
     InvalidSourceTypeError,
@@ -70,6 +71,15 @@ def role(value: object) -> str:
     """Return ``value`` if it is an allowed chat role; raises InvalidRoleError."""
     if not isinstance(value, str) or value not in ROLES:
         raise InvalidRoleError(f"role must be one of {sorted(ROLES)}, got {_preview(value)}")
+    return value
+
+
+def search_option(value: object, name: str, maximum: int) -> int | None:
+    """Return ``value`` if it is None or an integer from 1 to ``maximum``; raises InvalidInputError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInputError(f"{name} must be an integer from 1 to {maximum}, got {_preview(value)}")
     return value
 
 

@@ -79,7 +79,7 @@ class SonyVectorStore(VectorStore):
                  source_type: str = "page_content", source_id: str | None = None,
                  probes: int | None = None, ef_search: int | None = None, hybrid: bool = False,
                  hybrid_options: plans.HybridOptions | None = None) -> None:
-        """Create a store; raises InvalidSourceTypeError for a bad default source type.
+        """Create a store; raises InvalidSourceTypeError or InvalidInputError (probes, ef_search) for bad defaults.
 
         ``hybrid=True`` makes text searches fuse vector and full-text search by default (per call:
         ``hybrid=`` or ``search_mode="vector"|"keyword"|"hybrid"``); ``hybrid_options`` tunes the fusion.
@@ -90,8 +90,8 @@ class SonyVectorStore(VectorStore):
         self.hybrid_options = hybrid_options or plans.HybridOptions.from_settings(self._db.settings)
         self.default_source_type = check.source_type(source_type)
         self.default_source_id = check.text(source_id, "source_id", optional=True)
-        self.probes = probes
-        self.ef_search = ef_search
+        self.probes = check.search_option(probes, "probes", plans.MAX_PROBES)
+        self.ef_search = check.search_option(ef_search, "ef_search", plans.MAX_EF_SEARCH)
 
     @property
     def embeddings(self) -> Embeddings:
@@ -203,7 +203,8 @@ class SonyVectorStore(VectorStore):
             raise InvalidInputError(f"score_threshold must be a number, got {score_threshold!r}")
         vector_ = check.vector(vector, "query embedding")
         min_similarity = None if score_threshold is None else float(score_threshold)
-        probes, ef_search = kwargs.get("probes", self.probes), kwargs.get("ef_search", self.ef_search)
+        probes = check.search_option(kwargs.get("probes", self.probes), "probes", plans.MAX_PROBES)
+        ef_search = check.search_option(kwargs.get("ef_search", self.ef_search), "ef_search", plans.MAX_EF_SEARCH)
         mode = _search_mode(kwargs, self.search_mode)
         query_text = kwargs.get("query_text")
         if mode != "vector":

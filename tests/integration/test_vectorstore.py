@@ -242,3 +242,18 @@ def test_retriever_in_lcel_chain(store: SonyVectorStore, call: Callable[..., Any
     assert [d.id for d in threshold.invoke("axis:4")] == ["f1"]
     mmr = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 5})
     assert len(mmr.invoke("axis:1")) == 2
+
+
+@pytest.mark.parametrize("option", [{"probes": 0}, {"probes": -3}, {"probes": 40_000}, {"probes": 2.5},
+                                    {"probes": True}, {"ef_search": 0}, {"ef_search": 1001}, {"ef_search": "64"}])
+def test_bad_index_search_options_raise_our_error(db: Database, call: Callable[..., Any],
+                                                  option: dict[str, Any]) -> None:
+    """probes and ef_search are checked before the query, per call and as store defaults."""
+    store = SonyVectorStore(AxisEmbeddings(), db)
+    call(store, "add_texts", ["axis:1 oak"])
+    with pytest.raises(InvalidInputError, match=next(iter(option))):
+        call(store, "similarity_search", "axis:1", k=1, **option)
+    with pytest.raises(InvalidInputError, match=next(iter(option))):
+        SonyVectorStore(AxisEmbeddings(), db, **option)
+    good = {name: 5 for name in option}
+    assert len(call(store, "similarity_search", "axis:1", k=1, **good)) == 1
