@@ -22,7 +22,6 @@ from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
-from sony_rag.sql import Query
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
@@ -273,30 +272,21 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
                   filter: Mapping[str, Any] | None, capabilities: Capabilities, options: HybridOptions, *,
                   min_similarity: float | None = None, with_embedding: bool = False, probes: int | None = None,
                   ef_search: int | None = None) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` rows ranked by reciprocal rank fusion of vector and keyword search, in one statement.
+    """Return up to ``k`` rows ranked by fusing vector and keyword search, in one statement.
 
-    Exact count: when the vector leg comes back short of ``fetch_k`` rows (starved by its index), it runs again
-    with an exact vector leg. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
+    Exact count: when the index finds fewer than ``fetch_k`` rows for the vector leg, the same statement ranks
+    them exactly instead. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
     """
     fetch_k = max(k, options.fetch_k)
     settings = ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search)
     if settings:
+        # A forced custom plan, as in search: a generic plan of this statement ran 5-40x slower at 100k rows.
         yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
-    def statement(exact: bool) -> Query:
-        return embedding_sql.hybrid(query_vector, query_text, k, fetch_k, filter, config=options.config,
-                                    rrf_k=options.rrf_k, vector_weight=options.vector_weight,
-                                    keyword_weight=options.keyword_weight,
-                                    text_candidates=max(options.text_candidates, fetch_k), exact=exact,
-                                    with_embedding=with_embedding)
-
-    rows: list[Row] = yield fetch(statement(exact=False))
-    # An index that finds fewer than fetch_k rows (IVFFlat on few rows, a selective filter) would leave the
-    # vector leg short and skew the fusion even when k rows come back: rank again with an exact vector leg.
-    vector_short = not rows or rows[0]["vector_hits"] < fetch_k
-    if vector_short and capabilities.vector_index is not None:
-        rows = yield fetch(statement(exact=True))
-    for row in rows:
-        del row["vector_hits"]
+    rows: list[Row] = yield fetch(embedding_sql.hybrid(
+        query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
+        vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
+        text_candidates=max(options.text_candidates, fetch_k), exact_fallback=capabilities.vector_index is not None,
+        with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
     return rows

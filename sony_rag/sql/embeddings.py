@@ -105,103 +105,135 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
 
 
 def _text_ctes(p: Params, query_text: str, config: str, filter: Mapping[str, Any] | None, candidates: int,
-               extra_columns: Callable[[sql.Composable], sql.Composable]) -> sql.Composable:
+               extra_columns: Callable[[sql.Composable], sql.Composable], *, skip_common: bool) -> sql.Composable:
     # The text leg's CTEs, read lazily so that each costs only when reached:
     # - text_query: websearch_to_tsquery accepts any text (quotes, operators, emoji) without a syntax error and
     #   requires every word;
-    # - all_word_hits: rows holding every word, coverage 1;
-    # - known_words / any_word_hits: only when no row holds every word, rows holding any of the text's words
-    #   that some row holds (a word no row holds cannot tell rows apart, so it must not dilute coverage), each
-    #   with the share of those words it holds (counted by deleting them from its tsvector). The any-word
-    #   query ORs the lexemes, each quoted the way tsquery input expects, so no operator of the user's survives.
-    # Each hit list stops at ``candidates`` rows: a common word can match most of a large table, and ranking
-    # all of it would cost more than the vector search it complements. ``extra_columns`` adds columns computed
-    # from the tsquery each list matched.
+    # - common_words: with ``skip_common``, the text's words that ANALYZE's statistics say more rows hold than
+    #   the leg may rank. Looking such a word up in the GIN index costs in proportion to its rows and can only
+    #   return an arbitrary ``candidates`` of them, so it is not looked up: it still counts for the rows the
+    #   caller ranks anyway (the vector leg's). Without statistics no word is common.
+    # - all_word_hits: rows holding every word (coverage 1), looked up unless every word is common;
+    # - known_words / any_word_hits: for the case that no row holds every word, the text's words that some row
+    #   holds (a word no row holds cannot tell rows apart, so it must not dilute coverage) and the rows holding
+    #   any of the uncommon ones, each with the share of known words it holds (counted by deleting them from
+    #   its tsvector). The any-word query ORs lexemes, each quoted the way tsquery input expects, so no operator
+    #   of the user's survives.
+    # Each hit list stops at ``candidates`` rows. ``extra_columns`` adds columns from the tsquery each matched.
     cfg = p.add(config, "regconfig")
     text = p.add(query_text)
     cap = p.add(candidates)
+    common = sql.SQL(
+        "SELECT m.lexeme FROM pg_stats AS s JOIN pg_class AS c ON c.relname = s.tablename"
+        " AND c.relnamespace::regnamespace::name = s.schemaname,"
+        " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
+        " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
+        " AND m.lexeme = ANY(tsvector_to_array(to_tsvector({cfg}, {text}))) AND m.frequency * c.reltuples > {cap}"
+    ) if skip_common else sql.SQL("SELECT NULL::text AS lexeme WHERE FALSE")
     return sql.SQL(
-        "text_query AS (SELECT websearch_to_tsquery({cfg}, {text}) AS all_words),"
+        "text_query AS (SELECT websearch_to_tsquery({cfg}, {text}) AS all_words,"
+        "  tsvector_to_array(to_tsvector({cfg}, {text})) AS lexemes),"
+        " common_words AS ({common}),"
         " known_words AS ("
         "  SELECT coalesce(array_agg(w.lexeme), '{{}}') AS lexemes, count(w.lexeme) AS word_count,"
-        "  string_agg(w.quoted, ' | ')::tsquery AS any_word FROM ("
-        "   SELECT l AS lexeme, format('''%%s''', replace(replace(l, '\\', '\\\\'), '''', '''''')) AS quoted"
-        "   FROM unnest(tsvector_to_array(to_tsvector({cfg}, {text}))) AS l"
-        "  ) AS w WHERE EXISTS (SELECT 1 FROM document_embeddings AS k WHERE k.search_vector @@ w.quoted::tsquery)"
+        "  (string_agg(w.quoted, ' | ') FILTER (WHERE NOT w.common))::tsquery AS any_word FROM ("
+        "   SELECT l AS lexeme, l IN (SELECT lexeme FROM common_words) AS common,"
+        "   format('''%%s''', replace(replace(l, '\\', '\\\\'), '''', '''''')) AS quoted"
+        "   FROM unnest((SELECT lexemes FROM text_query)) AS l"
+        "  ) AS w WHERE CASE WHEN w.common THEN TRUE ELSE EXISTS ("
+        "   SELECT 1 FROM document_embeddings AS k WHERE k.search_vector @@ w.quoted::tsquery) END"
         " ), all_word_hits AS ("
         "  SELECT e.embedding_id, 1.0::float8 AS coverage{extra_all} FROM document_embeddings AS e, text_query AS t"
-        "  WHERE {where_all} AND e.search_vector @@ t.all_words LIMIT {cap}"
+        "  WHERE NOT (SELECT lexemes <@ ARRAY(SELECT lexeme FROM common_words) FROM text_query)"
+        "  AND {where_all} AND e.search_vector @@ t.all_words LIMIT {cap}"
         " ), any_word_hits AS ("
         "  SELECT e.embedding_id, (length(e.search_vector) - length(ts_delete(e.search_vector, w.lexemes)))::float8"
         "  / w.word_count AS coverage{extra_any} FROM document_embeddings AS e, known_words AS w"
         "  WHERE NOT EXISTS (SELECT 1 FROM all_word_hits) AND {where_any} AND e.search_vector @@ w.any_word"
         "  LIMIT {cap})"
-    ).format(cfg=cfg, text=text, cap=cap, extra_all=extra_columns(sql.SQL("t.all_words")),
+    ).format(cfg=cfg, text=text, cap=cap, common=common.format(cfg=cfg, text=text, cap=cap) if skip_common
+             else common, extra_all=extra_columns(sql.SQL("t.all_words")),
              extra_any=extra_columns(sql.SQL("w.any_word")), where_all=compile_filter(filter, p),
              where_any=compile_filter(filter, p))
 
 
-def _vector_leg(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
-                exact: bool) -> sql.Composable:
-    inner = sql.SQL("SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}").format(
-        q=q, where=compile_filter(filter, p))
-    if exact:
-        # The fence keeps the vector index out, as in exact_nearest.
-        inner = sql.SQL("SELECT * FROM ({inner} OFFSET 0) AS f ORDER BY distance LIMIT {limit}").format(
-            inner=inner, limit=limit)
-    else:
-        inner = inner + sql.SQL(" ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, limit=limit)
+def _vector_leg_ctes(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
+                     exact_fallback: bool) -> sql.Composable:
+    # vector_leg: up to ``limit`` nearest rows through the vector index. With ``exact_fallback``, when the index
+    # finds fewer (IVFFlat trained on few rows, a selective filter starving the scan), an exact scan replaces
+    # them in the same statement: a CTE is only computed when read, so the exact scan costs nothing otherwise.
+    # The OFFSET 0 fence keeps the vector index out of it, as in exact_nearest.
+    nearest_rows = sql.SQL(
+        "SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
+        " ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, where=compile_filter(filter, p), limit=limit)
+    ranked = sql.SQL("SELECT embedding_id, distance, row_number() OVER (ORDER BY distance, embedding_id) AS rank"
+                     " FROM ({}) AS vector_hits")
+    if not exact_fallback:
+        return sql.SQL("vector_leg AS ({})").format(ranked.format(nearest_rows))
+    exact_rows = sql.SQL(
+        "SELECT * FROM (SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
+        " OFFSET 0) AS f ORDER BY distance LIMIT {limit}").format(q=q, where=compile_filter(filter, p), limit=limit)
     return sql.SQL(
-        "SELECT embedding_id, distance, row_number() OVER (ORDER BY distance, embedding_id) AS rank"
-        " FROM ({}) AS vector_hits"
-    ).format(inner)
+        "vector_index_rows AS ({nearest}), vector_exact_rows AS ({exact}), vector_leg AS ({ranked})"
+    ).format(nearest=nearest_rows, exact=exact_rows, ranked=ranked.format(sql.SQL(
+        "SELECT * FROM vector_index_rows WHERE (SELECT count(*) FROM vector_index_rows) >= {limit}"
+        " UNION ALL SELECT * FROM vector_exact_rows WHERE (SELECT count(*) FROM vector_index_rows) < {limit}"
+    ).format(limit=limit)))
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
-           exact: bool = False, with_embedding: bool = False) -> Query:
+           exact_fallback: bool = True, with_embedding: bool = False) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
-    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, the text
+    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance (exactly,
+    if the index finds fewer and ``exact_fallback`` is set), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
-    rows and up to ``text_candidates`` rows the text index finds. A row scores
-    ``vector_weight * similarity / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``;
-    the best ``limit`` rows come back with their cosine ``distance``, that score as ``rrf``, and the number of
-    rows the vector leg found as ``vector_hits``.
+    rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
+    that are not looked up, only counted in the vector leg's rows). A row scores
+    ``vector_weight * max(similarity, 0) / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``
+    (ties, such as rows of no positive similarity, in vector order);
+    the best ``limit`` rows come back with their cosine ``distance`` and that score as ``rrf``.
     """
     p = Params()
     q = p.add(query_vector)
     legs_limit = p.add(fetch_k)
-    vector_leg = _vector_leg(p, q, legs_limit, filter, exact)
+    vector_ctes = _vector_leg_ctes(p, q, legs_limit, filter, exact_fallback)
     text_ctes = _text_ctes(p, query_text, config, filter, text_candidates,
-                           lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q))
+                           lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
     columns = _joined_columns(with_embedding)
     c = p.add(rrf_k, "float8")
     # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
-    # matching) is then exact even when the text index matched more rows than it may rank.
+    # matching) is then exact even when the text index matched more rows than it may rank, or was not asked.
     query = sql.SQL(
-        "WITH {text_ctes}, vector_leg AS ({vector_leg}), vector_text_hits AS ("
-        " SELECT v.embedding_id, CASE WHEN EXISTS (SELECT 1 FROM all_word_hits) THEN 1.0::float8 ELSE"
+        "WITH {text_ctes}, {vector_ctes}, vector_rows AS ("
+        " SELECT v.embedding_id, v.distance, e.search_vector @@ (SELECT all_words FROM text_query) AS all_words,"
         "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
-        "  ::float8 / (SELECT word_count FROM known_words) END AS coverage, v.distance"
+        "  ::float8 / nullif((SELECT word_count FROM known_words), 0) AS share"
         " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
-        " WHERE CASE WHEN EXISTS (SELECT 1 FROM all_word_hits)"
-        "  THEN e.search_vector @@ (SELECT all_words FROM text_query)"
-        "  ELSE e.search_vector @@ (SELECT any_word FROM known_words) END"
+        "), all_words_found AS ("
+        " SELECT EXISTS (SELECT 1 FROM all_word_hits) OR EXISTS (SELECT 1 FROM vector_rows WHERE all_words) AS found"
+        "), vector_text_hits AS ("
+        " SELECT embedding_id, CASE WHEN (SELECT found FROM all_words_found) THEN 1.0::float8 ELSE share END"
+        " AS coverage, distance FROM vector_rows"
+        " WHERE CASE WHEN (SELECT found FROM all_words_found) THEN all_words ELSE share > 0 END"
         "), keyword_leg AS ("
         " SELECT embedding_id, coverage, row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
         " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
-        "  SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits UNION ALL SELECT * FROM vector_text_hits"
+        "  SELECT * FROM all_word_hits"
+        "  UNION ALL SELECT * FROM any_word_hits WHERE NOT (SELECT found FROM all_words_found)"
+        "  UNION ALL SELECT * FROM vector_text_hits"
         " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
         "), fused AS ("
-        " SELECT embedding_id, sum(score) AS rrf FROM ("
-        "  SELECT embedding_id, {wv} * greatest(1 - distance, 0) / ({c} + rank) AS score FROM vector_leg"
-        "  UNION ALL SELECT embedding_id, {wk} * coverage / ({c} + rank) AS score FROM keyword_leg"
-        " ) AS scored GROUP BY embedding_id ORDER BY rrf DESC, embedding_id LIMIT {limit}"
-        ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf,"
-        " (SELECT count(*) FROM vector_leg) AS vector_hits FROM fused AS f"
-        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, distance, d.embedding_id"
-    ).format(text_ctes=text_ctes, vector_leg=vector_leg, legs_limit=legs_limit,
+        " SELECT embedding_id, sum(score) AS rrf, min(vector_rank) AS vector_rank FROM ("
+        "  SELECT embedding_id, {wv} * greatest(1 - distance, 0) / ({c} + rank) AS score, rank AS vector_rank"
+        "  FROM vector_leg"
+        "  UNION ALL SELECT embedding_id, {wk} * coverage / ({c} + rank) AS score, NULL FROM keyword_leg"
+        " ) AS scored GROUP BY embedding_id ORDER BY rrf DESC, vector_rank NULLS LAST, embedding_id LIMIT {limit}"
+        ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf FROM fused AS f"
+        " JOIN document_embeddings AS d USING (embedding_id)"
+        " ORDER BY f.rrf DESC, f.vector_rank NULLS LAST, d.embedding_id"
+    ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit,
              wv=p.add(vector_weight, "float8"), wk=p.add(keyword_weight, "float8"), c=c, limit=p.add(limit),
              cols=columns, q=q)
     return query, p.values
@@ -216,7 +248,8 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
     p = Params()
     q = p.add(query_vector)
     rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    text_ctes = _text_ctes(p, query_text, config, filter, max(text_candidates, limit), rank.format)
+    text_ctes = _text_ctes(p, query_text, config, filter, max(text_candidates, limit), rank.format,
+                           skip_common=False)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
         "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance FROM ("

@@ -219,6 +219,10 @@ def test_exact_count_under_selective_filter_with_many_lists(db: Database, call: 
         exact = sorted(range(0, 2000, 100), key=lambda i: -float(
             np.dot(vectors[i], query) / np.linalg.norm(vectors[i]) / np.linalg.norm(query)))[:10]
         assert [d.page_content for d in found] == [f"doc {i}" for i in exact]
+        # Hybrid search ranks the same exact vector leg; no text matches, so its order is the vector order.
+        hybrid = call(store, "similarity_search_with_score_by_vector", query, k=10, filter={"rare": True},
+                      search_mode="hybrid", query_text="zzzz")
+        assert [d.page_content for d, _ in hybrid] == [f"doc {i}" for i in exact]
     finally:
         with db.pool().connection() as conn:
             conn.execute("DROP INDEX idx_document_embeddings_vector")
