@@ -552,6 +552,9 @@ def _batches(sources: Sequence[Source], batch_rows: int) -> Iterator[list[Source
         yield batch
 
 
+CHUNK_ID_NAMESPACE = uuid.UUID("3b0f6e52-55a4-5b1c-8c0e-69e6f6e5c0d1")
+
+
 def _embedded_rows(batch: Sequence[Source], embeddings: Embeddings) -> list[plans.EmbeddingRow]:
     texts = [chunk for source in batch for chunk in source.chunks]
     vectors = embeddings.embed_documents(texts)
@@ -562,8 +565,10 @@ def _embedded_rows(batch: Sequence[Source], embeddings: Embeddings) -> list[plan
     rows: list[plans.EmbeddingRow] = []
     position = 0
     for source in batch:
-        for chunk, metadata in zip(source.chunks, source.metadatas, strict=True):
-            rows.append((uuid.uuid4(), source.source_type, source.source_id, chunk,
+        for index, (chunk, metadata) in enumerate(zip(source.chunks, source.metadatas, strict=True)):
+            # Ids from the content, so a rerun of the same files gives the same rows and the same tie order.
+            row_id = uuid.uuid5(CHUNK_ID_NAMESPACE, f"{source.source_type}\x1f{source.source_id}\x1f{index}\x1f{chunk}")
+            rows.append((row_id, source.source_type, source.source_id, chunk,
                          check.vector(vectors[position], f"embedding of {source.location}"), Jsonb(metadata), None))
             position += 1
     return rows

@@ -259,6 +259,9 @@ class HybridOptions:
     keyword_weight: float = 0.4
     fetch_k: int = 20
     text_candidates: int = 200
+    # Cosine similarities closer than this are ties: below what all-MiniLM-L6-v2 can tell apart, so rank order
+    # among them is noise that the steep 1 / (rrf_k + rank) would otherwise amplify.
+    similarity_tie: float = 0.005
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HybridOptions:
@@ -285,7 +288,8 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     rows: list[Row] = yield fetch(embedding_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
-        text_candidates=max(options.text_candidates, fetch_k), exact_fallback=capabilities.vector_index is not None,
+        text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
+        exact_fallback=capabilities.vector_index is not None,
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]

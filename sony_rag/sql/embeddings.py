@@ -183,17 +183,19 @@ def _vector_leg_ctes(p: Params, q: sql.Composable, limit: sql.Composable, filter
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
-           exact_fallback: bool = True, with_embedding: bool = False) -> Query:
+           similarity_tie: float, exact_fallback: bool = True, with_embedding: bool = False) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
     Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance (exactly,
     if the index finds fewer and ``exact_fallback`` is set), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
     rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
-    that are not looked up, only counted in the vector leg's rows). A row scores
+    that are not looked up, only counted in the vector leg's rows). Every row either leg found scores
     ``vector_weight * max(similarity, 0) / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``
-    (ties, such as rows of no positive similarity, in vector order);
-    the best ``limit`` rows come back with their cosine ``distance`` and that score as ``rrf``.
+    where ``vector_rank`` is 1 + the vector leg's rows closer by more than ``similarity_tie`` (so rows the
+    embedding cannot tell apart share a rank, and a text hit outside the vector leg keeps its similarity's due)
+    and the text term is 0 outside the text leg. The best ``limit`` rows come back with their cosine
+    ``distance`` and that score as ``rrf``.
     """
     p = Params()
     q = p.add(query_vector)
@@ -218,22 +220,24 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
         " AS coverage, distance FROM vector_rows"
         " WHERE CASE WHEN (SELECT found FROM all_words_found) THEN all_words ELSE share > 0 END"
         "), keyword_leg AS ("
-        " SELECT embedding_id, coverage, row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
+        " SELECT embedding_id, coverage, distance,"
+        " row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
         " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
         "  SELECT * FROM all_word_hits"
         "  UNION ALL SELECT * FROM any_word_hits WHERE NOT (SELECT found FROM all_words_found)"
         "  UNION ALL SELECT * FROM vector_text_hits"
         " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
         "), fused AS ("
-        " SELECT embedding_id, sum(score) AS rrf, min(vector_rank) AS vector_rank FROM ("
-        "  SELECT embedding_id, {wv} * greatest(1 - distance, 0) / ({c} + rank) AS score, rank AS vector_rank"
-        "  FROM vector_leg"
-        "  UNION ALL SELECT embedding_id, {wk} * coverage / ({c} + rank) AS score, NULL FROM keyword_leg"
-        " ) AS scored GROUP BY embedding_id ORDER BY rrf DESC, vector_rank NULLS LAST, embedding_id LIMIT {limit}"
-        ") SELECT {cols}, d.embedding <=> {q} AS distance, f.rrf FROM fused AS f"
-        " JOIN document_embeddings AS d USING (embedding_id)"
-        " ORDER BY f.rrf DESC, f.vector_rank NULLS LAST, d.embedding_id"
-    ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit,
+        " SELECT r.embedding_id, r.distance, {wv} * greatest(1 - r.distance, 0) / ({c} + 1 + ("
+        "  SELECT count(*) FROM vector_leg AS v WHERE v.distance < r.distance - {tie}))"
+        "  + coalesce((SELECT {wk} * k.coverage / ({c} + k.rank) FROM keyword_leg AS k"
+        "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
+        " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
+        "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
+        " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
+        ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
+        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
+    ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit, tie=p.add(similarity_tie, "float8"),
              wv=p.add(vector_weight, "float8"), wk=p.add(keyword_weight, "float8"), c=c, limit=p.add(limit),
              cols=columns, q=q)
     return query, p.values

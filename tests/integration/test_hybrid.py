@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from langchain_core.embeddings import Embeddings
 
-from sony_rag import Database, SonyVectorStore, search_similar_embeddings
+from sony_rag import Database, SonyVectorStore, plans, search_similar_embeddings
 from sony_rag.migrate import migrate
 
 DIM = 384
@@ -186,3 +186,18 @@ def test_migration_fills_existing_rows(server_url: str) -> None:
         matched = conn.execute("SELECT count(*) FROM document_embeddings WHERE search_vector @@ "
                                "websearch_to_tsquery('english', 'SX-3001')").fetchone()
     assert matched == (1,)
+
+
+def test_words_most_rows_hold_are_not_looked_up_but_still_count(db: Database) -> None:
+    """With statistics saying a word is in more rows than the text leg ranks, it is only counted in the vector
+    leg's rows: a rare name beside it still leads, and a text of common words alone still gives k rows."""
+    names = [f"Model{i:03d}" for i in range(60)]
+    store = SonyVectorStore(TopicEmbeddings(), db, hybrid_options=plans.HybridOptions(text_candidates=5))
+    store.add_texts([f"{name} oak table with care notes" for name in names], ids=names)
+    with db.pool().connection() as conn:
+        conn.execute("ANALYZE document_embeddings")
+    assert store.similarity_search("Model042 oak", k=3, hybrid=True)[0].id == "Model042"
+    assert store.similarity_search("is Model017 an oak piece", k=3, hybrid=True)[0].id == "Model017"
+    assert len(store.similarity_search("oak table", k=8, hybrid=True)) == 8
+    assert [d.id for d in store.similarity_search("oak table", k=8, hybrid=True)] == \
+        [d.id for d in asyncio.run(store.asimilarity_search("oak table", k=8, hybrid=True))]
