@@ -9,16 +9,19 @@ translating database errors into sony-rag's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
 from sony_rag.embedded import embedded_url
 from sony_rag.errors import (
@@ -26,7 +29,7 @@ from sony_rag.errors import (
     SonyRagError,
     translate_database_error,
 )
-from sony_rag.executor import Plan, adrive, drive
+from sony_rag.executor import NotStarted, Plan, adrive, drive
 from sony_rag.settings import Settings, get_settings
 
 logger = logging.getLogger("sony_rag")
@@ -34,6 +37,13 @@ T = TypeVar("T")
 
 # How long cached server facts (pgvector version, index options) are trusted before being read again.
 _CAPABILITY_TTL_SECONDS = 60.0
+
+# A connection back in the pool for less than this is handed out again without the pool's liveness check (an
+# empty query: a round trip on every call). Connections die unnoticed when a server restarts or fails over, or
+# when a Neon compute sleeps after 5 minutes idle: within a second of their last use that is rare, and a plan
+# that meets one anyway loses nothing (reads are retried once; a write whose BEGIN fails never started, and is
+# retried too), after the pool has replaced every dead idle connection.
+_TRUSTED_IDLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,9 @@ class Database:
         self._capabilities: tuple[float, Capabilities] | None = None
         self._pooler_cache: tuple[str, bool | None, bool] | None = None
         self._closed = False
+        # When each pooled connection was last given back (see _TRUSTED_IDLE_SECONDS).
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+                                                     float] = weakref.WeakKeyDictionary()
 
     # -- where and how to connect -------------------------------------------------------------------
 
@@ -193,11 +206,17 @@ class Database:
         self._vector_info = info
         return info
 
+    def _recently_used(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+        returned = self._returned_at.get(conn)
+        return returned is not None and time.monotonic() - returned < _TRUSTED_IDLE_SECONDS
+
     # A dead idle connection usually means the server restarted (or a Neon compute slept) and every idle
     # connection died with it. psycopg_pool would find them one per request, pausing 1 s, 2 s, 4 s... in
     # between, so a full pool outlasts pool_timeout: on the first dead one, replace all idle ones at once.
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
+        if self._recently_used(conn):
+            return
         try:
             ConnectionPool.check_connection(conn)
         except Exception:
@@ -207,6 +226,8 @@ class Database:
             raise
 
     async def _acheck(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self._recently_used(conn):
+            return
         try:
             await AsyncConnectionPool.check_connection(conn)
         except Exception:
@@ -256,7 +277,8 @@ class Database:
             # Many tasks may make their first call at once: one opens the pool, the others wait for it.
             async with opening:
                 if pool.closed:
-                    await asyncio.to_thread(self.connect().close)  # bounded wait for a waking server
+                    # Bounded wait for a waking server, on a thread: the connect itself must not block the loop.
+                    await asyncio.to_thread(lambda: self.connect().close())
                     # Waiting for min_size connections leaves no connect task in flight: a loop that ends
                     # while one is pending hangs in asyncio.run()'s shutdown, as the pool keeps retrying it.
                     await pool.open(wait=True, timeout=self.settings.pool_timeout)
@@ -276,12 +298,14 @@ class Database:
 
     def close(self) -> None:
         """Close both pools; the Database cannot be used afterwards."""
-        self.reset()
+        # Closed first: a call still running elsewhere must not open a new pool while these close.
         self._closed = True
+        self.reset()
 
     async def aclose(self) -> None:
         """Close both pools from async code; the Database cannot be used afterwards."""
         with self._lock:
+            self._closed = True
             apool, self._apool = self._apool, None
             loop = self._apool_loop
         if apool is not None:
@@ -307,53 +331,70 @@ class Database:
     # -- running plans -----------------------------------------------------------------------------
 
     def run(self, plan_: Plan[T]) -> T:
-        """Run a plan in one transaction and return its result; raises SonyRagError subclasses only."""
-        attempts = 2 if plan_.read_only else 1
-        for attempt in range(attempts):
+        """Run a plan (a write in one transaction) and return its result; raises SonyRagError subclasses.
+
+        ValueError for a plan made with ``transactional=False``: those run on a connection of their own.
+        """
+        initial = self._initial_settings(plan_)
+        for attempt in range(2):
             try:
-                with self.pool().connection() as conn:
-                    try:
-                        return drive(conn, plan_, self._per_transaction_settings())
-                    except Exception as error:
-                        if _lost_midway(conn, error):
-                            raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
-                        raise
-            except PoolTimeout as error:
-                raise DatabaseUnavailableError(
-                    f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
-                ) from error
-            except psycopg.Error as error:
-                if attempt + 1 < attempts and _connection_lost(error):
-                    logger.warning("sony-rag: connection to %s lost during a read; retrying once",
-                                   self.description)
-                    continue
-                raise translate_database_error(error) from error
+                pool = self.pool()
+                with pool.connection() as conn, self._using(conn):
+                    return drive(conn, plan_, initial, pooled=self.transaction_pooler)
+            except (PoolTimeout, psycopg.Error) as error:
+                self._raise_unless_retryable(plan_, error, attempt)
+            pool.check()  # replaces every dead idle connection, so the retry gets a live one
         raise AssertionError("unreachable")
 
     async def arun(self, plan_: Plan[T]) -> T:
-        """Run a plan in one transaction on the async pool and return its result; raises SonyRagError only."""
-        attempts = 2 if plan_.read_only else 1
-        for attempt in range(attempts):
+        """Run a plan (a write in one transaction) on the async pool and return its result (errors as ``run``)."""
+        initial = self._initial_settings(plan_)
+        for attempt in range(2):
             try:
                 pool = await self.apool()
                 async with pool.connection() as conn:
-                    try:
-                        return await adrive(conn, plan_, self._per_transaction_settings())
-                    except Exception as error:
-                        if _lost_midway(conn, error):
-                            raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
-                        raise
-            except PoolTimeout as error:
-                raise DatabaseUnavailableError(
-                    f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
-                ) from error
-            except psycopg.Error as error:
-                if attempt + 1 < attempts and _connection_lost(error):
-                    logger.warning("sony-rag: connection to %s lost during a read; retrying once",
-                                   self.description)
-                    continue
-                raise translate_database_error(error) from error
+                    with self._using(conn):
+                        return await adrive(conn, plan_, initial, pooled=self.transaction_pooler)
+            except (PoolTimeout, psycopg.Error) as error:
+                self._raise_unless_retryable(plan_, error, attempt)
+            await pool.check()
         raise AssertionError("unreachable")
+
+    def _initial_settings(self, plan_: Plan[Any]) -> dict[str, str] | None:
+        if not plan_.transactional:
+            # Its SetLocal steps are session settings: on a pooled connection they would outlive the plan.
+            raise ValueError("a plan made with transactional=False runs on a connection of its own (executor.drive)")
+        return self._per_transaction_settings()
+
+    @contextlib.contextmanager
+    def _using(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Iterator[None]:
+        # No I/O here, so the sync and the async run share it.
+        try:
+            yield
+        except Exception as error:
+            if conn.closed:
+                # The server may have restarted: until checked again, no idle connection is trusted.
+                self._returned_at.clear()
+                if _lost_midway(conn, error):
+                    raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
+            raise
+        finally:
+            if not conn.closed:
+                self._returned_at[conn] = time.monotonic()
+
+    def _raise_unless_retryable(self, plan_: Plan[Any], error: PoolTimeout | psycopg.Error, attempt: int) -> None:
+        """Return when ``plan_`` may run once more after ``error``; else raise the SonyRagError it stands for."""
+        if isinstance(error, PoolTimeout):
+            raise DatabaseUnavailableError(
+                f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
+            ) from error
+        # A read is retried once on a lost connection; a write only when it never began (its BEGIN met a dead
+        # connection): lost later, it may have committed (a COMMIT in flight) or used up one-shot input (COPY rows).
+        if attempt == 0 and (isinstance(error, NotStarted) or (plan_.read_only and _connection_lost(error))):
+            logger.warning("sony-rag: connection to %s lost %s; retrying once", self.description,
+                           "during a read" if plan_.read_only else "before a write began")
+            return
+        raise translate_database_error(error) from error
 
     # -- server facts ------------------------------------------------------------------------------
 
@@ -403,8 +444,9 @@ def _lost_midway(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], e
 
 
 def _connection_lost(error: psycopg.Error) -> bool:
+    # A pool closed under a call is no lost connection: nothing to retry on.
     return isinstance(error, psycopg.OperationalError) and not isinstance(
-        error, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable
+        error, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable | PoolClosed
     )
 
 

@@ -7,22 +7,22 @@ needed), builds the new index under a temporary name and swaps it in, so ``idx_d
 always exists, then runs ``ANALYZE``. With ``concurrently=True`` the build uses ``CREATE INDEX
 CONCURRENTLY`` on a dedicated autocommit connection, so writes continue during the build.
 
-The steps are written once (``_rebuild_steps``) and driven either as a plan in one transaction (``db.run`` /
-``db.arun``) or, for concurrent builds, statement by statement on an autocommit connection.
+The steps are written once (``_rebuild_steps``), as one plan: in one transaction (``db.run`` / ``db.arun``),
+or, for concurrent builds, made with ``transactional=False`` and driven statement by statement by the
+executor on a connection of its own (its settings are session settings there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
-from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import dict_row
 
 from sony_rag import plans
 from sony_rag.connection import Database
@@ -33,13 +33,11 @@ from sony_rag.errors import (
     SonyRagError,
     translate_database_error,
 )
-from sony_rag.executor import Execute, Fetch, PlanGenerator, SetLocal, Step, execute, fetch, plan
+from sony_rag.executor import Atomic, Plan, PlanGenerator, SetLocal, adrive, drive, execute, fetch, plan
 from sony_rag.sql import Query
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import indexes as index_sql
 from sony_rag.types import EMBEDDING_DIMENSIONS
-
-T = TypeVar("T")
 
 VECTOR_INDEX: Final = index_sql.VECTOR_INDEX
 DEFAULT_MAX_MEMORY_MB: Final = 1024
@@ -153,13 +151,6 @@ class _Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Atomic:
-    """Run these statements in one transaction (an autocommit driver's step; a plan is already one)."""
-
-    queries: Sequence[Query]
-
-
 def _int_in(value: object, name: str, bounds: tuple[int, int]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
         raise InvalidInputError(f"{name} must be an integer in [{bounds[0]}, {bounds[1]}], got {value!r}")
@@ -224,8 +215,8 @@ def _memory_settings(request: _Request, outcome: _Outcome, lists: int | None) ->
     return {"maintenance_work_mem": f"{needed_mb}MB"}
 
 
-def _rebuild_steps(request: _Request) -> Generator[Step | _Atomic, Any, _Outcome]:
-    """Yield the rebuild's steps; as a plan they run in one transaction, else statement by statement."""
+def _rebuild_steps(request: _Request) -> PlanGenerator[_Outcome]:
+    """Yield the rebuild's steps; in one transaction, or (concurrently) statement by statement."""
     rows = yield fetch(index_sql.build_facts())
     facts = rows[0]
     if not facts["pgvector_version"]:
@@ -261,7 +252,8 @@ def _rebuild_steps(request: _Request) -> Generator[Step | _Atomic, Any, _Outcome
         if VECTOR_INDEX in existing:
             swap.append(index_sql.rename_index(VECTOR_INDEX, index_sql.RETIRED_INDEX))
         swap.append(index_sql.rename_index(index_sql.REBUILD_INDEX, VECTOR_INDEX))
-        yield _Atomic(swap)  # readers see the old index or the new one under the documented name, never none
+        # Readers see the old index or the new one under the documented name, never none.
+        yield Atomic([execute(query) for query in swap])
         if VECTOR_INDEX in existing:
             yield execute(index_sql.drop_index(index_sql.RETIRED_INDEX, concurrently=True))
     else:
@@ -272,64 +264,9 @@ def _rebuild_steps(request: _Request) -> Generator[Step | _Atomic, Any, _Outcome
     return outcome
 
 
-@plan(read_only=False)
-def _rebuild_plan(request: _Request) -> PlanGenerator[_Outcome]:
-    outcome = yield from _rebuild_steps(request)  # type: ignore[misc]
-    return outcome
-
-
-# -- drivers for concurrent builds (autocommit: CREATE INDEX CONCURRENTLY cannot run in a transaction) -------
-
-
-def _run_autocommit(conn: psycopg.Connection[Any], steps: Generator[Step | _Atomic, Any, T]) -> T:
-    result: Any = None
-    with conn.cursor(row_factory=dict_row) as cursor:
-        while True:
-            try:
-                step = steps.send(result)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            result = None
-            if isinstance(step, Fetch):
-                cursor.execute(step.query, step.params)
-                result = cursor.fetchall()
-            elif isinstance(step, Execute):
-                cursor.execute(step.query, step.params)
-                result = cursor.rowcount
-            elif isinstance(step, SetLocal):
-                # A dedicated connection, closed after the build: a session setting lasts exactly as long.
-                cursor.execute(*index_sql.session_settings(step.settings, local=False))
-            elif isinstance(step, _Atomic):
-                with conn.transaction():
-                    for query, params in step.queries:
-                        cursor.execute(query, params)
-            else:
-                raise TypeError(f"a concurrent rebuild cannot run {type(step).__name__}")
-
-
-async def _arun_autocommit(conn: psycopg.AsyncConnection[Any], steps: Generator[Step | _Atomic, Any, T]) -> T:
-    result: Any = None
-    async with conn.cursor(row_factory=dict_row) as cursor:
-        while True:
-            try:
-                step = steps.send(result)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            result = None
-            if isinstance(step, Fetch):
-                await cursor.execute(step.query, step.params)
-                result = await cursor.fetchall()
-            elif isinstance(step, Execute):
-                await cursor.execute(step.query, step.params)
-                result = cursor.rowcount
-            elif isinstance(step, SetLocal):
-                await cursor.execute(*index_sql.session_settings(step.settings, local=False))
-            elif isinstance(step, _Atomic):
-                async with conn.transaction():
-                    for query, params in step.queries:
-                        await cursor.execute(query, params)
-            else:
-                raise TypeError(f"a concurrent rebuild cannot run {type(step).__name__}")
+def _rebuild_plan(request: _Request) -> Plan[_Outcome]:
+    # CREATE INDEX CONCURRENTLY cannot run inside a transaction: a concurrent build runs outside one.
+    return Plan(functools.partial(_rebuild_steps, request), read_only=False, transactional=not request.concurrently)
 
 
 def _build_error(error: BaseException) -> SonyRagError:
@@ -414,7 +351,7 @@ def rebuild_vector_index(db: Database, *, method: Literal["ivfflat", "hnsw"] = "
         if request.concurrently:
             try:
                 with db.connect() as conn:
-                    outcome = _run_autocommit(conn, _rebuild_steps(request))
+                    outcome = drive(conn, _rebuild_plan(request))
             except psycopg.Error as error:
                 _cleanup_failed_concurrent_build(db)
                 raise _build_error(error) from error
@@ -447,7 +384,7 @@ async def arebuild_vector_index(db: Database, *, method: Literal["ivfflat", "hns
         if request.concurrently:
             try:
                 async with await _aconnect(db) as conn:
-                    outcome = await _arun_autocommit(conn, _rebuild_steps(request))
+                    outcome = await adrive(conn, _rebuild_plan(request))
             except psycopg.Error as error:
                 await _acleanup_failed_concurrent_build(db)
                 raise _build_error(error) from error

@@ -53,6 +53,8 @@ def text(value: object, what: str, *, optional: bool = False) -> str | None:
 
 
 def _is_utf8(value: str) -> bool:
+    if value.isascii():  # a scan without the copy that encoding makes
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -120,11 +122,18 @@ def _check_json(value: object, path: str, depth: int) -> None:
             raise InvalidMetadataError(f"{path} contains a lone surrogate, which is not valid UTF-8")
         return
     if isinstance(value, Mapping):
+        # Bulk ingest checks a document per row: valid plain values are passed here, without the recursive call
+        # and the path string it would be given; anything else (and any error) goes through that call.
+        plain_below = depth < MAX_METADATA_DEPTH
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidMetadataError(f"{path} has a non-string key {_preview(key)}")
             if "\x00" in key or not _is_utf8(key):
                 raise InvalidMetadataError(f"{path} has a key with a NUL byte or a lone surrogate")
+            kind = type(item)
+            if plain_below and (kind is int or kind is bool or item is None
+                                or (kind is str and "\x00" not in item and _is_utf8(item))):
+                continue
             _check_json(item, f"{path}.{key}", depth + 1)
         return
     if isinstance(value, list):

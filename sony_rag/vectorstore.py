@@ -154,10 +154,12 @@ class SonyVectorStore(VectorStore):
         if not resolved:
             return None, []
         last = {embedding_id: index for index, (embedding_id, _, _) in enumerate(resolved)}
-        # A repeated id in one batch: the last one wins. Rows are checked as they stream into the COPY, so
-        # the checks overlap the server's work; a bad row aborts the COPY and its transaction.
+        vectors_checked = _vectors_pass_in_bulk(vectors)
+        # A repeated id in one batch: the last one wins. Rows are checked as they stream into the COPY (float32
+        # arrays' vectors all at once above, when they pass), so the checks overlap the server's work; a bad row
+        # aborts the COPY and its transaction.
         rows = (self._row(index, resolved[index], texts[index], vectors[index],
-                          metadatas[index] if metadatas is not None else None)
+                          metadatas[index] if metadatas is not None else None, vector_checked=vectors_checked)
                 for index in sorted(last.values()))
         any_given_id = ids is not None and any(given is not None for given in ids)
         # Fresh random ids cannot collide, so they skip the staging table and go straight in.
@@ -165,14 +167,14 @@ class SonyVectorStore(VectorStore):
         return write_plan, [public_id for _, _, public_id in resolved]
 
     def _row(self, index: int, resolved: tuple[UUID, str | None, str], text: object, vector: object,
-             metadata: Mapping[str, Any] | None) -> plans.EmbeddingRow:
+             metadata: Mapping[str, Any] | None, *, vector_checked: bool) -> plans.EmbeddingRow:
         checked = check.metadata(metadata, f"metadatas[{index}]")
         return (
             resolved[0],
             check.source_type(checked.get("source_type", self.default_source_type)),
             _source_id(checked.get("source_id", self.default_source_id), index),
             check.required_text(text, f"texts[{index}]"),
-            check.vector(vector, f"embeddings[{index}]"),
+            cast("npt.NDArray[np.float32]", vector) if vector_checked else check.vector(vector, f"embeddings[{index}]"),
             Jsonb(checked),
             resolved[1],
         )
@@ -397,6 +399,31 @@ def document_from_row(row: Mapping[str, Any]) -> Document:
     """Return the LangChain Document for a document_embeddings row."""
     return Document(id=row["document_id"] or str(row["embedding_id"]), page_content=row["content_chunk"],
                     metadata=row["metadata"])
+
+
+# Vectors are checked together a chunk at a time: per vector, numpy's call overhead outweighs the work on 384
+# numbers, and bulk ingest checks one per row.
+_BULK_CHUNK = 2048
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _vectors_pass_in_bulk(vectors: Sequence[object]) -> bool:
+    """Return True when every vector passes ``check.vector`` unchanged (float32 array, 384 finite numbers, not 0).
+
+    False when any is another type or fails: rows then go through ``check.vector`` one by one, which accepts or
+    refuses each exactly as before and names the bad one.
+    """
+    shape = (EMBEDDING_DIMENSIONS,)
+    for start in range(0, len(vectors), _BULK_CHUNK):
+        chunk = vectors[start:start + _BULK_CHUNK]
+        # Exact type and dtype: subclasses and byte-swapped arrays take the row-by-row path.
+        if not all(type(vector) is np.ndarray and vector.dtype is _FLOAT32 and vector.shape == shape
+                   for vector in chunk):
+            return False
+        matrix = np.stack(cast("list[npt.NDArray[np.float32]]", chunk))
+        if not (np.isfinite(matrix).all() and matrix.any(axis=1).all()):
+            return False
+    return True
 
 
 def _source_id(value: object, index: int) -> str | None:

@@ -7,7 +7,6 @@ ints within pgvector's limits here and rendered with ``sql.Literal``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Final, Literal
 
 from psycopg import sql
@@ -29,9 +28,6 @@ EF_CONSTRUCTION_RANGE: Final = (4, 1000)
 
 # The tables whose row counts and indexes `stats` reports; a fixed set, never taken from input.
 TABLES: Final = ("chat_sessions", "chat_messages", "document_embeddings", "user_text_selections")
-
-# Settings a build may change for its own session or transaction.
-_BUILD_SETTINGS: Final = frozenset({"maintenance_work_mem", "statement_timeout"})
 
 
 def _index(name: str) -> sql.Identifier:
@@ -100,17 +96,6 @@ def index_size(name: str) -> Query:
     """Return a SELECT of one managed index's size in bytes (NULL when it does not exist)."""
     p = Params()
     return sql.SQL("SELECT pg_relation_size(to_regclass({})) AS size_bytes").format(p.add(name)), p.values
-
-
-def session_settings(settings: Mapping[str, str], *, local: bool) -> Query:
-    """Return a SELECT set_config(...) for build settings, for the transaction (``local``) or the session."""
-    unknown = set(settings) - _BUILD_SETTINGS
-    if unknown:
-        raise ValueError(f"setting(s) a build may not change: {sorted(unknown)}")
-    p = Params()
-    calls = [sql.SQL("set_config({}, {}, {})").format(p.add(name), p.add(str(value)), p.add(local))
-             for name, value in sorted(settings.items())]
-    return sql.SQL("SELECT ") + sql.SQL(", ").join(calls), p.values
 
 
 def table_counts() -> Query:

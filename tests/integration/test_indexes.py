@@ -226,14 +226,26 @@ def test_memory_estimate_matches_the_field_note() -> None:
     assert ivfflat_build_memory(50, 100) == 0  # fewer rows than lists: no k-means, nothing checked
 
 
-def test_build_needing_more_memory_than_allowed_raises_and_changes_nothing(idb: Database) -> None:
-    load(idb, unit_vectors(1200, seed=13))
-    needed = ivfflat_build_memory(1200, 1000)
-    with idb.pool().connection() as conn:
-        current = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
-    assert current is not None
-    if current[0] >= needed:
+def maintenance_work_mem(db: Database) -> int:
+    """Return the maintenance_work_mem a pooled connection has, in bytes."""
+    with db.pool().connection() as conn:
+        row = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def load_more_than_memory_allows(db: Database, seed: int) -> tuple[int, int]:
+    """Load 1,200 rows, whose IVFFlat build with 1,000 lists needs more than the server's maintenance_work_mem;
+    return (bytes needed, bytes the server gives), or skip when the server gives enough."""
+    load(db, unit_vectors(1200, seed=seed))
+    needed, current = ivfflat_build_memory(1200, 1000), maintenance_work_mem(db)
+    if current >= needed:
         pytest.skip("this server's maintenance_work_mem already covers the build")
+    return needed, current
+
+
+def test_build_needing_more_memory_than_allowed_raises_and_changes_nothing(idb: Database) -> None:
+    needed, current = load_more_than_memory_allows(idb, seed=13)
     before = index_row(idb)
     with pytest.raises(IndexBuildError, match=f"needs about {-(-needed // MIB)} MB") as raised:
         rebuild_vector_index(idb, lists=1000, max_memory_mb=8)
@@ -243,9 +255,28 @@ def test_build_needing_more_memory_than_allowed_raises_and_changes_nothing(idb: 
     report = rebuild_vector_index(idb, lists=1000)
     assert report.memory_required_bytes == needed
     assert report.maintenance_work_mem_bytes >= needed
-    with idb.pool().connection() as conn:
-        after = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
-    assert after is not None and after[0] == current[0]  # SET LOCAL: pooled connections keep their setting
+    assert maintenance_work_mem(idb) == current  # SET LOCAL: pooled connections keep their setting
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_concurrent_build_raises_maintenance_work_mem_on_its_own_connection_only(idb: Database, mode: str) -> None:
+    needed, current = load_more_than_memory_allows(idb, seed=14)
+
+    def rebuild() -> Any:
+        if mode == "sync":
+            return rebuild_vector_index(idb, lists=1000, concurrently=True)
+        return asyncio.run(arebuild_vector_index(idb, lists=1000, concurrently=True))
+
+    if idb.transaction_pooler:  # a session setting would not stay with the build behind a pooler
+        with pytest.raises(IndexBuildError, match="behind a transaction pooler"):
+            rebuild()
+        return
+    # CREATE INDEX CONCURRENTLY runs outside a transaction: the setting is a session one, on the build's connection.
+    report = rebuild()
+    assert (report.concurrently, report.lists) == (True, 1000)
+    assert report.maintenance_work_mem_bytes >= needed
+    assert index_row(idb) == {"method": "ivfflat", "options": ["lists=1000"]}
+    assert maintenance_work_mem(idb) == current
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -147,6 +147,19 @@ async def test_a_write_cut_off_midway_raises_and_writes_nothing(fault_server: Fa
         assert await get_chat_session(second, db=db) is None
 
 
+class _StallingMetadata(dict[str, Any]):
+    """Metadata whose check waits until ``released`` is set: the COPY it belongs to stays open until then."""
+
+    def __init__(self, released: threading.Event) -> None:
+        super().__init__()
+        self._released = released
+
+    def items(self) -> Any:
+        """Return the items once released (at most 20 s later)."""
+        self._released.wait(20)
+        return super().items()
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_bulk_write_cut_off_during_copy_raises_and_writes_nothing(fault_server: FaultServer,
                                                                           mode: str) -> None:
@@ -154,14 +167,27 @@ async def test_a_bulk_write_cut_off_during_copy_raises_and_writes_nothing(fault_
     vectors = rng.normal(size=(20_000, 384)).astype(np.float32)
     texts = [f"chunk {index}" for index in range(len(vectors))]
     ids = [f"bulk-{index}" for index in range(len(vectors))]  # explicit ids: the staging-table upsert path
+    # Row 10,000's metadata is checked as it streams into the COPY: holding it there keeps the COPY open (half
+    # written) until the killer has cut the connection, however fast the rest streams.
+    killed = threading.Event()
+    metadatas: list[dict[str, Any]] = [{} for _ in texts]
+    metadatas[10_000] = _StallingMetadata(killed)
+
+    def kill_the_copy() -> int:
+        try:
+            return fault_server.terminate_when_running("COPY ")
+        finally:
+            killed.set()
+
     async with _database(fault_server) as db:
         store = SonyVectorStore(DeterministicFakeEmbedding(size=384), db, source_type="product")
-        killer = asyncio.create_task(asyncio.to_thread(fault_server.terminate_when_running, "COPY "))
+        killer = asyncio.create_task(asyncio.to_thread(kill_the_copy))
+        await asyncio.sleep(0)  # the killer's thread starts before the async write may hold the loop
         with pytest.raises(DatabaseUnavailableError):
             if mode == "sync":
-                await asyncio.to_thread(store.add_embeddings, texts, vectors, ids=ids)
+                await asyncio.to_thread(store.add_embeddings, texts, vectors, metadatas, ids=ids)
             else:
-                await store.aadd_embeddings(texts, vectors, ids=ids)
+                await store.aadd_embeddings(texts, vectors, metadatas, ids=ids)
         assert await killer == 1
         assert await store.aget_by_ids(ids[:10] + ids[-10:]) == []
         assert await search_similar_embeddings(vectors[0], limit=1, db=db) == []
