@@ -86,9 +86,10 @@ def run(bench: Bench) -> Report:
         "The column that matters is sony-rag's time over the bare statement: the same server work, so the "
         "difference is what sony-rag's client side costs per search. "
         "The bare statement runs on one dedicated connection with the index settings set once for the session. "
-        "sony-rag's search checks the query vector and filter, takes a pooled connection (the pool checks it "
-        "with an empty query), runs BEGIN, SET LOCAL of the index settings, the statement and COMMIT (per-query "
-        "settings that also work behind PgBouncer), and builds LangChain Documents from the rows.")
+        "sony-rag's search checks the query vector and filter, takes a pooled connection (checked with an "
+        "empty query only when idle for over a second), sends the index settings (set_config, local) and the "
+        "statement in one pipelined round trip (settings that also work behind PgBouncer), and builds "
+        "LangChain Documents from the rows.")
     return report
 
 
