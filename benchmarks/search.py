@@ -88,6 +88,19 @@ def measure_async(name: str, search: Callable[[np.ndarray, bool], Any], data: Da
     return asyncio.run(run())
 
 
+def _bare_statements(conn: Any, unfiltered: str, filtered: str) -> Search:
+    """Return a search running one of two fixed statements on ``conn`` (``filtered`` takes the 1 % type)."""
+
+    def search(query: np.ndarray, with_filter: bool) -> list[int]:
+        if with_filter:
+            rows = conn.execute(filtered, {"q": query, "t": FILTER_TYPE}).fetchall()
+        else:
+            rows = conn.execute(unfiltered, {"q": query}).fetchall()
+        return [Dataset.index_of(row[0]) for row in rows]
+
+    return search
+
+
 def bare_search(bench: Bench, settings: dict[str, str]) -> tuple[Search, Any]:
     """Return a bare psycopg search on one connection with the index settings sony-rag would use."""
     conn = bench.connect()
@@ -98,14 +111,7 @@ def bare_search(bench: Bench, settings: dict[str, str]) -> tuple[Search, Any]:
     filtered = (f"SELECT {RESULT_COLUMNS}, embedding <=> %(q)s AS distance FROM document_embeddings "
                 "WHERE source_type = %(t)s ORDER BY embedding <=> %(q)s LIMIT 10")
 
-    def search(query: np.ndarray, with_filter: bool) -> list[int]:
-        if with_filter:
-            rows = conn.execute(filtered, {"q": query, "t": FILTER_TYPE}).fetchall()
-        else:
-            rows = conn.execute(unfiltered, {"q": query}).fetchall()
-        return [Dataset.index_of(row[0]) for row in rows]
-
-    return search, conn
+    return _bare_statements(conn, unfiltered, filtered), conn
 
 
 def bare_exact(bench: Bench) -> tuple[Search, Any]:
@@ -116,14 +122,7 @@ def bare_exact(bench: Bench) -> tuple[Search, Any]:
     unfiltered = base.format(cols=RESULT_COLUMNS, where="")
     filtered = base.format(cols=RESULT_COLUMNS, where="WHERE source_type = %(t)s")
 
-    def search(query: np.ndarray, with_filter: bool) -> list[int]:
-        if with_filter:
-            rows = conn.execute(filtered, {"q": query, "t": FILTER_TYPE}).fetchall()
-        else:
-            rows = conn.execute(unfiltered, {"q": query}).fetchall()
-        return [Dataset.index_of(row[0]) for row in rows]
-
-    return search, conn
+    return _bare_statements(conn, unfiltered, filtered), conn
 
 
 def sony_searches(bench: Bench) -> tuple[Search, Callable[[np.ndarray, bool], Any]]:

@@ -42,8 +42,7 @@ from sony_rag.types import EMBEDDING_DIMENSIONS
 VECTOR_INDEX: Final = index_sql.VECTOR_INDEX
 DEFAULT_MAX_MEMORY_MB: Final = 1024
 _MIB: Final = 1024 * 1024
-# pgvector's default hnsw.ef_search; plans.ann_settings raises it to 2k for larger k.
-DEFAULT_EF_SEARCH: Final = 40
+DEFAULT_EF_SEARCH: Final = plans.DEFAULT_EF_SEARCH
 
 
 @dataclass(frozen=True)
@@ -409,16 +408,13 @@ def _stats_plan() -> PlanGenerator[dict[str, Any]]:
     capabilities = yield fetch(embedding_sql.capabilities())
     version = capabilities[0]["pgvector_version"]
     index = None
-    if capabilities[0]["index_method"]:
-        options = dict(option.split("=", 1) for option in (capabilities[0]["index_options"] or []))
-        method = capabilities[0]["index_method"]
-        lists = int(options.get("lists", 100)) if method == "ivfflat" else None
+    vector_index = plans.vector_index_from_row(capabilities[0])
+    if vector_index is not None:
         index = {
-            "name": VECTOR_INDEX, "method": method, "lists": lists,
-            "m": int(options.get("m", 16)) if method == "hnsw" else None,
-            "ef_construction": int(options.get("ef_construction", 64)) if method == "hnsw" else None,
-            "default_probes": None if lists is None else plans.default_probes(lists),
-            "default_ef_search": DEFAULT_EF_SEARCH if method == "hnsw" else None,
+            "name": VECTOR_INDEX, "method": vector_index.method, "lists": vector_index.lists,
+            "m": vector_index.m, "ef_construction": vector_index.ef_construction,
+            "default_probes": None if vector_index.lists is None else plans.default_probes(vector_index.lists),
+            "default_ef_search": DEFAULT_EF_SEARCH if vector_index.method == "hnsw" else None,
             "size_bytes": next((int(row["size_bytes"]) for row in usage if row["indexname"] == VECTOR_INDEX), None),
         }
     return {

@@ -29,7 +29,9 @@ from sony_rag.sql import sessions as session_sql
 
 Row = dict[str, Any]
 
-# HNSW needs ef_search >= k to return k rows; pgvector caps ef_search at 1000.
+# pgvector's default hnsw.ef_search, which ann_settings raises to 2k for larger k: HNSW needs ef_search >= k
+# to return k rows. pgvector caps ef_search at 1000.
+DEFAULT_EF_SEARCH = 40
 MAX_EF_SEARCH = 1000
 # pgvector allows at most 32,768 IVFFlat lists, so no more probes.
 MAX_PROBES = 32_768
@@ -41,16 +43,21 @@ def read_capabilities() -> PlanGenerator[Capabilities]:
     rows = yield fetch(embedding_sql.capabilities())
     row = rows[0]
     version = tuple(int(part) for part in str(row["pgvector_version"] or "0").split(".") if part.isdigit())
-    index = None
-    if row["index_method"]:
-        options = dict(option.split("=", 1) for option in (row["index_options"] or []))
-        index = VectorIndex(
-            method=row["index_method"],
-            lists=int(options.get("lists", 100)) if row["index_method"] == "ivfflat" else None,
-            m=int(options.get("m", 16)) if row["index_method"] == "hnsw" else None,
-            ef_construction=int(options.get("ef_construction", 64)) if row["index_method"] == "hnsw" else None,
-        )
-    return Capabilities(pgvector_version=version, vector_index=index)
+    return Capabilities(pgvector_version=version, vector_index=vector_index_from_row(row))
+
+
+def vector_index_from_row(row: Row) -> VectorIndex | None:
+    """Return the vector index described by a row of ``sql.embeddings.capabilities()``, or None if there is none."""
+    method = row["index_method"]
+    if not method:
+        return None
+    options = dict(option.split("=", 1) for option in (row["index_options"] or []))
+    return VectorIndex(
+        method=method,
+        lists=int(options.get("lists", 100)) if method == "ivfflat" else None,
+        m=int(options.get("m", 16)) if method == "hnsw" else None,
+        ef_construction=int(options.get("ef_construction", 64)) if method == "hnsw" else None,
+    )
 
 
 # -- sessions ----------------------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
         if capabilities.iterative_scan:
             settings["ivfflat.iterative_scan"] = "relaxed_order"
         return settings
-    settings = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search or max(40, 2 * k)))}
+    settings = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search or max(DEFAULT_EF_SEARCH, 2 * k)))}
     if capabilities.iterative_scan:
         settings["hnsw.iterative_scan"] = "strict_order"
     return settings

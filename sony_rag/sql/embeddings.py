@@ -83,6 +83,16 @@ def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
     return query, p.values
 
 
+def _fenced_nearest(q: sql.Composable, where: sql.Composable, limit: sql.Composable) -> sql.Composable:
+    # The nearest ``limit`` ids and distances by an exact scan: ``OFFSET 0`` fences the distance computation off
+    # from the ORDER BY, so even a cached generic plan cannot turn it into an (approximate) index scan, while
+    # btree indexes still serve ``where``.
+    return sql.SQL(
+        "SELECT embedding_id, distance FROM ("
+        "SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} OFFSET 0"
+        ") AS f ORDER BY distance LIMIT {limit}").format(q=q, where=where, limit=limit)
+
+
 def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
                   max_distance: float | None = None, with_embedding: bool = False) -> Query:
     """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings.
@@ -95,16 +105,13 @@ def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | Non
     where = _conditions(p, q, filter, max_distance)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "SELECT {cols}, n.distance FROM ("
-        " SELECT embedding_id, distance FROM ("
-        "  SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} OFFSET 0"
-        " ) AS f ORDER BY distance LIMIT {limit}"
-        ") AS n JOIN document_embeddings AS d USING (embedding_id) ORDER BY n.distance"
-    ).format(cols=columns, q=q, where=where, limit=p.add(limit))
+        "SELECT {cols}, n.distance FROM ({exact}) AS n JOIN document_embeddings AS d USING (embedding_id)"
+        " ORDER BY n.distance"
+    ).format(cols=columns, exact=_fenced_nearest(q, where, p.add(limit)))
     return query, p.values
 
 
-def _text_ctes(p: Params, query_text: str, config: str, filter: Mapping[str, Any] | None, candidates: int,
+def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, candidates: int,
                extra_columns: Callable[[sql.Composable], sql.Composable], *, skip_common: bool) -> sql.Composable:
     # The text leg's CTEs, read lazily so that each costs only when reached:
     # - text_query: websearch_to_tsquery accepts any text (quotes, operators, emoji) without a syntax error and
@@ -123,13 +130,15 @@ def _text_ctes(p: Params, query_text: str, config: str, filter: Mapping[str, Any
     cfg = p.add(config, "regconfig")
     text = p.add(query_text)
     cap = p.add(candidates)
-    common = sql.SQL(
-        "SELECT m.lexeme FROM pg_stats AS s JOIN pg_class AS c ON c.relname = s.tablename"
-        " AND c.relnamespace::regnamespace::name = s.schemaname,"
-        " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
-        " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
-        " AND m.lexeme = ANY(tsvector_to_array(to_tsvector({cfg}, {text}))) AND m.frequency * c.reltuples > {cap}"
-    ) if skip_common else sql.SQL("SELECT NULL::text AS lexeme WHERE FALSE")
+    common: sql.Composable = sql.SQL("SELECT NULL::text AS lexeme WHERE FALSE")
+    if skip_common:
+        common = sql.SQL(
+            "SELECT m.lexeme FROM pg_stats AS s JOIN pg_class AS c ON c.relname = s.tablename"
+            " AND c.relnamespace::regnamespace::name = s.schemaname,"
+            " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
+            " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
+            " AND m.lexeme = ANY((SELECT lexemes FROM text_query)::text[]) AND m.frequency * c.reltuples > {cap}"
+        ).format(cap=cap)
     return sql.SQL(
         "text_query AS (SELECT websearch_to_tsquery({cfg}, {text}) AS all_words,"
         "  tsvector_to_array(to_tsvector({cfg}, {text})) AS lexemes),"
@@ -145,34 +154,30 @@ def _text_ctes(p: Params, query_text: str, config: str, filter: Mapping[str, Any
         " ), all_word_hits AS ("
         "  SELECT e.embedding_id, 1.0::float8 AS coverage{extra_all} FROM document_embeddings AS e, text_query AS t"
         "  WHERE NOT (SELECT lexemes <@ ARRAY(SELECT lexeme FROM common_words) FROM text_query)"
-        "  AND {where_all} AND e.search_vector @@ t.all_words LIMIT {cap}"
+        "  AND {where} AND e.search_vector @@ t.all_words LIMIT {cap}"
         " ), any_word_hits AS ("
         "  SELECT e.embedding_id, (length(e.search_vector) - length(ts_delete(e.search_vector, w.lexemes)))::float8"
         "  / w.word_count AS coverage{extra_any} FROM document_embeddings AS e, known_words AS w"
-        "  WHERE NOT EXISTS (SELECT 1 FROM all_word_hits) AND {where_any} AND e.search_vector @@ w.any_word"
+        "  WHERE NOT EXISTS (SELECT 1 FROM all_word_hits) AND {where} AND e.search_vector @@ w.any_word"
         "  LIMIT {cap})"
-    ).format(cfg=cfg, text=text, cap=cap, common=common.format(cfg=cfg, text=text, cap=cap) if skip_common
-             else common, extra_all=extra_columns(sql.SQL("t.all_words")),
-             extra_any=extra_columns(sql.SQL("w.any_word")), where_all=compile_filter(filter, p),
-             where_any=compile_filter(filter, p))
+    ).format(cfg=cfg, text=text, cap=cap, common=common,
+             extra_all=extra_columns(sql.SQL("t.all_words")),
+             extra_any=extra_columns(sql.SQL("w.any_word")), where=where)
 
 
-def _vector_leg_ctes(p: Params, q: sql.Composable, limit: sql.Composable, filter: Mapping[str, Any] | None,
+def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, where: sql.Composable,
                      exact_fallback: bool) -> sql.Composable:
     # vector_leg: up to ``limit`` nearest rows through the vector index. With ``exact_fallback``, when the index
     # finds fewer (IVFFlat trained on few rows, a selective filter starving the scan), an exact scan replaces
     # them in the same statement: a CTE is only computed when read, so the exact scan costs nothing otherwise.
-    # The OFFSET 0 fence keeps the vector index out of it, as in exact_nearest.
     nearest_rows = sql.SQL(
         "SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
-        " ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, where=compile_filter(filter, p), limit=limit)
+        " ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, where=where, limit=limit)
     ranked = sql.SQL("SELECT embedding_id, distance, row_number() OVER (ORDER BY distance, embedding_id) AS rank"
                      " FROM ({}) AS vector_hits")
     if not exact_fallback:
         return sql.SQL("vector_leg AS ({})").format(ranked.format(nearest_rows))
-    exact_rows = sql.SQL(
-        "SELECT * FROM (SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
-        " OFFSET 0) AS f ORDER BY distance LIMIT {limit}").format(q=q, where=compile_filter(filter, p), limit=limit)
+    exact_rows = _fenced_nearest(q, where, limit)
     return sql.SQL(
         "vector_index_rows AS ({nearest}), vector_exact_rows AS ({exact}), vector_leg AS ({ranked})"
     ).format(nearest=nearest_rows, exact=exact_rows, ranked=ranked.format(sql.SQL(
@@ -200,8 +205,9 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     p = Params()
     q = p.add(query_vector)
     legs_limit = p.add(fetch_k)
-    vector_ctes = _vector_leg_ctes(p, q, legs_limit, filter, exact_fallback)
-    text_ctes = _text_ctes(p, query_text, config, filter, text_candidates,
+    where = compile_filter(filter, p)
+    vector_ctes = _vector_leg_ctes(q, legs_limit, where, exact_fallback)
+    text_ctes = _text_ctes(p, query_text, config, where, text_candidates,
                            lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
     columns = _joined_columns(with_embedding)
     c = p.add(rrf_k, "float8")
@@ -252,7 +258,8 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
     p = Params()
     q = p.add(query_vector)
     rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    text_ctes = _text_ctes(p, query_text, config, filter, max(text_candidates, limit), rank.format,
+    text_ctes = _text_ctes(p, query_text, config, compile_filter(filter, p), max(text_candidates, limit),
+                           rank.format,
                            skip_common=False)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
