@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: a global option given before the subcommand is not reset by the subcommand's default.
     common.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
                         help="Postgres URL (default: DATABASE_URL, else the embedded server)")
-    common.add_argument("--embeddings", choices=["local", "fake"], default=argparse.SUPPRESS,
+    common.add_argument("--embeddings", choices=["local", "st", "fake"], default=argparse.SUPPRESS,
                         help="embedding model (default: SONY_RAG_EMBEDDINGS, else local)")
 
     def command(subparsers: Any, name: str, help_text: str, description: str | None = None) -> Any:
