@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="source type of every record (default: the record's, else from the path)")
     sub.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                      help="bad record: stop (default; nothing is written) or skip it and write the rest")
+    sub.add_argument("--reembed", action="store_true", help="re-embed every source of these files, replacing "
+                     "chunks of another embedding model (which ingest otherwise refuses)")
     sub.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sub = command(subparsers, "search", "similarity search over the ingested chunks")
@@ -297,7 +299,7 @@ def _ingest(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
     progress = _RichProgress(err) if show_bar else None
     with progress if progress is not None else nullcontext():
         report = commands.ingest(db, args.paths, embeddings=embeddings, source_type=args.source_type,
-                                 on_error=args.on_error, progress=progress)
+                                 on_error=args.on_error, progress=progress, reembed=args.reembed)
     for error in report.errors:
         err.print(f"[yellow]skipped[/] {escape(str(error))}", highlight=False)
     if args.json:

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -204,6 +204,51 @@ class SentenceTransformerEmbeddings(Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
+class LazyEmbeddings(Embeddings):
+    """Embeddings whose model is loaded on first use, with ``model_name`` known before.
+
+    ``get_embeddings()`` returns these for the real model, so that a command that turns out to need no
+    vector (an ingest where nothing changed, a refused argument) never pays for loading it.
+    """
+
+    def __init__(self, load: Callable[[], Embeddings], model_name: str) -> None:
+        """Wrap ``load`` (called once, on the first embedding) for the model named ``model_name``."""
+        self._load = load
+        self.model_name = model_name
+        self._model: Embeddings | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Return True once the model has been loaded."""
+        return self._model is not None
+
+    def model(self) -> Embeddings:
+        """Return the loaded embeddings, loading them now if needed; raises ConfigurationError as ``load`` does."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the vector of each text (loads the model on the first call)."""
+        return self.model().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Return the vector of ``text`` (loads the model on the first call)."""
+        return self.model().embed_query(text)
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the vector of each text; the model is loaded in a worker thread, not on the event loop."""
+        model = self._model if self._model is not None else await asyncio.to_thread(self.model)
+        return await model.aembed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Return the vector of ``text``; the model is loaded in a worker thread, not on the event loop."""
+        model = self._model if self._model is not None else await asyncio.to_thread(self.model)
+        return await model.aembed_query(text)
+
+
 _loaded_lock = threading.Lock()
 _local: LocalEmbeddings | None = None
 _st: SentenceTransformerEmbeddings | None = None
@@ -223,6 +268,13 @@ def local_model_path() -> str:
     return str(path)
 
 
+def _check_local_installed() -> str:
+    path = local_model_path()
+    if importlib.util.find_spec("tokenizers") is None:
+        raise ConfigurationError(f"the tokenizers package is not installed: {_INSTALL_HINT}")
+    return path
+
+
 def local_embeddings() -> LocalEmbeddings:
     """Return the real all-MiniLM-L6-v2 embeddings on numpy, loaded once per process, with no network access.
 
@@ -232,9 +284,7 @@ def local_embeddings() -> LocalEmbeddings:
     with _loaded_lock:
         if _local is not None:
             return _local
-        path = local_model_path()
-        if importlib.util.find_spec("tokenizers") is None:
-            raise ConfigurationError(f"the tokenizers package is not installed: {_INSTALL_HINT}")
+        path = _check_local_installed()
         from sony_rag.minilm import MiniLM, ModelFilesError
 
         try:
@@ -293,16 +343,22 @@ def _quiet_transformers() -> None:
 def get_embeddings(kind: str | None = None) -> Embeddings:
     """Return the embeddings named by ``kind`` ("local", "st" or "fake"), else by SONY_RAG_EMBEDDINGS (default local).
 
-    Raises ConfigurationError for an unknown kind, or when "local" is asked for and its extra is missing.
+    The real model is returned unloaded (``LazyEmbeddings``): it loads on the first embedding, so that work
+    which needs none stays fast. Raises ConfigurationError for an unknown kind, or at once when the extra or
+    the weights the kind needs are not installed.
     """
     if kind is None:
         kind = _configured_kind()
     if kind == "fake":
         return fake_embeddings()
     if kind == "local":
-        return local_embeddings()
+        _check_local_installed()
+        return LazyEmbeddings(local_embeddings, LOCAL_MODEL_NAME)
     if kind == "st":
-        return sentence_transformer_embeddings()
+        local_model_path()
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ConfigurationError(f"sentence-transformers is not installed: {_ST_INSTALL_HINT}")
+        return LazyEmbeddings(sentence_transformer_embeddings, LOCAL_MODEL_NAME)
     raise ConfigurationError(f"embeddings must be one of {', '.join(EMBEDDING_KINDS)}, got {kind!r}")
 
 
@@ -334,7 +390,8 @@ def embedding_size(embeddings: Embeddings) -> int:
 
 
 __all__: Sequence[str] = [
-    "EMBEDDING_KINDS", "FAKE_MODEL_NAME", "LOCAL_MODEL_NAME", "HashedWordEmbeddings", "LocalEmbeddings",
+    "EMBEDDING_KINDS", "FAKE_MODEL_NAME", "LOCAL_MODEL_NAME", "HashedWordEmbeddings", "LazyEmbeddings",
+    "LocalEmbeddings",
     "SentenceTransformerEmbeddings", "embedding_size", "embeddings_name", "fake_embeddings", "get_embeddings",
     "local_embeddings", "local_model_path", "sentence_transformer_embeddings", "stem", "word_stems",
 ]

@@ -23,6 +23,7 @@ from sony_rag.embeddings import (
     FAKE_MODEL_NAME,
     LOCAL_MODEL_NAME,
     HashedWordEmbeddings,
+    LazyEmbeddings,
     embeddings_name,
     fake_embeddings,
     get_embeddings,
@@ -221,7 +222,9 @@ def test_the_fixture_covers_truncation_empty_and_other_scripts() -> None:
 def test_local_model_loads_offline_and_gives_normalised_384_d_vectors() -> None:
     model = local_embeddings()
     assert model is local_embeddings()  # loaded once per process
-    assert get_embeddings("local") is model
+    lazy = get_embeddings("local")
+    assert isinstance(lazy, LazyEmbeddings) and embeddings_name(lazy) == LOCAL_MODEL_NAME
+    assert lazy.embed_query("sofa") == model.embed_query("sofa") and lazy.model() is model
     assert embeddings_name(model) == LOCAL_MODEL_NAME
     vectors = model.embed_documents(["a comfortable couch", "a three-seat sofa", "our shipping policy"])
     assert all(len(vector) == 384 for vector in vectors)
