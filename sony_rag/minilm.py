@@ -8,7 +8,8 @@ as sentence-transformers does, so short texts do not pay for long ones.
 
 The weights are read straight from ``model.safetensors`` (an 8-byte header length, a JSON header, raw
 little-endian tensors): nothing but numpy is needed to load them. The model is read-only once loaded, so
-one instance serves any number of threads at once.
+one instance serves any number of threads at once. Loading it sets OpenBLAS to one thread per call for the
+whole process (with ``threadpoolctl``): the model runs its sub-batches on its own threads instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import json
 import math
 import os
 import struct
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -32,8 +35,20 @@ _LAYER_NORM_EPS: Final = 1e-12
 _HEAD_SIZE: Final = HIDDEN // HEADS
 # A masked (padding) key gets this added before the softmax, so its weight underflows to exactly 0.
 _MASKED: Final = np.float32(-1e30)
+_MAX_WORKERS: Final = 4
 
 Matrix = npt.NDArray[np.float32]
+
+
+def _single_threaded_blas() -> None:
+    # OpenBLAS's own threads spin while they wait for each other: on a machine whose cores are busy with
+    # other work they ran this model 3-4x slower than one thread (docs/embeddings.md). One BLAS thread per
+    # call, and our worker threads across sub-batches, degrade gracefully instead. Process-wide, once.
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1, user_api="blas")
 
 
 class ModelFilesError(Exception):
@@ -174,20 +189,39 @@ class MiniLM:
             raise ModelFilesError(f"{folder}/model.safetensors lacks the tensor {error.args[0]}") from None
         if self._words.shape[1:] != (HIDDEN,) or self._layers[0].qkv.shape != (HIDDEN, 3 * HIDDEN):
             raise ModelFilesError(f"{folder}/model.safetensors is not a {HIDDEN}-d MiniLM")
+        _single_threaded_blas()
+        self._workers = min(os.cpu_count() or 1, _MAX_WORKERS)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Return each text's token ids ([CLS] ... [SEP]), truncated at 256 tokens."""
         return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> Matrix:
-        """Return an (n, 384) float32 array of unit vectors, one per text, in the order given."""
+        """Return an (n, 384) float32 array of unit vectors, one per text, in the order given.
+
+        Each batch of ``batch_size`` texts is split among the worker threads (one per core, BLAS on one
+        thread each); a text's vector does not depend on the batch it is computed in.
+        """
         ids = self.tokenize(texts)
         result = np.empty((len(ids), HIDDEN), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda index: -len(ids[index]))  # longest first, as ST does
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            result[chosen] = self._encode_batch([ids[index] for index in chosen])
+        step = max(1, -(-batch_size // self._workers))
+        groups = [order[start:start + step] for start in range(0, len(order), step)]
+        if len(groups) == 1:
+            result[groups[0]] = self._encode_batch([ids[index] for index in groups[0]])
+            return result
+        batches = self._pool().map(lambda group: self._encode_batch([ids[index] for index in group]), groups)
+        for group, vectors in zip(groups, batches, strict=True):
+            result[group] = vectors
         return result
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sony-rag-minilm")
+            return self._executor
 
     def _encode_batch(self, batch: list[list[int]]) -> Matrix:
         length = max(len(ids) for ids in batch)
