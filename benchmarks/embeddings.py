@@ -143,8 +143,9 @@ def measure(sizes: Sizes, smoke: bool) -> Report:
                             f"{float(cosines.min()):.7f}")
     report.notes.append("load s: the model object alone, in this process; fresh process s: a new interpreter "
                         "importing sony_rag, loading the model and embedding one text")
-    report.notes.append(f"OpenBLAS/torch threads as they come; {os.cpu_count()} CPU cores shared with whatever "
-                        "else runs on the machine (rounds alternate so both see the same load)")
+    report.notes.append(f"threads: ours one BLAS thread per call with sub-batches on its worker threads, torch its "
+                        f"own; {os.cpu_count()} CPU cores shared with whatever else runs on the machine (rounds "
+                        "alternate so both see the same load)")
     return report
 
 
