@@ -203,7 +203,8 @@ def test_search_modes_find_codes(loaded: Cli) -> None:
 def test_search_json_shape_and_order(loaded: Cli) -> None:
     hits = loaded.json("search", "oak dining table", "--k", "4", "--mode", "vector")
     assert len(hits) == 4
-    assert set(hits[0]) == {"similarity", "source_type", "source_id", "title", "content", "metadata", "embedding_id"}
+    assert set(hits[0]) == {"rank", "score", "ranked_by", "similarity", "source_type", "source_id", "title",
+                            "content", "metadata", "embedding_id"}
     similarities = [hit["similarity"] for hit in hits]
     assert similarities == sorted(similarities, reverse=True)
     assert hits[0]["source_id"] == "ekeby-oak-dining-table"
@@ -284,14 +285,14 @@ def test_sessions_show_errors(cli: Cli) -> None:
 
 def test_prune_deletes_idle_sessions(loaded: Cli, db: Database) -> None:
     loaded("chat", stdin="hello\n")
-    assert loaded.json("prune", "--older-than", "30d") == {"deleted": 0, "older_than": "30d"}
+    assert loaded.json("prune", "--older-than", "30d", "--yes") == {"deleted": 0, "older_than": "30d"}
     with db.pool().connection() as conn:
         conn.execute("ALTER TABLE chat_sessions DISABLE TRIGGER update_chat_sessions_updated_at")
         try:
             conn.execute("UPDATE chat_sessions SET updated_at = NOW() - interval '40 days'")
         finally:
             conn.execute("ALTER TABLE chat_sessions ENABLE TRIGGER update_chat_sessions_updated_at")
-    code, out, _ = loaded("prune", "--older-than", "30d")
+    code, out, _ = loaded("prune", "--older-than", "30d", "--yes")
     assert code == EXIT_OK and "deleted 1 session(s)" in out
     assert count_rows(db, "chat_messages") == 0
     assert loaded("prune", "--older-than", "soon")[0] == EXIT_USAGE
