@@ -11,25 +11,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
-
-from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.connection import Database
 from sony_rag.database import match_from_row
 from sony_rag.durations import parse_age
-from sony_rag.embeddings import embeddings_name
 from sony_rag.errors import InvalidInputError, SchemaNotReadyError, SessionNotFoundError
-from sony_rag.ingest import IngestReport, OnError, Progress, ingest_paths
-from sony_rag.message_codec import decode_message
-from sony_rag.migrate import CheckResult, check_database
-from sony_rag.migrate import migrate as apply_migrations
 from sony_rag.types import EmbeddingMatch
+
+if TYPE_CHECKING:
+    # Each command imports what only it needs when it runs: `sony-rag stats` should not wait for LangChain's
+    # language-model machinery, nor `search` for SQLAlchemy's (the migrations' schema).
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
+
+    from sony_rag.ingest import IngestReport, OnError, Progress
+    from sony_rag.migrate import CheckResult
 
 # -- migrate ---------------------------------------------------------------------------------------------
 
@@ -54,6 +55,9 @@ class MigrateOutcome:
 
 def migrate(db: Database, *, test: bool = False, log: Callable[[str], None] = lambda line: None) -> MigrateOutcome:
     """Apply pending migrations (and, with ``test``, check the database); raises MigrationError."""
+    from sony_rag.migrate import check_database
+    from sony_rag.migrate import migrate as apply_migrations
+
     outcome = MigrateOutcome(applied=apply_migrations(db, log=log))
     if test:
         outcome.checks = check_database(db)
@@ -69,6 +73,8 @@ def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings,
 
     Raises BadRecordError (``on_error="stop"``), InvalidInputError or DatabaseError subclasses.
     """
+    from sony_rag.ingest import ingest_paths
+
     return ingest_paths(db, paths, embeddings, source_type=source_type, on_error=on_error, progress=progress)
 
 
@@ -169,6 +175,8 @@ def _hit(rank: int, row: dict[str, Any], mode: str) -> SearchHit:
 
 def model_mismatch(matches: Sequence[EmbeddingMatch | SearchHit], embeddings: Embeddings) -> str | None:
     """Return a warning when the matches were embedded by another model than ``embeddings`` (else None)."""
+    from sony_rag.embeddings import embeddings_name
+
     rows = [item.match if isinstance(item, SearchHit) else item for item in matches]
     used = embeddings_name(embeddings)
     stored = sorted({str(m["metadata"]["embedding_model"]) for m in rows
@@ -252,6 +260,8 @@ class SessionTranscript:
 
 def show_session(db: Database, session_id: str, *, limit: int | None = None) -> SessionTranscript:
     """Return a session and its messages (the newest ``limit``, all when None); raises SessionNotFoundError."""
+    from sony_rag.message_codec import decode_message
+
     wanted = check.as_uuid(session_id, "session id")
     session = db.run(plans.get_session(wanted))
     if session is None:
@@ -267,6 +277,8 @@ def show_session(db: Database, session_id: str, *, limit: int | None = None) -> 
 
 def describe_message(message: BaseMessage) -> str:
     """Return a one-paragraph reading of a stored message (tool calls and results summarised)."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
     if isinstance(message, AIMessage) and message.tool_calls:
         calls = ", ".join(f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in call['args'].items())})"
                           for call in message.tool_calls)

@@ -301,7 +301,8 @@ def _round_trip(conn: psycopg.Connection[Any]) -> list[CheckResult]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the migration command line and return its exit code (0 ok, 1 a check failed, 2 an error)."""
+    """Run the migration command line and return its exit code (those of ``sony-rag``: 0 ok, 1 a check failed,
+    2 usage or configuration, 3 the database unavailable)."""
     parser = argparse.ArgumentParser(prog="sony-rag migrate", description=__doc__.splitlines()[0])
     parser.add_argument("--test", action="store_true", help="after migrating, check the database against the schema")
     parser.add_argument("--database-url", help="Postgres URL (default: DATABASE_URL, else the embedded server)")
@@ -332,8 +333,10 @@ def run_cli(db: Database, *, test: bool) -> int:
             return 1 if failed else 0
         return 0
     except SonyRagError as error:
+        from sony_rag.cli import exit_code_for
+
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_code_for(error)
     finally:
         db.close()
 
