@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import textwrap
@@ -265,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say(err, "interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `sony-rag ... | head`: the reader left; Python's own flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _attach_negative_ages(argv: Sequence[str]) -> list[str]:
@@ -495,8 +500,9 @@ def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
     if ranked_by != "similarity":
         table.add_column(_SCORE_COLUMN[ranked_by], justify="right", no_wrap=True)
     table.add_column("similarity", justify="right", no_wrap=True)
-    table.add_column("source", no_wrap=True)
-    table.add_column("text", overflow="fold", max_width=90)
+    # The text gets the room; a long source id folds rather than squeezing it to a letter per line.
+    table.add_column("source", overflow="fold", max_width=32)
+    table.add_column("text", overflow="fold", min_width=24, max_width=90)
     for hit in hits:
         match = hit.match
         cells = [str(hit.rank)]
@@ -585,8 +591,10 @@ def _sessions(args: argparse.Namespace, db: Any, out: Console, err: Console) -> 
             say(out, "no sessions")
             return EXIT_OK
         table = Table(title="chat sessions, most recently active first", title_justify="left")
-        for name in ("session_id", "updated_at", "messages", "current_page"):
-            table.add_column(name, no_wrap=name != "current_page")
+        table.add_column("session_id", no_wrap=True, min_width=36)
+        table.add_column("updated_at", no_wrap=True, min_width=19)
+        table.add_column("messages", justify="right", no_wrap=True)
+        table.add_column("current_page", overflow="fold")
         for row in rows:
             table.add_row(*(Text(cell) for cell in (str(row["session_id"]), _when(row["updated_at"]),
                                                      str(row["message_count"]), row["current_page"] or "")))
@@ -612,6 +620,8 @@ def _when(value: datetime) -> str:
 
 
 def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from rich.text import Text
+
     from sony_rag import commands
 
     age: Age = args.older_than
@@ -625,7 +635,7 @@ def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
             say(out, f"no session has been idle for more than {age.text}: nothing to delete")
             return EXIT_OK
         _print_prune_preview(args, out, candidates, heading="would delete")
-        answer = out.input(f"delete these {len(candidates)} session(s)? [y/N] ").strip().lower()
+        answer = out.input(Text(f"delete these {len(candidates)} session(s)? [y/N] ")).strip().lower()
         if answer not in ("y", "yes"):
             say(out, "cancelled: nothing was deleted")
             return EXIT_OK
@@ -640,9 +650,6 @@ def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
 
 def _print_prune_preview(args: argparse.Namespace, out: Console, candidates: list[dict[str, Any]],
                          heading: str = "would delete") -> int:
-    from rich.table import Table
-    from rich.text import Text
-
     age: Age = args.older_than
     messages = sum(int(row["message_count"]) for row in candidates)
     selections = sum(int(row["selection_count"]) for row in candidates)
@@ -652,18 +659,10 @@ def _print_prune_preview(args: argparse.Namespace, out: Console, candidates: lis
         _print_json({"dry_run": True, "older_than": age.text, "sessions": candidates,
                      "would_delete": {"sessions": len(candidates), "messages": messages, "selections": selections}})
         return EXIT_OK
-    if candidates:
-        table = Table(title=Text(summary), title_justify="left")
-        for name in ("session_id", "last active", "messages", "selections", "current_page"):
-            table.add_column(name, justify="right" if name in ("messages", "selections") else "left",
-                             no_wrap=name != "current_page")
-        for row in candidates:
-            table.add_row(*(Text(cell) for cell in (str(row["session_id"]), _when(row["updated_at"]),
-                                                     str(row["message_count"]), str(row["selection_count"]),
-                                                     row["current_page"] or "")))
-        out.print(table)
-    else:
-        say(out, summary)
+    say(out, summary)
+    for row in candidates:  # lines, not a table: ids stay whole on an 80-column terminal
+        say(out, f"  {row['session_id']}  last active {_when(row['updated_at'])}, {row['message_count']} "
+                 f"message(s), {row['selection_count']} selection(s)")
     return EXIT_OK
 
 
