@@ -500,9 +500,8 @@ def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
     if ranked_by != "similarity":
         table.add_column(_SCORE_COLUMN[ranked_by], justify="right", no_wrap=True)
     table.add_column("similarity", justify="right", no_wrap=True)
-    # The text gets the room; a long source id folds rather than squeezing it to a letter per line.
-    table.add_column("source", overflow="fold", max_width=32)
-    table.add_column("text", overflow="fold", min_width=24, max_width=90)
+    # The source heads its text in one column: a column of its own left the text a letter wide at 80 columns.
+    table.add_column("source and text", overflow="fold", max_width=90)
     for hit in hits:
         match = hit.match
         cells = [str(hit.rank)]
@@ -512,8 +511,8 @@ def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
             cells.append(f"{hit.score:.4f}")
         cells.append(f"{hit.similarity:.3f}")
         text = " ".join(match["content_chunk"].split())
-        table.add_row(*(Text(cell) for cell in [*cells, f"{match['source_type']}:{match['source_id']}",
-                                                 _clip(text, 240)]))
+        table.add_row(*(Text(cell) for cell in cells),
+                      Text.assemble((f"{match['source_type']}:{match['source_id']}", "bold"), "\n", _clip(text, 240)))
     out.print(table)
     return EXIT_OK
 
