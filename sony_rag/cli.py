@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     # SUPPRESS: a global option given before the subcommand is not reset by the subcommand's default.
     common.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
-                        help="Postgres URL (default: DATABASE_URL, else the embedded server)")
+                        help="Postgres URL: postgresql://, postgres:// or SQLAlchemy's postgresql+psycopg:// "
+                             "(default: DATABASE_URL, else the embedded server)")
     common.add_argument("--embeddings", choices=["local", "fake"], default=argparse.SUPPRESS,
                         help="embedding model (default: SONY_RAG_EMBEDDINGS, else local)")
 
