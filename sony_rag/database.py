@@ -88,7 +88,7 @@ async def delete_chat_session(session_id: UUID | str, *, db: Database | None = N
 
 
 async def prune_chat_sessions(older_than: timedelta | str, *, db: Database | None = None) -> int:
-    """Delete sessions idle for longer than ``older_than`` (a timedelta or "30d", "12h", "90m"); return the count."""
+    """Delete sessions idle for longer than ``older_than`` (a timedelta or "30d", "12h", "90min"); return the count."""
     return await get_db(db).arun(plans.prune_sessions(parse_age(older_than)))
 
 
