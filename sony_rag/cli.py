@@ -737,5 +737,5 @@ _HANDLERS: Final[dict[str, Callable[[argparse.Namespace, Any, Console, Console],
     "prune": _prune, "stats": _stats, "index": _index,
 }
 
-__all__ = ["EXIT_CODES_HELP", "EXIT_DATABASE", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser",
-           "exit_code_for", "main"]
+__all__ = ["EXIT_CODES_HELP", "EXIT_DATABASE", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "MAX_K", "Age",
+           "build_parser", "consoles", "exit_code_for", "main", "say"]

@@ -301,8 +301,7 @@ def _round_trip(conn: psycopg.Connection[Any]) -> list[CheckResult]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the migration command line and return its exit code (those of ``sony-rag``: 0 ok, 1 a check failed,
-    2 usage or configuration, 3 the database unavailable)."""
+    """Run the migration command line and return its exit code (0 ok, 1 a check failed, 2 an error)."""
     parser = argparse.ArgumentParser(prog="sony-rag migrate", description=__doc__.splitlines()[0])
     parser.add_argument("--test", action="store_true", help="after migrating, check the database against the schema")
     parser.add_argument("--database-url", help="Postgres URL (default: DATABASE_URL, else the embedded server)")
@@ -333,10 +332,8 @@ def run_cli(db: Database, *, test: bool) -> int:
             return 1 if failed else 0
         return 0
     except SonyRagError as error:
-        from sony_rag.cli import exit_code_for
-
         print(f"error: {error}", file=sys.stderr)
-        return exit_code_for(error)
+        return 2
     finally:
         db.close()
 
