@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
+from sony_rag.conninfo import describe_conninfo, normalize_url
 from sony_rag.embedded import embedded_url
 from sony_rag.errors import (
     DatabaseUnavailableError,
@@ -69,21 +70,6 @@ class Capabilities:
         return self.pgvector_version >= (0, 8, 0)
 
 
-def describe_conninfo(conninfo: str) -> str:
-    """Return ``user@host:port/dbname`` for logs and errors: never the password or other parameters."""
-    try:
-        parts = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return "<unparseable database URL>"
-    host = str(parts.get("host") or "localhost")
-    if host.startswith("/"):
-        host = f"socket {host}"
-    user = parts.get("user")
-    port = parts.get("port")
-    where = f"{host}:{port}" if port else host
-    return f"{str(user) + '@' if user else ''}{where}/{parts.get('dbname') or user or 'postgres'}"
-
-
 def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
     """Return True when the URL points at a transaction-mode pooler (Neon's '-pooler' hosts) or settings say so."""
     if explicit is not None:
@@ -99,10 +85,16 @@ class Database:
     """Both pools to one server, opened lazily; use as a (sync or async) context manager or call ``close``."""
 
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server."""
+        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server.
+
+        Raises ConfigurationError for a malformed URL or settings (see ``sony_rag.conninfo.normalize_url``).
+        """
         self.settings = settings or get_settings()
-        if url is None and self.settings.database_url is not None:
-            url = self.settings.database_url.get_secret_value()
+        # Checked here, before anything connects: a malformed URL is a ConfigurationError that never quotes it.
+        if url is not None:
+            url = normalize_url(url)
+        elif self.settings.database_url is not None:
+            url = normalize_url(self.settings.database_url.get_secret_value(), source="DATABASE_URL")
         self._url = url
         self._conninfo: str | None = None
         self._lock = threading.Lock()

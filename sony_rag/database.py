@@ -6,7 +6,6 @@ lazily (or by ``init_db``) and closed by ``close_db``. Results are plain dicts k
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from psycopg.types.json import Jsonb
 from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.connection import Database
+from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
@@ -90,21 +90,6 @@ async def delete_chat_session(session_id: UUID | str, *, db: Database | None = N
 async def prune_chat_sessions(older_than: timedelta | str, *, db: Database | None = None) -> int:
     """Delete sessions idle for longer than ``older_than`` (a timedelta or "30d", "12h", "90m"); return the count."""
     return await get_db(db).arun(plans.prune_sessions(parse_age(older_than)))
-
-
-def parse_age(value: timedelta | str) -> timedelta:
-    """Return ``value`` as a positive timedelta ("30d", "12h", "45m", "90s", "2w"); raises InvalidInputError."""
-    if isinstance(value, timedelta):
-        age = value
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(value))
-        if not match:
-            raise InvalidInputError(f"age must look like 30d, 12h, 45m, 90s or 2w, got {value!r}")
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
-        age = timedelta(**{unit: float(match.group(1))})
-    if age <= timedelta(0):
-        raise InvalidInputError("age must be positive")
-    return age
 
 
 # -- chat messages -------------------------------------------------------------------------------------

@@ -110,6 +110,20 @@ def recent_sessions(limit: int) -> PlanGenerator[list[Row]]:
     return rows  # type: ignore[no-any-return]
 
 
+@plan(read_only=True)
+def prune_candidates(older_than: timedelta) -> PlanGenerator[list[Row]]:
+    """Return the sessions a prune would delete, least recently active first, with message and selection counts."""
+    rows = yield fetch(session_sql.prune_candidates(older_than))
+    return rows  # type: ignore[no-any-return]
+
+
+@plan(read_only=False)
+def prune_listed_sessions(older_than: timedelta, session_ids: Sequence[UUID]) -> PlanGenerator[int]:
+    """Delete the listed sessions still idle for longer than ``older_than``; return how many."""
+    count = yield execute(session_sql.prune_listed(older_than, list(session_ids)))
+    return int(count)
+
+
 # -- messages ----------------------------------------------------------------------------------------
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sony_rag.errors import ConfigurationError
 
 
 def _default_data_dir() -> Path:
@@ -65,5 +67,18 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Return the process-wide settings, read once from the environment and ``.env``."""
-    return Settings()
+    """Return the process-wide settings, read once from the environment and ``.env``; raises ConfigurationError."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problem = describe_validation_error(error)
+    # Raised outside the except block: pydantic's message quotes the input, and a URL's input is a secret.
+    raise ConfigurationError(problem) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Return which setting is invalid and why, naming its environment variable but never its value."""
+    first = error.errors(include_input=False, include_url=False)[0]
+    name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+    variable = "DATABASE_URL" if name == "database_url" else f"SONY_RAG_{name.upper()}"
+    return f"invalid settings: {variable} ({name}): {first.get('msg', 'invalid value')}"

@@ -253,7 +253,8 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
             config: str, text_candidates: int, with_embedding: bool = False) -> Query:
     """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
 
-    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds.
+    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds. Rows also carry what ranks
+    them: ``word_coverage`` (the share of the query's words the row holds) first, then ``text_score``.
     """
     p = Params()
     q = p.add(query_vector)
@@ -263,7 +264,8 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
                            skip_common=False)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance FROM ("
+        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
+        " k.coverage AS word_coverage, k.score AS text_score FROM ("
         " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
         " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
         ") AS k JOIN document_embeddings AS d USING (embedding_id)"
