@@ -22,6 +22,7 @@ from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
+from sony_rag.sql import deletes as delete_sql
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
@@ -324,15 +325,13 @@ def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
 @plan(read_only=False)
 def delete_embeddings(ids: Sequence[UUID] | None = None, filter: Mapping[str, Any] | None = None,
                       source: tuple[str, str | None] | None = None) -> PlanGenerator[int]:
-    """Delete the rows matched by each selector given (ids, filter, source); return how many were deleted."""
-    total = 0
-    if ids is not None:
-        total += yield execute(embedding_sql.delete_ids(ids))
-    if filter is not None:
-        total += yield execute(embedding_sql.delete_matching(filter))
-    if source is not None:
-        total += yield execute(embedding_sql.delete_source(*source))
-    return total
+    """Delete the rows that match every selector given (ids AND filter AND source); return how many.
+
+    Never wider than the narrowest reading of the arguments: ``ids=[a, c], filter={"source": "web"}`` deletes
+    a and c only if they match the filter. Raises ValueError when no selector is given.
+    """
+    count = yield execute(delete_sql.delete_embeddings(ids, filter, source))
+    return int(count)
 
 
 @plan(read_only=True)

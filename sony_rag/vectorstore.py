@@ -48,7 +48,8 @@ class SonyVectorStore(VectorStore):
         Adding an existing id replaces it; a batch is one transaction written through binary COPY.
 
     Delete:
-        ``store.delete(["sku-1"])`` or ``store.delete(filter={"source_type": "faq"})``.
+        ``store.delete(["sku-1"])`` or ``store.delete(filter={"source_type": "faq"})``. Given both, a row is
+        deleted only when it has one of the ids AND matches the filter (as langchain-postgres).
 
     Search:
         ``store.similarity_search("oak table", k=4)``; ``similarity_search_with_score`` returns cosine
@@ -339,13 +340,19 @@ class SonyVectorStore(VectorStore):
 
     def delete(self, ids: list[str] | None = None, filter: dict[str, Any] | None = None,
                **kwargs: Any) -> bool:
-        """Delete by ids (missing ones are ignored) and/or by filter; return True. Raises InvalidInputError."""
+        """Delete the rows with these ids (missing ones ignored) AND matching ``filter``; return True.
+
+        Raises InvalidInputError when neither is given (nothing is deleted) or either is malformed.
+        """
         self._db.run(self._delete_plan(ids, filter))
         return True
 
     async def adelete(self, ids: list[str] | None = None, filter: dict[str, Any] | None = None,
                       **kwargs: Any) -> bool:
-        """Delete by ids (missing ones are ignored) and/or by filter; return True. Raises InvalidInputError."""
+        """Delete the rows with these ids (missing ones ignored) AND matching ``filter``; return True.
+
+        Raises InvalidInputError when neither is given (nothing is deleted) or either is malformed.
+        """
         await self._db.arun(self._delete_plan(ids, filter))
         return True
 

@@ -279,28 +279,6 @@ def by_ids(ids: Sequence[UUID]) -> Query:
         _RESULT_COLUMNS, p.add(list(ids), "uuid[]")), p.values
 
 
-def delete_ids(ids: Sequence[UUID]) -> Query:
-    """Return a DELETE of the rows with the given ids."""
-    p = Params()
-    return sql.SQL("DELETE FROM document_embeddings WHERE embedding_id = ANY({})").format(
-        p.add(list(ids), "uuid[]")), p.values
-
-
-def delete_matching(filter: Mapping[str, Any]) -> Query:
-    """Return a DELETE of the rows a metadata filter matches."""
-    p = Params()
-    return sql.SQL("DELETE FROM document_embeddings WHERE {}").format(compile_filter(filter, p)), p.values
-
-
-def delete_source(source_type: str, source_id: str | None) -> Query:
-    """Return a DELETE of one source's rows (all rows of the type when ``source_id`` is None)."""
-    p = Params()
-    query = sql.SQL("DELETE FROM document_embeddings WHERE source_type = {}").format(p.add(source_type))
-    if source_id is not None:
-        query += sql.SQL(" AND source_id = {}").format(p.add(source_id))
-    return query, p.values
-
-
 def capabilities() -> Query:
     """Return a SELECT of the pgvector version and the method and options of the vector index, if any."""
     return sql.SQL(
