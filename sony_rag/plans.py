@@ -307,11 +307,15 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
 @plan(read_only=True)
 def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                    filter: Mapping[str, Any] | None, options: HybridOptions, *,
-                   with_embedding: bool = False) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first."""
+                   min_similarity: float | None = None, with_embedding: bool = False) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first.
+
+    ``min_similarity`` keeps only rows at or above that cosine similarity (in the statement, before its limit).
+    """
+    max_distance = None if min_similarity is None else 1.0 - min_similarity
     rows = yield fetch(embedding_sql.keyword(query_vector, query_text, k, filter, config=options.config,
                                              text_candidates=options.text_candidates,
-                                             with_embedding=with_embedding))
+                                             with_embedding=with_embedding, max_distance=max_distance))
     return rows  # type: ignore[no-any-return]
 
 

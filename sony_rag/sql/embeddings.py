@@ -250,15 +250,21 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
-            config: str, text_candidates: int, with_embedding: bool = False) -> Query:
+            config: str, text_candidates: int, with_embedding: bool = False,
+            max_distance: float | None = None) -> Query:
     """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
 
-    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds.
+    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds; ``max_distance`` keeps
+    only rows within that cosine distance of the query vector.
     """
     p = Params()
     q = p.add(query_vector)
     rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    text_ctes = _text_ctes(p, query_text, config, compile_filter(filter, p), max(text_candidates, limit),
+    where = compile_filter(filter, p)
+    if max_distance is not None:
+        # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k exist.
+        where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(max_distance, "float8"))
+    text_ctes = _text_ctes(p, query_text, config, where, max(text_candidates, limit),
                            rank.format,
                            skip_common=False)
     columns = _joined_columns(with_embedding)
