@@ -454,11 +454,14 @@ class Database:
             if self._closed or attempt > 0:
                 raise DatabaseUnavailableError("this Database was closed") from error
             return
-        # A read is retried once on a lost connection; a write only when it never began (its BEGIN met a dead
-        # connection): lost later, it may have committed (a COMMIT in flight) or used up one-shot input (COPY rows).
-        if attempt == 0 and (isinstance(error, NotStarted) or (plan_.read_only and _connection_lost(error))):
+        # A read is retried once on a lost connection, and so is an idempotent write (running it again is
+        # harmless); any other write only when it never began (its BEGIN met a dead connection): lost later, it
+        # may have committed (a COMMIT in flight) or used up one-shot input (COPY rows).
+        if attempt == 0 and (isinstance(error, NotStarted)
+                             or ((plan_.read_only or plan_.idempotent) and _connection_lost(error))):
             logger.warning("sony-rag: connection to %s lost %s; retrying once", self.description,
-                           "during a read" if plan_.read_only else "before a write began")
+                           "during a read" if plan_.read_only else "before a write began"
+                           if isinstance(error, NotStarted) else "during an idempotent write")
             return
         raise translate_database_error(error) from error
 

@@ -114,27 +114,19 @@ def recent_sessions(limit: int) -> PlanGenerator[list[Row]]:
 # -- messages ----------------------------------------------------------------------------------------
 
 
-@plan(read_only=False)
+@plan(read_only=False, single_statement=True, idempotent=True)
 def add_messages(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
                  token_usages: Sequence[int | None], page_context: str | None,
                  metadatas: Sequence[dict[str, Any]], *, create_session: Row | None = None) -> PlanGenerator[None]:
     """Append messages in order and mark the session active; ``create_session`` holds columns for a new one.
 
-    Raises SessionNotFoundError when the session is missing and may not be created.
+    One statement (one round trip, atomic without a transaction around it); running it twice appends the
+    messages once. Raises SessionNotFoundError when the session is missing and may not be created.
     """
-    # Touching the session first takes its row lock: concurrent writers to one session queue here, so the
-    # order of their seq values is the order in which they committed.
-    touched = yield fetch(session_sql.touch(session_id, page_context))
-    if not touched:
-        if create_session is None:
-            raise SessionNotFoundError(f"chat session {session_id} does not exist")
-        yield fetch(session_sql.insert(session_id, create_session.get("user_agent"),
-                                       page_context or create_session.get("current_page"),
-                                       create_session.get("metadata") or {}, if_missing=True))
-        yield fetch(session_sql.touch(session_id, page_context))
-    if message_ids:
-        yield execute(message_sql.insert_many(session_id, message_ids, roles, contents, token_usages,
-                                              [page_context] * len(message_ids), metadatas))
+    rows = yield fetch(message_sql.append(session_id, message_ids, roles, contents, token_usages, page_context,
+                                          metadatas, create_session=create_session))
+    if not rows[0]["sessions"]:
+        raise SessionNotFoundError(f"chat session {session_id} does not exist")
 
 
 @plan(read_only=True)
@@ -153,8 +145,8 @@ def clear_messages(session_id: UUID) -> PlanGenerator[int]:
 
 @plan(read_only=True)
 def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row] | None]:
-    """Return a session's newest ``limit`` messages (all when None), oldest first; None if it is missing."""
-    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit))
+    """Return a session's newest ``limit`` messages (role, content, metadata), oldest first; None if it is missing."""
+    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit, message_only=True))
     if rows:
         return rows
     # Only an empty answer needs the second look: a session with messages exists.
