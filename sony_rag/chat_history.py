@@ -186,7 +186,8 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
 
 
 def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
-    return [decode_message(row["role"], row["content"], row["metadata"]) for row in rows]
+    # The rows were just decoded from the wire: nothing else holds their metadata.
+    return [decode_message(row["role"], row["content"], row["metadata"], from_database=True) for row in rows]
 
 
 __all__ = ["SonyChatMessageHistory"]

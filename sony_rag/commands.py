@@ -151,12 +151,10 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
         search_plan = plans.hybrid_search(query_vector, text, k, type_filter, capabilities, options,
                                           min_similarity=threshold)
     elif mode == "keyword":
-        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options)
+        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options, min_similarity=threshold)
     else:
         search_plan = plans.search(query_vector, k, type_filter, capabilities, min_similarity=threshold)
     rows = db.run(search_plan)
-    if mode == "keyword" and threshold is not None:
-        rows = [row for row in rows if 1.0 - float(row["distance"]) >= threshold]
     return [_hit(rank, row, mode) for rank, row in enumerate(rows, start=1)]
 
 

@@ -237,7 +237,7 @@ def _limit(value: int | None, allow_none: bool) -> int | None:
 
 async def delete_embeddings_by_source(source_type: str, source_id: str | None = None, *,
                                       db: Database | None = None) -> int:
-    """Delete a source's chunks (every chunk of the type when ``source_id`` is None); return how many."""
+    """Delete the chunks of this type AND this source id (every chunk of the type when None); return how many."""
     return await get_db(db).arun(plans.delete_embeddings(
         source=(check.source_type(source_type), check.text(source_id, "source_id", optional=True))))
 

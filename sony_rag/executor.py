@@ -4,6 +4,8 @@ A plan is a generator that yields steps (SQL to run) and receives each step's re
 of an operation once, with no I/O. ``drive`` and ``adrive`` run a plan on one connection:
 
 * A write plan runs inside one transaction, so it is all-or-nothing.
+* A write plan made with ``single_statement=True`` sends one statement, which is atomic on its own: it runs
+  like a read-only plan's statements (no BEGIN and COMMIT round trips around it).
 * A read-only plan (one that promises to write nothing) runs each statement in an implicit transaction of its
   own, together with the plan's settings: under READ COMMITTED every statement of a transaction takes a fresh
   snapshot anyway, so this reads what one explicit transaction would, without the BEGIN and COMMIT round trips.
@@ -106,25 +108,31 @@ class Plan(Generic[T]):
 
     ``read_only`` promises that the plan writes nothing (its statements then run one by one, see the module
     docstring); ``transactional=False`` makes it run outside a transaction, on a connection of its own.
+    ``single_statement`` promises one statement (atomic on its own: no transaction is opened around it);
+    ``idempotent`` that running the plan twice has the effect of running it once (so a write whose outcome
+    was lost with its connection may be run again).
     """
 
     factory: Callable[[], PlanGenerator[T]]
     read_only: bool
     transactional: bool = True
+    single_statement: bool = False
+    idempotent: bool = False
 
     def start(self) -> PlanGenerator[T]:
         """Return a new generator for this plan."""
         return self.factory()
 
 
-def plan(*, read_only: bool,
-         transactional: bool = True) -> Callable[[Callable[P, PlanGenerator[T]]], Callable[P, Plan[T]]]:
-    """Return a decorator that turns a generator function into a function returning a ``Plan``."""
+def plan(*, read_only: bool, transactional: bool = True, single_statement: bool = False,
+         idempotent: bool = False) -> Callable[[Callable[P, PlanGenerator[T]]], Callable[P, Plan[T]]]:
+    """Return a decorator that turns a generator function into a function returning a ``Plan`` (flags: see Plan)."""
 
     def decorate(function: Callable[P, PlanGenerator[T]]) -> Callable[P, Plan[T]]:
         @functools.wraps(function)
         def build(*args: P.args, **kwargs: P.kwargs) -> Plan[T]:
-            return Plan(functools.partial(function, *args, **kwargs), read_only, transactional)
+            return Plan(functools.partial(function, *args, **kwargs), read_only, transactional, single_statement,
+                        idempotent)
 
         return build
 
@@ -205,6 +213,7 @@ def _operations(plan_: Plan[T], initial: Mapping[str, str] | None,
     per_statement = plan_.transactional and not _explicit_transaction(plan_, pooled)
     pending = dict(initial or {})
     result: Any = None
+    sent = 0
     if pending and not plan_.transactional:
         yield _round_of([_settings_statement(pending, local=False)], [])
         pending = {}
@@ -226,6 +235,9 @@ def _operations(plan_: Plan[T], initial: Mapping[str, str] | None,
                 raise TypeError("Atomic groups statements of a plan made with transactional=False")
             result = yield _round_of([], step.steps, atomic=True)
         else:
+            sent += 1
+            if plan_.single_statement and (sent > 1 or isinstance(step, Copy)):
+                raise TypeError("a plan made with single_statement=True sends exactly one statement")
             setup = [_settings_statement(pending, local=True)] if pending else []
             if not per_statement:
                 pending = {}  # in a transaction, SET LOCAL lasts until it ends
@@ -250,7 +262,7 @@ def _not_started(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], e
 
 
 def _explicit_transaction(plan_: Plan[Any], pooled: bool) -> bool:
-    return plan_.transactional and (pooled or not plan_.read_only)
+    return plan_.transactional and (pooled or not (plan_.read_only or plan_.single_statement))
 
 
 def _together(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:

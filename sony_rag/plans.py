@@ -22,6 +22,7 @@ from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
+from sony_rag.sql import deletes as delete_sql
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
@@ -127,27 +128,19 @@ def prune_listed_sessions(older_than: timedelta, session_ids: Sequence[UUID]) ->
 # -- messages ----------------------------------------------------------------------------------------
 
 
-@plan(read_only=False)
+@plan(read_only=False, single_statement=True, idempotent=True)
 def add_messages(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
                  token_usages: Sequence[int | None], page_context: str | None,
                  metadatas: Sequence[dict[str, Any]], *, create_session: Row | None = None) -> PlanGenerator[None]:
     """Append messages in order and mark the session active; ``create_session`` holds columns for a new one.
 
-    Raises SessionNotFoundError when the session is missing and may not be created.
+    One statement (one round trip, atomic without a transaction around it); running it twice appends the
+    messages once. Raises SessionNotFoundError when the session is missing and may not be created.
     """
-    # Touching the session first takes its row lock: concurrent writers to one session queue here, so the
-    # order of their seq values is the order in which they committed.
-    touched = yield fetch(session_sql.touch(session_id, page_context))
-    if not touched:
-        if create_session is None:
-            raise SessionNotFoundError(f"chat session {session_id} does not exist")
-        yield fetch(session_sql.insert(session_id, create_session.get("user_agent"),
-                                       page_context or create_session.get("current_page"),
-                                       create_session.get("metadata") or {}, if_missing=True))
-        yield fetch(session_sql.touch(session_id, page_context))
-    if message_ids:
-        yield execute(message_sql.insert_many(session_id, message_ids, roles, contents, token_usages,
-                                              [page_context] * len(message_ids), metadatas))
+    rows = yield fetch(message_sql.append(session_id, message_ids, roles, contents, token_usages, page_context,
+                                          metadatas, create_session=create_session))
+    if not rows[0]["sessions"]:
+        raise SessionNotFoundError(f"chat session {session_id} does not exist")
 
 
 @plan(read_only=True)
@@ -166,8 +159,8 @@ def clear_messages(session_id: UUID) -> PlanGenerator[int]:
 
 @plan(read_only=True)
 def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row] | None]:
-    """Return a session's newest ``limit`` messages (all when None), oldest first; None if it is missing."""
-    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit))
+    """Return a session's newest ``limit`` messages (role, content, metadata), oldest first; None if it is missing."""
+    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit, message_only=True))
     if rows:
         return rows
     # Only an empty answer needs the second look: a session with messages exists.
@@ -320,11 +313,15 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
 @plan(read_only=True)
 def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                    filter: Mapping[str, Any] | None, options: HybridOptions, *,
-                   with_embedding: bool = False) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first."""
+                   min_similarity: float | None = None, with_embedding: bool = False) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first.
+
+    ``min_similarity`` keeps only rows at or above that cosine similarity (in the statement, before its limit).
+    """
+    max_distance = None if min_similarity is None else 1.0 - min_similarity
     rows = yield fetch(embedding_sql.keyword(query_vector, query_text, k, filter, config=options.config,
                                              text_candidates=options.text_candidates,
-                                             with_embedding=with_embedding))
+                                             with_embedding=with_embedding, max_distance=max_distance))
     return rows  # type: ignore[no-any-return]
 
 
@@ -338,15 +335,13 @@ def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
 @plan(read_only=False)
 def delete_embeddings(ids: Sequence[UUID] | None = None, filter: Mapping[str, Any] | None = None,
                       source: tuple[str, str | None] | None = None) -> PlanGenerator[int]:
-    """Delete the rows matched by each selector given (ids, filter, source); return how many were deleted."""
-    total = 0
-    if ids is not None:
-        total += yield execute(embedding_sql.delete_ids(ids))
-    if filter is not None:
-        total += yield execute(embedding_sql.delete_matching(filter))
-    if source is not None:
-        total += yield execute(embedding_sql.delete_source(*source))
-    return total
+    """Delete the rows that match every selector given (ids AND filter AND source); return how many.
+
+    Never wider than the narrowest reading of the arguments: ``ids=[a, c], filter={"source": "web"}`` deletes
+    a and c only if they match the filter. Raises ValueError when no selector is given.
+    """
+    count = yield execute(delete_sql.delete_embeddings(ids, filter, source))
+    return int(count)
 
 
 @plan(read_only=True)

@@ -250,16 +250,22 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
-            config: str, text_candidates: int, with_embedding: bool = False) -> Query:
+            config: str, text_candidates: int, with_embedding: bool = False,
+            max_distance: float | None = None) -> Query:
     """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
 
-    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds. Rows also carry what ranks
-    them: ``word_coverage`` (the share of the query's words the row holds) first, then ``text_score``.
+    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds; ``max_distance`` keeps
+    only rows within that cosine distance of the query vector. Rows also carry what ranks them:
+    ``word_coverage`` (the share of the query's words the row holds) first, then ``text_score``.
     """
     p = Params()
     q = p.add(query_vector)
     rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    text_ctes = _text_ctes(p, query_text, config, compile_filter(filter, p), max(text_candidates, limit),
+    where = compile_filter(filter, p)
+    if max_distance is not None:
+        # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k exist.
+        where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(max_distance, "float8"))
+    text_ctes = _text_ctes(p, query_text, config, where, max(text_candidates, limit),
                            rank.format,
                            skip_common=False)
     columns = _joined_columns(with_embedding)
@@ -279,28 +285,6 @@ def by_ids(ids: Sequence[UUID]) -> Query:
     p = Params()
     return sql.SQL("SELECT {} FROM document_embeddings WHERE embedding_id = ANY({})").format(
         _RESULT_COLUMNS, p.add(list(ids), "uuid[]")), p.values
-
-
-def delete_ids(ids: Sequence[UUID]) -> Query:
-    """Return a DELETE of the rows with the given ids."""
-    p = Params()
-    return sql.SQL("DELETE FROM document_embeddings WHERE embedding_id = ANY({})").format(
-        p.add(list(ids), "uuid[]")), p.values
-
-
-def delete_matching(filter: Mapping[str, Any]) -> Query:
-    """Return a DELETE of the rows a metadata filter matches."""
-    p = Params()
-    return sql.SQL("DELETE FROM document_embeddings WHERE {}").format(compile_filter(filter, p)), p.values
-
-
-def delete_source(source_type: str, source_id: str | None) -> Query:
-    """Return a DELETE of one source's rows (all rows of the type when ``source_id`` is None)."""
-    p = Params()
-    query = sql.SQL("DELETE FROM document_embeddings WHERE source_type = {}").format(p.add(source_type))
-    if source_id is not None:
-        query += sql.SQL(" AND source_id = {}").format(p.add(source_id))
-    return query, p.values
 
 
 def capabilities() -> Query:
