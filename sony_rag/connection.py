@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -31,6 +30,7 @@ from sony_rag.errors import (
 )
 from sony_rag.executor import NotStarted, Plan, adrive, drive
 from sony_rag.settings import Settings, get_settings
+from sony_rag.vector_index import Capabilities, VectorIndex, warn_once
 
 logger = logging.getLogger("sony_rag")
 T = TypeVar("T")
@@ -44,29 +44,6 @@ _CAPABILITY_TTL_SECONDS = 60.0
 # that meets one anyway loses nothing (reads are retried once; a write whose BEGIN fails never started, and is
 # retried too), after the pool has replaced every dead idle connection.
 _TRUSTED_IDLE_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class VectorIndex:
-    """The approximate index on document_embeddings.embedding, as the server reports it."""
-
-    method: str  # "ivfflat" or "hnsw"
-    lists: int | None
-    m: int | None
-    ef_construction: int | None
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the connected server can do, read once and cached for a minute."""
-
-    pgvector_version: tuple[int, ...]
-    vector_index: VectorIndex | None
-
-    @property
-    def iterative_scan(self) -> bool:
-        """Return True when pgvector has iterative index scans (0.8.0 and later)."""
-        return self.pgvector_version >= (0, 8, 0)
 
 
 def describe_conninfo(conninfo: str) -> str:
@@ -407,6 +384,7 @@ class Database:
 
         caps = self.run(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     async def acapabilities(self) -> Capabilities:
@@ -418,6 +396,7 @@ class Database:
 
         caps = await self.arun(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     def forget_capabilities(self) -> None:

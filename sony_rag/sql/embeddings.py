@@ -69,20 +69,6 @@ def _joined_columns(with_embedding: bool) -> sql.Composable:
     return columns + sql.SQL(", d.embedding") if with_embedding else columns
 
 
-def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
-            max_distance: float | None = None, with_embedding: bool = False) -> Query:
-    """Return the ``ORDER BY embedding <=> q LIMIT n`` search (the form the vector index serves)."""
-    p = Params()
-    q = p.add(query_vector)
-    where = _conditions(p, q, filter, max_distance)
-    columns = _RESULT_COLUMNS + sql.SQL(", embedding") if with_embedding else _RESULT_COLUMNS
-    query = sql.SQL(
-        "SELECT {cols}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} "
-        "ORDER BY embedding <=> {q} LIMIT {limit}"
-    ).format(cols=columns, q=q, where=where, limit=p.add(limit))
-    return query, p.values
-
-
 def _fenced_nearest(q: sql.Composable, where: sql.Composable, limit: sql.Composable) -> sql.Composable:
     # The nearest ``limit`` ids and distances by an exact scan: ``OFFSET 0`` fences the distance computation off
     # from the ORDER BY, so even a cached generic plan cannot turn it into an (approximate) index scan, while
@@ -93,22 +79,94 @@ def _fenced_nearest(q: sql.Composable, where: sql.Composable, limit: sql.Composa
         ") AS f ORDER BY distance LIMIT {limit}").format(q=q, where=where, limit=limit)
 
 
-def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
-                  max_distance: float | None = None, with_embedding: bool = False) -> Query:
-    """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings.
+def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composable,
+                limit: sql.Composable) -> sql.Composed:
+    # The only form the vector index serves: ascending distance, LIMIT.
+    return sql.SQL(
+        "SELECT {columns}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
+        " ORDER BY embedding <=> {q} LIMIT {limit}").format(columns=columns, q=q, where=where, limit=limit)
 
-    ``OFFSET 0`` fences the distance computation off from the ORDER BY, so even a cached generic plan
-    cannot turn it into an (approximate) index scan; btree indexes still serve the filter.
+
+def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
+                  limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
+                  columns: Sequence[str]) -> sql.Composable:
+    # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
+    # the filter and the distance condition, the plan chosen in the statement itself:
+    # - ``matching`` (with ``exact_below``): the row ids (ctid) of the rows matching the filter, at most
+    #   ``exact_below`` of them, found through the filter column's btree when there is one;
+    # - ``few_rows``: when fewer than ``exact_below`` match, an exact scan of exactly those rows (a TID scan: the
+    #   filter is not evaluated twice);
+    # - ``index_rows``: otherwise the vector index's answer...
+    # - ``exact_rows``: ...unless it found fewer than ``limit`` rows (IVFFlat trained on few rows, a filter
+    #   starving an approximate scan): then an exact scan of the matching rows.
+    # A CTE is computed only when read and each branch's CASE reads only what it needs, so one branch runs.
+    parts = [part for part in (filter_sql, distance_cond) if part is not None]
+    where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
+    plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
+    joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
+
+    def exact(condition: sql.Composable) -> sql.Composable:
+        return sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
+                       " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, condition, limit))
+
+    if not use_index:
+        return sql.SQL("nearest_rows AS ({})").format(exact(where))
+    many: sql.Composable = sql.SQL("TRUE")
+    probe: sql.Composable = sql.SQL("")
+    few: sql.Composable = sql.SQL("")
+    if exact_below is not None and filter_sql is not None:
+        many = sql.SQL("(SELECT many FROM choice)")
+        tids = sql.SQL("ctid = ANY(ARRAY(SELECT ctid FROM matching))")
+        probe = sql.SQL(
+            "matching AS (SELECT ctid FROM document_embeddings WHERE {filter} LIMIT {bound}),"
+            " choice AS (SELECT count(*) >= {bound} AS many FROM matching),"
+            " few_rows AS ({few}), "
+        ).format(filter=filter_sql, bound=exact_below,
+                 few=exact(tids if distance_cond is None else sql.SQL("{} AND {}").format(tids, distance_cond)))
+        few = sql.SQL("SELECT * FROM few_rows WHERE NOT {many} UNION ALL ").format(many=many)
+    return sql.SQL(
+        "{probe}index_rows AS ({index_rows}), exact_rows AS ({exact}), nearest_rows AS ({few}"
+        "SELECT * FROM index_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) >= {limit}"
+        " ELSE FALSE END"
+        " UNION ALL SELECT * FROM exact_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) < {limit}"
+        " ELSE FALSE END)"
+    ).format(probe=probe, index_rows=_index_scan(plain, q, where, limit), exact=exact(where), few=few, many=many,
+             limit=limit)
+
+
+def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, use_index: bool = True,
+            exact_below: int | None = None, max_distance: float | None = None,
+            with_embedding: bool = False) -> Query:
+    """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
+
+    With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
+    (counted that far in the same statement) is answered by an exact scan of those rows, and so is any search
+    the index answers with fewer than ``limit`` rows. Rows come back sorted by distance even when the index
+    returned them in relaxed order.
     """
     p = Params()
     q = p.add(query_vector)
-    where = _conditions(p, q, filter, max_distance)
-    columns = _joined_columns(with_embedding)
-    query = sql.SQL(
-        "SELECT {cols}, n.distance FROM ({exact}) AS n JOIN document_embeddings AS d USING (embedding_id)"
-        " ORDER BY n.distance"
-    ).format(cols=columns, exact=_fenced_nearest(q, where, p.add(limit)))
-    return query, p.values
+    filter_sql = compile_filter(filter, p) if filter else None
+    distance_cond = None if max_distance is None else sql.SQL("(embedding <=> {}) <= {}").format(
+        q, p.add(max_distance, "float8"))
+    columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
+    bound = p.add(exact_below) if exact_below is not None and filter_sql is not None else None
+    ctes = _nearest_ctes(q, filter_sql, distance_cond, p.add(limit), bound, use_index=use_index, columns=columns)
+    return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
+
+
+def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
+                  max_distance: float | None = None, with_embedding: bool = False) -> Query:
+    """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings."""
+    return nearest(query_vector, limit, filter, use_index=False, max_distance=max_distance,
+                   with_embedding=with_embedding)
+
+
+def ann_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None) -> Query:
+    """Return the bare ``ORDER BY embedding <=> q LIMIT n`` query alone (what the vector index answers)."""
+    p = Params()
+    q = p.add(query_vector)
+    return _index_scan(_RESULT_COLUMNS, q, _conditions(p, q, filter, None), p.add(limit)), p.values
 
 
 def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, candidates: int,
@@ -165,34 +223,24 @@ def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, c
              extra_any=extra_columns(sql.SQL("w.any_word")), where=where)
 
 
-def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, where: sql.Composable,
-                     exact_fallback: bool) -> sql.Composable:
-    # vector_leg: up to ``limit`` nearest rows through the vector index. With ``exact_fallback``, when the index
-    # finds fewer (IVFFlat trained on few rows, a selective filter starving the scan), an exact scan replaces
-    # them in the same statement: a CTE is only computed when read, so the exact scan costs nothing otherwise.
-    nearest_rows = sql.SQL(
-        "SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
-        " ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, where=where, limit=limit)
-    ranked = sql.SQL("SELECT embedding_id, distance, row_number() OVER (ORDER BY distance, embedding_id) AS rank"
-                     " FROM ({}) AS vector_hits")
-    if not exact_fallback:
-        return sql.SQL("vector_leg AS ({})").format(ranked.format(nearest_rows))
-    exact_rows = _fenced_nearest(q, where, limit)
+def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.Composable | None,
+                     exact_below: sql.Composable | None, use_index: bool) -> sql.Composable:
+    # vector_leg: up to ``limit`` nearest rows, ranked, chosen as a plain search chooses them (_nearest_ctes).
     return sql.SQL(
-        "vector_index_rows AS ({nearest}), vector_exact_rows AS ({exact}), vector_leg AS ({ranked})"
-    ).format(nearest=nearest_rows, exact=exact_rows, ranked=ranked.format(sql.SQL(
-        "SELECT * FROM vector_index_rows WHERE (SELECT count(*) FROM vector_index_rows) >= {limit}"
-        " UNION ALL SELECT * FROM vector_exact_rows WHERE (SELECT count(*) FROM vector_index_rows) < {limit}"
-    ).format(limit=limit)))
+        "{nearest}, vector_leg AS (SELECT embedding_id, distance,"
+        " row_number() OVER (ORDER BY distance, embedding_id) AS rank FROM nearest_rows)"
+    ).format(nearest=_nearest_ctes(q, filter_sql, None, limit, exact_below, use_index=use_index,
+                                   columns=("embedding_id",)))
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
-           similarity_tie: float, exact_fallback: bool = True, with_embedding: bool = False) -> Query:
+           similarity_tie: float, use_index: bool = True, exact_below: int | None = None,
+           with_embedding: bool = False) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
-    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance (exactly,
-    if the index finds fewer and ``exact_fallback`` is set), the text
+    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, chosen as
+    ``nearest`` chooses (``use_index``, ``exact_below``), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
     rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
     that are not looked up, only counted in the vector leg's rows). Every row either leg found scores
@@ -205,8 +253,10 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     p = Params()
     q = p.add(query_vector)
     legs_limit = p.add(fetch_k)
-    where = compile_filter(filter, p)
-    vector_ctes = _vector_leg_ctes(q, legs_limit, where, exact_fallback)
+    filter_sql = compile_filter(filter, p) if filter else None
+    where = filter_sql if filter_sql is not None else sql.SQL("TRUE")
+    bound = p.add(exact_below) if exact_below is not None and filter_sql is not None else None
+    vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
     text_ctes = _text_ctes(p, query_text, config, where, text_candidates,
                            lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
     columns = _joined_columns(with_embedding)
@@ -302,12 +352,18 @@ def delete_source(source_type: str, source_id: str | None) -> Query:
 
 
 def capabilities() -> Query:
-    """Return a SELECT of the pgvector version and the method and options of the vector index, if any."""
+    """Return a SELECT of pgvector's version, the vector index's method, options and comment, the planner's row
+    count of document_embeddings and the names of its indexes that are not valid."""
     return sql.SQL(
         "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector_version, "
-        "idx.amname AS index_method, idx.reloptions AS index_options "
+        "idx.amname AS index_method, idx.reloptions AS index_options, "
+        "obj_description(idx.oid, 'pg_class') AS index_comment, "
+        "(SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('document_embeddings')) AS table_rows, "
+        "ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass('document_embeddings') AND NOT i.indisvalid ORDER BY 1)"
+        " AS invalid_indexes "
         "FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
-        " SELECT am.amname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " SELECT c.oid, am.amname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
         " JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = to_regclass('document_embeddings')"
         " AND am.amname IN ('ivfflat', 'hnsw') AND i.indisvalid ORDER BY c.relname LIMIT 1"
         ") AS idx ON TRUE"

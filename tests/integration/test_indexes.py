@@ -208,6 +208,11 @@ def test_concurrent_rebuild_without_an_existing_index_creates_it(idb: Database) 
 # -- memory ------------------------------------------------------------------------------------------
 
 
+def build_memory(db: Database, rows: int, lists: int) -> int:
+    """Return the k-means memory the connected server's pgvector version checks (its arithmetic changed in 0.7)."""
+    return ivfflat_build_memory(rows, lists, pgvector_version=db.capabilities().pgvector_version)
+
+
 def test_memory_estimate_agrees_with_pgvector(idb: Database, database_url: str) -> None:
     load(idb, unit_vectors(1200, seed=12))
     with psycopg.connect(database_url) as conn:  # a transaction: nothing is kept
@@ -217,12 +222,15 @@ def test_memory_estimate_agrees_with_pgvector(idb: Database, database_url: str) 
                          "WITH (lists = 1000)")
     reported_mb = int(str(raised.value).split("memory required is ")[1].split(" MB")[0])
     # pgvector prints the requirement as whole MB rounded down, plus one.
-    assert reported_mb == ivfflat_build_memory(1200, 1000) // MIB + 1
+    assert reported_mb == build_memory(idb, 1200, 1000) // MIB + 1
 
 
 def test_memory_estimate_matches_the_field_note() -> None:
     # FIELD-NOTES: 384-d, lists=500 on 500k rows needs ~88 MB (pgvector: "memory required is 88 MB").
     assert ivfflat_build_memory(500_000, 500) // MIB + 1 == 88
+    # pgvector 0.7 added a float aggregate of the new centers (lists x dimensions) to the same check.
+    assert ivfflat_build_memory(500_000, 500, pgvector_version=(0, 8, 1)) - ivfflat_build_memory(500_000, 500) \
+        == 4 * 500 * 384
     assert ivfflat_build_memory(50, 100) == 0  # fewer rows than lists: no k-means, nothing checked
 
 
@@ -238,7 +246,7 @@ def load_more_than_memory_allows(db: Database, seed: int) -> tuple[int, int]:
     """Load 1,200 rows, whose IVFFlat build with 1,000 lists needs more than the server's maintenance_work_mem;
     return (bytes needed, bytes the server gives), or skip when the server gives enough."""
     load(db, unit_vectors(1200, seed=seed))
-    needed, current = ivfflat_build_memory(1200, 1000), maintenance_work_mem(db)
+    needed, current = build_memory(db, 1200, 1000), maintenance_work_mem(db)
     if current >= needed:
         pytest.skip("this server's maintenance_work_mem already covers the build")
     return needed, current
@@ -300,7 +308,8 @@ def test_stats_report_rows_indexes_and_the_vector_index(idb: Database) -> None:
     store(idb).similarity_search_by_vector(unit_vectors(1, seed=15)[0].tolist(), k=3)
     stats = vector_index_stats(idb)
     assert set(stats) == {"pgvector_version", "tables", "document_embeddings_by_source_type", "vector_index",
-                          "indexes"}
+                          "index_problems", "indexes"}
+    assert stats["index_problems"] == [] and stats["vector_index"]["trained_rows"] == 30
     assert stats["tables"]["document_embeddings"] == 30
     assert set(stats["tables"]) == {"chat_sessions", "chat_messages", "document_embeddings", "user_text_selections"}
     assert stats["document_embeddings_by_source_type"] == {"faq": 10, "product": 20}
