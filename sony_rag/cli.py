@@ -469,6 +469,8 @@ def _stats(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
         out.print(f"vector index: {index['method']} ({options})", highlight=False)
     else:
         out.print("vector index: none (searches scan exactly)")
+    for problem in data.get("index_problems", []):
+        out.print(f"warning: {problem['message']}; fix: {problem['fix']}", highlight=False)
     indexes = Table(title="indexes (the spec's monitoring query: scans since statistics were reset)",
                     title_justify="left")
     for name, justify in (("table", "left"), ("index", "left"), ("scans", "right"), ("size", "right")):
