@@ -24,7 +24,7 @@ from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
-from sony_rag.sql.filters import only_columns
+from sony_rag.sql.filters import filter_kind
 from sony_rag.vector_index import (
     DEFAULT_EF_SEARCH,
     MAX_EF_SEARCH,
@@ -215,7 +215,7 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
                         "plan_cache_mode": "force_custom_plan"})
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    exact_below = exact_scan_bound(capabilities, columns_only=only_columns(filter))
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter))
     rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, use_index=use_index,
                                                         exact_below=exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding))
@@ -263,7 +263,7 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        use_index=use_index, exact_below=exact_scan_bound(capabilities, columns_only=only_columns(filter)),
+        use_index=use_index, exact_below=exact_scan_bound(capabilities, filter_kind(filter)),
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]

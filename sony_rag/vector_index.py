@@ -160,16 +160,21 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
     return settings
 
 
-def exact_scan_bound(capabilities: Capabilities, *, columns_only: bool) -> int | None:
-    """Return below how many matching rows a filtered search scans them exactly; None: let the index answer.
+def exact_scan_bound(capabilities: Capabilities, filter_kind: str) -> int | None:
+    """Return below how many matching rows a search scans them exactly; None: let the index answer.
 
-    A filter on columns only (source_type, source_id, created_at) is counted through their btrees, cheaply.
-    A filter with metadata keys is counted only on a small table (``METADATA_PROBE_ROWS``); on a larger one the
-    index answers (on pgvector 0.8 with an iterative scan), and an exact scan only when it comes back short.
+    ``filter_kind`` is ``"columns"`` (every leaf a btree-indexed column: source_type, source_id, created_at),
+    ``"metadata"`` (some leaf a metadata key) or ``"none"``. A column filter is counted through the btrees,
+    cheaply. A metadata filter has no index: it is counted only on a small table (``METADATA_PROBE_ROWS``); on
+    a larger one the index answers (on pgvector 0.8 with an iterative scan), and an exact scan only when it
+    comes back short. An unfiltered search is counted only on a table the planner thinks smaller than the bound,
+    where the exact scan is both cheap and exact (an index trained on few rows is not).
     """
     if capabilities.vector_index is None:
         return None
-    if columns_only or capabilities.table_rows <= METADATA_PROBE_ROWS:
+    rows = capabilities.table_rows
+    if filter_kind == "columns" or (filter_kind == "metadata" and rows <= METADATA_PROBE_ROWS) \
+            or (filter_kind == "none" and rows < EXACT_SCAN_ROWS):
         return EXACT_SCAN_ROWS
     return None
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg import sql
 
 from sony_rag.sql import Params, Query
-from sony_rag.sql.filters import compile_filter
+from sony_rag.sql.filters import compile_filter, filter_shape
 
 # Column order of every COPY into document_embeddings (and of the staging table used for upserts).
 COPY_COLUMNS: Final = ("embedding_id", "source_type", "source_id", "content_chunk", "embedding", "metadata",
@@ -55,6 +55,43 @@ def upsert_from_staging() -> Query:
     ).format(cols=_column_list(), staging=_STAGING, updates=updates), {}
 
 
+class _Slot:
+    """Stands for one of a call's own values while a statement is composed for its shape."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+# (statement kind, flags, filter shape) -> the statement's text and, per placeholder in order, the name of the
+# call's value it binds (None: the filter's next value). Bounded: shapes are few, but nothing checks that.
+_SHAPES: dict[tuple[Any, ...], tuple[sql.SQL, list[tuple[str, str | None]]]] = {}
+_MAX_SHAPES: Final = 512
+
+
+def _per_shape(kind: str, flags: tuple[Any, ...], filter: Mapping[str, Any] | None, values: Mapping[str, Any],
+               compose: Callable[[Mapping[str, Any]], Query]) -> Query:
+    """Return ``compose(values)``'s statement, composed once per shape of call and filled with this call's values.
+
+    ``compose`` must depend on ``values`` only through the placeholders it binds them to (``flags`` carries
+    everything else that changes the text). Raises InvalidFilterError for a malformed filter.
+    """
+    shape, filter_values = filter_shape(filter)
+    key = (kind, flags, shape)
+    entry = _SHAPES.get(key)
+    if entry is None:
+        statement, params = compose({name: _Slot(name) for name in values})
+        order = [(name, value.name if isinstance(value, _Slot) else None) for name, value in params.items()]
+        entry = (sql.SQL(statement.as_string(None)), order)
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        _SHAPES[key] = entry
+    text, order = entry
+    from_filter = iter(filter_values)
+    return text, {name: values[slot] if slot is not None else next(from_filter) for name, slot in order}
+
+
 def _conditions(p: Params, q: sql.Composable, filter: Mapping[str, Any] | None,
                 max_distance: float | None) -> sql.Composable:
     where = [compile_filter(filter, p)]
@@ -92,7 +129,8 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
                   columns: Sequence[str]) -> sql.Composable:
     # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
     # the filter and the distance condition, the plan chosen in the statement itself:
-    # - ``matching`` (with ``exact_below``): the row ids (ctid) of the rows matching the filter, at most
+    # - ``matching`` (with ``exact_below``): the row ids (ctid) of the rows matching the filter (all rows without
+    #   one), at most
     #   ``exact_below`` of them, found through the filter column's btree when there is one;
     # - ``few_rows``: when fewer than ``exact_below`` match, an exact scan of exactly those rows (a TID scan: the
     #   filter is not evaluated twice);
@@ -114,14 +152,14 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     many: sql.Composable = sql.SQL("TRUE")
     probe: sql.Composable = sql.SQL("")
     few: sql.Composable = sql.SQL("")
-    if exact_below is not None and filter_sql is not None:
+    if exact_below is not None:
         many = sql.SQL("(SELECT many FROM choice)")
         tids = sql.SQL("ctid = ANY(ARRAY(SELECT ctid FROM matching))")
         probe = sql.SQL(
             "matching AS (SELECT ctid FROM document_embeddings WHERE {filter} LIMIT {bound}),"
             " choice AS (SELECT count(*) >= {bound} AS many FROM matching),"
             " few_rows AS ({few}), "
-        ).format(filter=filter_sql, bound=exact_below,
+        ).format(filter=filter_sql if filter_sql is not None else sql.SQL("TRUE"), bound=exact_below,
                  few=exact(tids if distance_cond is None else sql.SQL("{} AND {}").format(tids, distance_cond)))
         few = sql.SQL("SELECT * FROM few_rows WHERE NOT {many} UNION ALL ").format(many=many)
     return sql.SQL(
@@ -142,17 +180,25 @@ def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, 
     With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
     (counted that far in the same statement) is answered by an exact scan of those rows, and so is any search
     the index answers with fewer than ``limit`` rows. Rows come back sorted by distance even when the index
-    returned them in relaxed order.
+    returned them in relaxed order. The text is composed once per shape of call.
     """
-    p = Params()
-    q = p.add(query_vector)
-    filter_sql = compile_filter(filter, p) if filter else None
-    distance_cond = None if max_distance is None else sql.SQL("(embedding <=> {}) <= {}").format(
-        q, p.add(max_distance, "float8"))
-    columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
-    bound = p.add(exact_below) if exact_below is not None and filter_sql is not None else None
-    ctes = _nearest_ctes(q, filter_sql, distance_cond, p.add(limit), bound, use_index=use_index, columns=columns)
-    return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
+    counted = exact_below is not None
+    flags = (use_index, counted, max_distance is not None, with_embedding)
+
+    def compose(v: Mapping[str, Any]) -> Query:
+        p = Params()
+        q = p.add(v["query_vector"])
+        filter_sql = compile_filter(filter, p) if filter else None
+        distance_cond = None if max_distance is None else sql.SQL("(embedding <=> {}) <= {}").format(
+            q, p.add(v["max_distance"], "float8"))
+        columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
+        bound = p.add(v["exact_below"]) if counted else None
+        ctes = _nearest_ctes(q, filter_sql, distance_cond, p.add(v["limit"]), bound, use_index=use_index,
+                             columns=columns)
+        return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
+
+    return _per_shape("nearest", flags, filter, {"query_vector": query_vector, "limit": limit,
+                                                 "exact_below": exact_below, "max_distance": max_distance}, compose)
 
 
 def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
@@ -250,53 +296,64 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     and the text term is 0 outside the text leg. The best ``limit`` rows come back with their cosine
     ``distance`` and that score as ``rrf``.
     """
-    p = Params()
-    q = p.add(query_vector)
-    legs_limit = p.add(fetch_k)
-    filter_sql = compile_filter(filter, p) if filter else None
-    where = filter_sql if filter_sql is not None else sql.SQL("TRUE")
-    bound = p.add(exact_below) if exact_below is not None and filter_sql is not None else None
-    vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
-    text_ctes = _text_ctes(p, query_text, config, where, text_candidates,
-                           lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
-    columns = _joined_columns(with_embedding)
-    c = p.add(rrf_k, "float8")
-    # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
-    # matching) is then exact even when the text index matched more rows than it may rank, or was not asked.
-    query = sql.SQL(
-        "WITH {text_ctes}, {vector_ctes}, vector_rows AS ("
-        " SELECT v.embedding_id, v.distance, e.search_vector @@ (SELECT all_words FROM text_query) AS all_words,"
-        "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
-        "  ::float8 / nullif((SELECT word_count FROM known_words), 0) AS share"
-        " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
-        "), all_words_found AS ("
-        " SELECT EXISTS (SELECT 1 FROM all_word_hits) OR EXISTS (SELECT 1 FROM vector_rows WHERE all_words) AS found"
-        "), vector_text_hits AS ("
-        " SELECT embedding_id, CASE WHEN (SELECT found FROM all_words_found) THEN 1.0::float8 ELSE share END"
-        " AS coverage, distance FROM vector_rows"
-        " WHERE CASE WHEN (SELECT found FROM all_words_found) THEN all_words ELSE share > 0 END"
-        "), keyword_leg AS ("
-        " SELECT embedding_id, coverage, distance,"
-        " row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
-        " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
-        "  SELECT * FROM all_word_hits"
-        "  UNION ALL SELECT * FROM any_word_hits WHERE NOT (SELECT found FROM all_words_found)"
-        "  UNION ALL SELECT * FROM vector_text_hits"
-        " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
-        "), fused AS ("
-        " SELECT r.embedding_id, r.distance, {wv} * greatest(1 - r.distance, 0) / ({c} + 1 + ("
-        "  SELECT count(*) FROM vector_leg AS v WHERE v.distance < r.distance - {tie}))"
-        "  + coalesce((SELECT {wk} * k.coverage / ({c} + k.rank) FROM keyword_leg AS k"
-        "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
-        " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
-        "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
-        " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
-        ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
-        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
-    ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit, tie=p.add(similarity_tie, "float8"),
-             wv=p.add(vector_weight, "float8"), wk=p.add(keyword_weight, "float8"), c=c, limit=p.add(limit),
-             cols=columns, q=q)
-    return query, p.values
+    counted = exact_below is not None
+
+    def compose(v: Mapping[str, Any]) -> Query:
+        p = Params()
+        q = p.add(v["query_vector"])
+        legs_limit = p.add(v["fetch_k"])
+        filter_sql = compile_filter(filter, p) if filter else None
+        where = filter_sql if filter_sql is not None else sql.SQL("TRUE")
+        bound = p.add(v["exact_below"]) if counted else None
+        vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
+        text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"],
+                               lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
+        columns = _joined_columns(with_embedding)
+        c = p.add(v["rrf_k"], "float8")
+        # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
+        # matching) is then exact even when the text index matched more rows than it may rank, or was not asked.
+        query = sql.SQL(
+            "WITH {text_ctes}, {vector_ctes}, vector_rows AS ("
+            " SELECT v.embedding_id, v.distance, e.search_vector @@ (SELECT all_words FROM text_query) AS all_words,"
+            "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
+            "  ::float8 / nullif((SELECT word_count FROM known_words), 0) AS share"
+            " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
+            "), all_words_found AS ("
+            " SELECT EXISTS (SELECT 1 FROM all_word_hits)"
+            " OR EXISTS (SELECT 1 FROM vector_rows WHERE all_words) AS found"
+            "), vector_text_hits AS ("
+            " SELECT embedding_id, CASE WHEN (SELECT found FROM all_words_found) THEN 1.0::float8 ELSE share END"
+            " AS coverage, distance FROM vector_rows"
+            " WHERE CASE WHEN (SELECT found FROM all_words_found) THEN all_words ELSE share > 0 END"
+            "), keyword_leg AS ("
+            " SELECT embedding_id, coverage, distance,"
+            " row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
+            " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
+            "  SELECT * FROM all_word_hits"
+            "  UNION ALL SELECT * FROM any_word_hits WHERE NOT (SELECT found FROM all_words_found)"
+            "  UNION ALL SELECT * FROM vector_text_hits"
+            " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
+            "), fused AS ("
+            " SELECT r.embedding_id, r.distance, {wv} * greatest(1 - r.distance, 0) / ({c} + 1 + ("
+            "  SELECT count(*) FROM vector_leg AS v WHERE v.distance < r.distance - {tie}))"
+            "  + coalesce((SELECT {wk} * k.coverage / ({c} + k.rank) FROM keyword_leg AS k"
+            "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
+            " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
+            "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
+            " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
+            ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
+            " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
+        ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit,
+                 tie=p.add(v["similarity_tie"], "float8"),
+                 wv=p.add(v["vector_weight"], "float8"), wk=p.add(v["keyword_weight"], "float8"), c=c,
+                 limit=p.add(v["limit"]),
+                 cols=columns, q=q)
+        return query, p.values
+
+    values = {"query_vector": query_vector, "query_text": query_text, "limit": limit, "fetch_k": fetch_k,
+              "config": config, "rrf_k": rrf_k, "vector_weight": vector_weight, "keyword_weight": keyword_weight,
+              "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below}
+    return _per_shape("hybrid", (use_index, counted, with_embedding), filter, values, compose)
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,

@@ -8,8 +8,9 @@ import logging
 import pytest
 
 from sony_rag import vector_index
+from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql.embeddings import hybrid, nearest
-from sony_rag.sql.filters import only_columns
+from sony_rag.sql.filters import filter_kind
 from sony_rag.vector_index import (
     EXACT_SCAN_ROWS,
     METADATA_PROBE_ROWS,
@@ -56,15 +57,18 @@ def test_pgvector_08_ivfflat_relaxed_order_probes_at_most_what_k_needs() -> None
 
 
 def test_only_column_filters_are_counted_on_large_tables() -> None:
-    assert only_columns({"source_type": "faq"})
-    assert only_columns({"$or": [{"source_type": "faq"}, {"source_id": {"$like": "sku-%"}}]})
-    assert not only_columns({"source_type": "faq", "color": "red"})
-    assert not only_columns(None) and not only_columns({})
+    assert filter_kind({"source_type": "faq"}) == "columns"
+    assert filter_kind({"$or": [{"source_type": "faq"}, {"source_id": {"$like": "sku-%"}}]}) == "columns"
+    assert filter_kind({"source_type": "faq", "color": "red"}) == "metadata"
+    assert filter_kind(None) == filter_kind({}) == "none"
     big, small = caps(HNSW), caps(HNSW, rows=METADATA_PROBE_ROWS)
-    assert exact_scan_bound(big, columns_only=True) == EXACT_SCAN_ROWS
-    assert exact_scan_bound(big, columns_only=False) is None
-    assert exact_scan_bound(small, columns_only=False) == EXACT_SCAN_ROWS
-    assert exact_scan_bound(caps(None), columns_only=True) is None  # no index: every search is exact
+    assert exact_scan_bound(big, "columns") == EXACT_SCAN_ROWS
+    assert exact_scan_bound(big, "metadata") is None
+    assert exact_scan_bound(small, "metadata") == EXACT_SCAN_ROWS
+    # Unfiltered: counted only on a table smaller than the bound (or never analyzed), where scanning is exact.
+    assert exact_scan_bound(big, "none") is None and exact_scan_bound(small, "none") is None
+    assert exact_scan_bound(caps(HNSW, rows=-1), "none") == EXACT_SCAN_ROWS
+    assert exact_scan_bound(caps(None), "columns") is None  # no index: every search is exact
 
 
 def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
@@ -72,7 +76,8 @@ def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
         return str(query)
 
     assert "matching" in text(nearest([1.0], 10, {"source_type": "faq"}, exact_below=2000)[0])
-    assert "matching" not in text(nearest([1.0], 10, None, exact_below=2000)[0])
+    assert "matching" in text(nearest([1.0], 10, None, exact_below=2000)[0])
+    assert "matching" not in text(nearest([1.0], 10, None)[0])
     assert "matching" not in text(nearest([1.0], 10, {"source_type": "faq"})[0])
     assert "index_rows" not in text(nearest([1.0], 10, {"source_type": "faq"}, use_index=False)[0])
     statement, params = hybrid([1.0], "oak", 4, 20, {"source_type": "faq"}, config="english", rrf_k=1.0,
@@ -120,3 +125,20 @@ def test_the_search_warning_comes_once_per_process(caplog: pytest.LogCaptureFixt
         warn_once(stale)
         warn_once(stale)
     assert sum("sony-rag index rebuild" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_statements_are_composed_once_per_shape_and_bind_each_calls_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    def plain(params: dict[str, object]) -> dict[str, object]:
+        return {name: getattr(value, "obj", value) for name, value in params.items()}  # Jsonb -> its object
+
+    first = nearest([1.0], 10, {"price": {"$between": [1, 5]}, "source_type": "faq"}, exact_below=2000)
+    second = nearest([2.0], 7, {"price": {"$between": [2, 9]}, "source_type": "policy"}, exact_below=2000)
+    assert first[0] is second[0]  # the same composed text, reused
+    monkeypatch.setattr(embedding_sql, "_SHAPES", {})  # compose the second call afresh
+    fresh = nearest([2.0], 7, {"price": {"$between": [2, 9]}, "source_type": "policy"}, exact_below=2000)
+    assert fresh[0] is not second[0] and str(fresh[0]) == str(second[0])
+    assert plain(fresh[1]) == plain(second[1])
+    assert {"lo": 2, "hi": 9} in plain(second[1]).values() and "policy" in plain(second[1]).values()
+    # Another shape (string bounds render another jsonpath type test) gets its own text.
+    other = nearest([1.0], 10, {"price": {"$between": ["a", "b"]}, "source_type": "faq"}, exact_below=2000)
+    assert '"string"' in str(other[0]) and '"string"' not in str(second[0])
