@@ -21,6 +21,7 @@ from sony_rag.indexes import (
     arebuild_vector_index,
     avector_index_stats,
     ivfflat_build_memory,
+    rebuild_if_stale,
     rebuild_vector_index,
     vector_index_stats,
 )
@@ -323,3 +324,48 @@ def test_stats_report_rows_indexes_and_the_vector_index(idb: Database) -> None:
     scans = [row["idx_scan"] for row in stats["indexes"]]
     assert scans == sorted(scans, reverse=True)
     assert asyncio.run(avector_index_stats(idb))["tables"] == stats["tables"]
+
+
+# -- index health ------------------------------------------------------------------------------------
+
+
+def test_stats_report_an_ivfflat_index_trained_on_far_fewer_rows_and_ingest_rebuilds_it(idb: Database) -> None:
+    with idb.pool().connection() as conn:  # as migrated: 100 lists built on the empty table
+        conn.execute(f"DROP INDEX {VECTOR_INDEX}")
+        conn.execute(f"CREATE INDEX {VECTOR_INDEX} ON document_embeddings USING ivfflat "
+                     "(embedding vector_cosine_ops) WITH (lists = 100)")
+    idb.forget_capabilities()
+    load(idb, unit_vectors(152, seed=21))
+    problems = vector_index_stats(idb)["index_problems"]
+    assert [p["kind"] for p in problems] == ["stale_ivfflat"]
+    assert "152" in problems[0]["message"] and problems[0]["fix"] == "sony-rag index rebuild"
+
+    said: list[str] = []
+    report = rebuild_if_stale(idb, log=said.append)
+    assert report is not None and (report.lists, report.rows) == (1, 152)
+    assert len(said) == 1 and "152 rows" in said[0]
+    stats = vector_index_stats(idb)
+    assert stats["index_problems"] == [] and stats["vector_index"]["trained_rows"] == 152
+    assert rebuild_if_stale(idb, log=said.append) is None  # trained on what the table holds: left alone
+    load(idb, unit_vectors(200, seed=22), start=152)  # the table more than doubles
+    assert rebuild_if_stale(idb, log=said.append) is not None
+
+
+def test_stats_report_an_index_left_invalid_by_a_failed_concurrent_build(idb: Database, database_url: str) -> None:
+    load(idb, unit_vectors(20, seed=23))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A unique index over duplicate values fails after CREATE INDEX CONCURRENTLY registered it: left INVALID.
+        conn.execute("INSERT INTO document_embeddings (source_type, source_id, content_chunk, embedding) "
+                     "SELECT source_type, source_id, content_chunk, embedding FROM document_embeddings LIMIT 1")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_document_embeddings_vector_rebuild "
+                         "ON document_embeddings (source_id)")
+    try:
+        problems = vector_index_stats(idb)["index_problems"]
+        assert [p["kind"] for p in problems if p["kind"] == "invalid_index"] == ["invalid_index"]
+        assert "idx_document_embeddings_vector_rebuild" in problems[-1]["message"]
+        rebuild_vector_index(idb)  # the fix the report names drops the leftover first
+        assert [p for p in vector_index_stats(idb)["index_problems"] if p["kind"] == "invalid_index"] == []
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP INDEX IF EXISTS idx_document_embeddings_vector_rebuild")
