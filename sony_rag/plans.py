@@ -209,13 +209,14 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
     use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter))
     if use_index:
         # A generic cached plan would ignore how selective this call's filter is.
-        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search),
+        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
                         "plan_cache_mode": "force_custom_plan"})
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    exact_below = exact_scan_bound(capabilities, filter_kind(filter))
     rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, use_index=use_index,
                                                         exact_below=exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding))
@@ -255,15 +256,17 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     """
     fetch_k = max(k, options.fetch_k)
     use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter))
     if use_index:
         # A forced custom plan, as in search: a generic plan of this statement ran 5-40x slower at 100k rows.
-        yield SetLocal({**ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search),
+        yield SetLocal({**ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
                         "plan_cache_mode": "force_custom_plan"})
     rows: list[Row] = yield fetch(embedding_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        use_index=use_index, exact_below=exact_scan_bound(capabilities, filter_kind(filter)),
+        use_index=use_index, exact_below=exact_below,
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]

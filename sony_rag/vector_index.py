@@ -128,15 +128,16 @@ def default_probes(lists: int) -> int:
     return max(1, min(lists, math.ceil(2 * math.sqrt(lists))))
 
 
-def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = None,
-                 ef_search: int | None = None) -> dict[str, str]:
+def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = None, ef_search: int | None = None,
+                 counted: bool = False) -> dict[str, str]:
     """Return the SET LOCAL settings that make the vector index find ``k`` rows well.
 
-    The index is only asked when at least ``EXACT_SCAN_ROWS`` rows match the filter (see ``sql.embeddings``),
-    so on pgvector 0.8 the iterative scan's limits are sized for that selectivity: HNSW in strict order visits
-    up to ``max_scan_tuples`` tuples (enough for ``k`` matches at that selectivity, never below pgvector's
-    default); IVFFlat in relaxed order (the statement re-sorts) probes at most the lists that hold that many
-    tuples. When the scan still comes back short, the statement's exact fallback runs.
+    On pgvector 0.8 they turn on iterative scans: HNSW in strict order, IVFFlat in relaxed order (the statement
+    re-sorts). With ``counted`` the index is only asked when at least ``EXACT_SCAN_ROWS`` rows match the filter,
+    so the scan's limits are sized for that selectivity: HNSW visits up to ``max_scan_tuples`` tuples (enough
+    for ``k`` matches, never below pgvector's default) and IVFFlat probes at most the lists that hold that many.
+    Without it (a metadata filter on a large table) pgvector's own limits stand. When the scan still comes back
+    short, the statement's exact fallback runs.
     """
     index = capabilities.vector_index
     if index is None:
@@ -150,13 +151,15 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
         settings = {"ivfflat.probes": str(first)}
         if capabilities.iterative_scan:
             settings["ivfflat.iterative_scan"] = "relaxed_order"
-            per_list = max(1, rows // lists)
-            settings["ivfflat.max_probes"] = str(min(lists, max(first, math.ceil(expected / per_list))))
+            if counted:
+                per_list = max(1, rows // lists)
+                settings["ivfflat.max_probes"] = str(min(lists, max(first, math.ceil(expected / per_list))))
         return settings
     settings = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search or max(DEFAULT_EF_SEARCH, 2 * k)))}
     if capabilities.iterative_scan:
         settings["hnsw.iterative_scan"] = "strict_order"
-        settings["hnsw.max_scan_tuples"] = str(max(DEFAULT_MAX_SCAN_TUPLES, expected))
+        if counted:
+            settings["hnsw.max_scan_tuples"] = str(max(DEFAULT_MAX_SCAN_TUPLES, expected))
     return settings
 
 
