@@ -409,8 +409,10 @@ def delete_source(source_type: str, source_id: str | None) -> Query:
 
 
 def capabilities() -> Query:
-    """Return a SELECT of pgvector's version, the vector index's method, options and comment, the planner's row
-    count of document_embeddings and the names of its indexes that are not valid."""
+    """Return a SELECT of pgvector's version, the vector index (method, options, comment), rows, invalid indexes.
+
+    The row estimate is the planner's (``reltuples``); the comment is where a rebuild records its training rows.
+    """
     return sql.SQL(
         "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector_version, "
         "idx.amname AS index_method, idx.reloptions AS index_options, "
