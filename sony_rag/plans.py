@@ -209,7 +209,7 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
     use_index = capabilities.vector_index is not None
-    exact_below = exact_scan_bound(capabilities, filter_kind(filter))
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=k, probes=probes)
     if use_index:
         # A generic cached plan would ignore how selective this call's filter is.
         yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
@@ -256,7 +256,7 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     """
     fetch_k = max(k, options.fetch_k)
     use_index = capabilities.vector_index is not None
-    exact_below = exact_scan_bound(capabilities, filter_kind(filter))
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=fetch_k, probes=probes)
     if use_index:
         # A forced custom plan, as in search: a generic plan of this statement ran 5-40x slower at 100k rows.
         yield SetLocal({**ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search,

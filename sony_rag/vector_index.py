@@ -32,6 +32,9 @@ DEFAULT_MAX_SCAN_TUPLES: Final = 20_000
 # the exact scan is both faster and exact.
 EXACT_SCAN_ROWS: Final = 2_000
 
+# The most rows a search counts before deciding (the count reads at most this many btree entries or rows).
+MAX_EXACT_SCAN_ROWS: Final = 25_000
+
 # A metadata filter has no index: counting its matches reads the table until EXACT_SCAN_ROWS match, up to all of
 # it. Worth it (the rows are then exact, and the count's pass is the exact scan's) only on tables this small.
 METADATA_PROBE_ROWS: Final = 10_000
@@ -163,7 +166,8 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
     return settings
 
 
-def exact_scan_bound(capabilities: Capabilities, filter_kind: str) -> int | None:
+def exact_scan_bound(capabilities: Capabilities, filter_kind: str, *, k: int = 10,
+                     probes: int | None = None) -> int | None:
     """Return below how many matching rows a search scans them exactly; None: let the index answer.
 
     ``filter_kind`` is ``"columns"`` (every leaf a btree-indexed column: source_type, source_id, created_at),
@@ -172,14 +176,26 @@ def exact_scan_bound(capabilities: Capabilities, filter_kind: str) -> int | None
     a larger one the index answers (on pgvector 0.8 with an iterative scan), and an exact scan only when it
     comes back short. An unfiltered search is counted only on a table the planner thinks smaller than the bound,
     where the exact scan is both cheap and exact (an index trained on few rows is not).
+
+    The bound is ``EXACT_SCAN_ROWS``, raised (up to ``MAX_EXACT_SCAN_ROWS``) where the index would read more:
+    IVFFlat reads ``probes / lists`` of the table, so fewer matching rows than that are cheaper to rank exactly;
+    HNSW without iterative scans (pgvector 0.6) finds about ``selectivity * ef_search`` matches, so below
+    ``k / ef_search`` of the table it comes back short and the exact scan runs anyway.
     """
-    if capabilities.vector_index is None:
+    index = capabilities.vector_index
+    if index is None:
         return None
     rows = capabilities.table_rows
-    if filter_kind == "columns" or (filter_kind == "metadata" and rows <= METADATA_PROBE_ROWS) \
-            or (filter_kind == "none" and rows < EXACT_SCAN_ROWS):
-        return EXACT_SCAN_ROWS
-    return None
+    if not (filter_kind == "columns" or (filter_kind == "metadata" and rows <= METADATA_PROBE_ROWS)
+            or (filter_kind == "none" and rows < EXACT_SCAN_ROWS)):
+        return None
+    index_reads = 0
+    if index.method == "ivfflat":
+        lists = index.lists or 100
+        index_reads = math.ceil(max(rows, 0) * min(lists, probes or default_probes(lists)) / lists)
+    elif not capabilities.iterative_scan:
+        index_reads = math.ceil(max(rows, 0) * 2 * k / max(DEFAULT_EF_SEARCH, 2 * k))
+    return max(EXACT_SCAN_ROWS, min(MAX_EXACT_SCAN_ROWS, index_reads))
 
 
 # -- sizing ----------------------------------------------------------------------------------------------------
@@ -302,6 +318,7 @@ __all__ = [
     "DEFAULT_EF_SEARCH",
     "EXACT_SCAN_ROWS",
     "MAX_EF_SEARCH",
+    "MAX_EXACT_SCAN_ROWS",
     "MAX_PROBES",
     "METADATA_PROBE_ROWS",
     "Capabilities",

@@ -13,6 +13,7 @@ from sony_rag.sql.embeddings import hybrid, nearest
 from sony_rag.sql.filters import filter_kind
 from sony_rag.vector_index import (
     EXACT_SCAN_ROWS,
+    MAX_EXACT_SCAN_ROWS,
     METADATA_PROBE_ROWS,
     Capabilities,
     VectorIndex,
@@ -73,6 +74,17 @@ def test_only_column_filters_are_counted_on_large_tables() -> None:
     assert exact_scan_bound(big, "none") is None and exact_scan_bound(small, "none") is None
     assert exact_scan_bound(caps(HNSW, rows=-1), "none") == EXACT_SCAN_ROWS
     assert exact_scan_bound(caps(None), "columns") is None  # no index: every search is exact
+
+
+def test_the_bound_rises_where_the_index_would_read_more_rows_than_an_exact_scan() -> None:
+    # IVFFlat probing 20 of 100 lists reads 20 % of 100k rows: up to 20,000 matches rank faster exactly.
+    assert exact_scan_bound(caps(IVFFLAT), "columns") == 20_000
+    assert exact_scan_bound(caps(IVFFLAT), "columns", probes=5) == 5_000
+    assert exact_scan_bound(caps(IVFFLAT, rows=10**7), "columns") == MAX_EXACT_SCAN_ROWS
+    # HNSW on pgvector 0.6 (no iterative scan) finds ~ selectivity x ef_search matches: below k / ef_search of
+    # the table it would come back short, so those are ranked exactly (up to the cap).
+    assert exact_scan_bound(caps(HNSW, (0, 6, 2)), "columns") == MAX_EXACT_SCAN_ROWS
+    assert exact_scan_bound(caps(HNSW, (0, 6, 2), rows=20_000), "columns") == 10_000
 
 
 def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
