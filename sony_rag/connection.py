@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -33,6 +32,7 @@ from sony_rag.errors import (
 from sony_rag.executor import NotStarted, Plan, adrive, drive
 from sony_rag.retry import ConnectionGate, backoff_delays, give_up_at_once
 from sony_rag.settings import Settings, get_settings
+from sony_rag.vector_index import Capabilities, VectorIndex, warn_once
 
 logger = logging.getLogger("sony_rag")
 T = TypeVar("T")
@@ -48,27 +48,6 @@ _CAPABILITY_TTL_SECONDS = 60.0
 _TRUSTED_IDLE_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class VectorIndex:
-    """The approximate index on document_embeddings.embedding, as the server reports it."""
-
-    method: str  # "ivfflat" or "hnsw"
-    lists: int | None
-    m: int | None
-    ef_construction: int | None
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the connected server can do, read once and cached for a minute."""
-
-    pgvector_version: tuple[int, ...]
-    vector_index: VectorIndex | None
-
-    @property
-    def iterative_scan(self) -> bool:
-        """Return True when pgvector has iterative index scans (0.8.0 and later)."""
-        return self.pgvector_version >= (0, 8, 0)
 
 
 def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
@@ -468,6 +447,7 @@ class Database:
 
         caps = self.run(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     async def acapabilities(self) -> Capabilities:
@@ -479,6 +459,7 @@ class Database:
 
         caps = await self.arun(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     def forget_capabilities(self) -> None:

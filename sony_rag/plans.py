@@ -7,7 +7,6 @@ run inside one transaction, so an exception anywhere (ours or the database's) le
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 from psycopg.types.json import Jsonb
 
-from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
@@ -27,38 +25,31 @@ from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
+from sony_rag.sql.filters import filter_kind
+from sony_rag.vector_index import (
+    DEFAULT_EF_SEARCH,
+    MAX_EF_SEARCH,
+    MAX_PROBES,
+    Capabilities,
+    ann_settings,
+    capabilities_from_row,
+    default_probes,
+    exact_scan_bound,
+    vector_index_from_row,
+)
 
 Row = dict[str, Any]
 
-# pgvector's default hnsw.ef_search, which ann_settings raises to 2k for larger k: HNSW needs ef_search >= k
-# to return k rows. pgvector caps ef_search at 1000.
-DEFAULT_EF_SEARCH = 40
-MAX_EF_SEARCH = 1000
-# pgvector allows at most 32,768 IVFFlat lists, so no more probes.
-MAX_PROBES = 32_768
+# Re-exported: callers and tests reach them through plans.
+__all__ = ["DEFAULT_EF_SEARCH", "MAX_EF_SEARCH", "MAX_PROBES", "ann_settings", "default_probes",
+           "vector_index_from_row"]
 
 
 @plan(read_only=True)
 def read_capabilities() -> PlanGenerator[Capabilities]:
-    """Read the pgvector version and the vector index's method and options."""
+    """Read the pgvector version, the vector index's method, options and training, and index validity."""
     rows = yield fetch(embedding_sql.capabilities())
-    row = rows[0]
-    version = tuple(int(part) for part in str(row["pgvector_version"] or "0").split(".") if part.isdigit())
-    return Capabilities(pgvector_version=version, vector_index=vector_index_from_row(row))
-
-
-def vector_index_from_row(row: Row) -> VectorIndex | None:
-    """Return the vector index described by a row of ``sql.embeddings.capabilities()``, or None if there is none."""
-    method = row["index_method"]
-    if not method:
-        return None
-    options = dict(option.split("=", 1) for option in (row["index_options"] or []))
-    return VectorIndex(
-        method=method,
-        lists=int(options.get("lists", 100)) if method == "ivfflat" else None,
-        m=int(options.get("m", 16)) if method == "hnsw" else None,
-        ef_construction=int(options.get("ef_construction", 64)) if method == "hnsw" else None,
-    )
+    return capabilities_from_row(rows[0])
 
 
 # -- sessions ----------------------------------------------------------------------------------------
@@ -212,54 +203,30 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     return int(count)
 
 
-def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = None,
-                 ef_search: int | None = None) -> dict[str, str]:
-    """Return the SET LOCAL settings that make the vector index find ``k`` rows well."""
-    index = capabilities.vector_index
-    if index is None:
-        return {}
-    if index.method == "ivfflat":
-        lists = index.lists or 100
-        settings = {"ivfflat.probes": str(probes or default_probes(lists))}
-        if capabilities.iterative_scan:
-            settings["ivfflat.iterative_scan"] = "relaxed_order"
-        return settings
-    settings = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search or max(DEFAULT_EF_SEARCH, 2 * k)))}
-    if capabilities.iterative_scan:
-        settings["hnsw.iterative_scan"] = "strict_order"
-    return settings
-
-
-def default_probes(lists: int) -> int:
-    """Return the IVFFlat probes used when none is given: twice sqrt(lists), at most all lists."""
-    return max(1, min(lists, math.ceil(2 * math.sqrt(lists))))
-
-
 @plan(read_only=True)
 def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, Any] | None,
            capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
            probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``.
+    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``, in one statement.
 
-    Exact count: the index is tried first; when it yields fewer than ``k`` rows (an IVFFlat index trained on
-    few rows, or a selective filter that post-filtering starves), an exact scan of the matching rows follows.
+    The statement picks its plan (``sql.embeddings.nearest``): a filter matching fewer than
+    ``vector_index.exact_scan_bound`` rows is answered by an exact scan of those rows; otherwise the vector
+    index answers, and when it finds fewer than ``k`` rows (an IVFFlat index trained on few rows, a filter
+    starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
-    settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search)
-    if settings:
+    use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=k, probes=probes)
+    if use_index:
         # A generic cached plan would ignore how selective this call's filter is.
-        yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
+        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
+                        "plan_cache_mode": "force_custom_plan"})
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, max_distance=max_distance,
+    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, use_index=use_index,
+                                                        exact_below=exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding))
-    if len(rows) < k and capabilities.vector_index is not None:
-        rows = yield fetch(embedding_sql.exact_nearest(query_vector, k, filter, max_distance=max_distance,
-                                                       with_embedding=with_embedding))
-    # Iterative scans in relaxed order may return rows slightly out of order.
-    rows.sort(key=lambda row: row["distance"])
-    if max_distance is not None:
-        rows = [row for row in rows if row["distance"] <= max_distance]
     return rows
 
 
@@ -291,19 +258,22 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
                   ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows ranked by fusing vector and keyword search, in one statement.
 
-    Exact count: when the index finds fewer than ``fetch_k`` rows for the vector leg, the same statement ranks
-    them exactly instead. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
+    The vector leg picks its plan as ``search`` does (exact when few rows match the filter or the index comes
+    back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
     """
     fetch_k = max(k, options.fetch_k)
-    settings = ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search)
-    if settings:
+    use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=fetch_k, probes=probes)
+    if use_index:
         # A forced custom plan, as in search: a generic plan of this statement ran 5-40x slower at 100k rows.
-        yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
+        yield SetLocal({**ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
+                        "plan_cache_mode": "force_custom_plan"})
     rows: list[Row] = yield fetch(embedding_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        exact_fallback=capabilities.vector_index is not None,
+        use_index=use_index, exact_below=exact_below,
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
