@@ -14,9 +14,9 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -31,6 +31,9 @@ from sony_rag.errors import (
 )
 from sony_rag.executor import NotStarted, Plan, adrive, drive
 from sony_rag.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sony_rag.replicas import ReplicaSet
 
 logger = logging.getLogger("sony_rag")
 T = TypeVar("T")
@@ -98,12 +101,23 @@ def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
 class Database:
     """Both pools to one server, opened lazily; use as a (sync or async) context manager or call ``close``."""
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server."""
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 read_urls: Sequence[str] | None = None) -> None:
+        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server.
+
+        ``read_urls`` (else the settings' ``read_urls``): read replicas for retrieval (see sony_rag.replicas).
+        """
         self.settings = settings or get_settings()
         if url is None and self.settings.database_url is not None:
             url = self.settings.database_url.get_secret_value()
         self._url = url
+        if read_urls is None:
+            read_urls = [each.get_secret_value() for each in self.settings.read_urls]
+        self.replicas: ReplicaSet | None = None
+        if read_urls:
+            from sony_rag.replicas import ReplicaSet
+
+            self.replicas = ReplicaSet(read_urls, self.settings, Database)
         self._conninfo: str | None = None
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -291,6 +305,8 @@ class Database:
             apool, self._apool = self._apool, None
             self._vector_info = None
             self._capabilities = None
+        if self.replicas is not None:
+            self.replicas.reset()
         if pool is not None:
             pool.close()
         if apool is not None:
@@ -334,7 +350,13 @@ class Database:
         """Run a plan (a write in one transaction) and return its result; raises SonyRagError subclasses.
 
         ValueError for a plan made with ``transactional=False``: those run on a connection of their own.
+        With read replicas, a plan that may read from one does (see sony_rag.replicas).
         """
+        if self.replicas is not None:
+            return self.replicas.run(plan_, self._run_on_primary)
+        return self._run_on_primary(plan_)
+
+    def _run_on_primary(self, plan_: Plan[T]) -> T:
         initial = self._initial_settings(plan_)
         for attempt in range(2):
             try:
@@ -348,6 +370,11 @@ class Database:
 
     async def arun(self, plan_: Plan[T]) -> T:
         """Run a plan (a write in one transaction) on the async pool and return its result (errors as ``run``)."""
+        if self.replicas is not None:
+            return await self.replicas.arun(plan_, self._arun_on_primary)
+        return await self._arun_on_primary(plan_)
+
+    async def _arun_on_primary(self, plan_: Plan[T]) -> T:
         initial = self._initial_settings(plan_)
         for attempt in range(2):
             try:
