@@ -9,6 +9,7 @@ The figures the tests measure are printed in the terminal summary (no ``-s`` nee
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -156,10 +157,8 @@ class Cluster:
         """Stop both servers (the standby may be down already)."""
         for folder in (self.standby_dir, self.primary_dir):
             if (folder / "postmaster.pid").exists():
-                try:
+                with contextlib.suppress(RuntimeError):
                     self._pg_ctl(folder, "stop", "-m", "immediate")
-                except RuntimeError:
-                    pass
 
 
 @pytest.fixture(scope="session")
