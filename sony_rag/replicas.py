@@ -56,7 +56,8 @@ _NEXT_URL = re.compile(r"\s*,\s*(?=postgres(?:ql)?(?:\+[a-z0-9]+)?://)", re.IGNO
 
 def split_urls(value: str) -> list[str]:
     """Return the URLs of a comma-separated list (commas inside a multi-host URL stay); blanks are dropped."""
-    return [part.strip() for part in _NEXT_URL.split(value) if part.strip()]
+    parts = (part.strip().strip(",").strip() for part in _NEXT_URL.split(value))
+    return [part for part in parts if part]
 
 
 def parse_position(text: str) -> int:
