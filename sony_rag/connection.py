@@ -324,6 +324,8 @@ class Database:
             self._closed = True
             apool, self._apool = self._apool, None
             loop = self._apool_loop
+        if self.replicas is not None:
+            await self.replicas.aclose()
         if apool is not None:
             if loop is asyncio.get_running_loop():
                 await apool.close()

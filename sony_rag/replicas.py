@@ -288,6 +288,11 @@ class ReplicaSet:
         for replica in self.replicas:
             replica.database.reset()
 
+    async def aclose(self) -> None:
+        """Close every replica's pools from async code, awaiting the async ones on this loop."""
+        for replica in self.replicas:
+            await replica.database.aclose()
+
 
 @dataclass(frozen=True)
 class _Failed:

@@ -22,7 +22,9 @@ from sony_rag.sql import sessions as session_sql
 @pytest.fixture(params=["direct", "pooled"])
 def database(request: pytest.FixtureRequest, database_url: str) -> Iterator[Database]:
     """Return a Database on the test server, as a direct connection and as if behind a transaction pooler."""
-    with Database(database_url, settings=test_settings(transaction_pooler=request.param == "pooled")) as db:
+    # "direct" keeps the run's own setting: the pooler pass reaches the server through PgBouncer.
+    pooled: dict[str, Any] = {"transaction_pooler": True} if request.param == "pooled" else {}
+    with Database(database_url, settings=test_settings(**pooled)) as db:
         yield db
 
 
