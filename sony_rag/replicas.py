@@ -192,28 +192,22 @@ class ReplicaSet:
     def run(self, plan_: Plan[T], on_primary: Callable[[Plan[Any]], Any]) -> T:
         """Run ``plan_`` where it belongs (a replica, else ``on_primary``) and return its result."""
         routing = self._routing(plan_)
-        outcome: Any = None
-        while True:
-            attempt = _advance(routing, outcome)
-            if not isinstance(attempt, _Attempt):
-                return attempt.value  # type: ignore[no-any-return]
-            try:
-                outcome = (attempt.replica.database.run if attempt.replica else on_primary)(attempt.plan)
-            except (SonyRagError, ReplicaUnfit) as error:
-                outcome = _Failed(error)
+        step = _advance(routing, None)
+        while isinstance(step, _Attempt):
+            step = _advance(routing, _attempted(step.replica.database.run if step.replica else on_primary, step.plan))
+        return step.value  # type: ignore[no-any-return]
 
     async def arun(self, plan_: Plan[T], on_primary: Callable[[Plan[Any]], Awaitable[Any]]) -> T:
         """Run ``plan_`` where it belongs from async code (see ``run``) and return its result."""
         routing = self._routing(plan_)
-        outcome: Any = None
-        while True:
-            attempt = _advance(routing, outcome)
-            if not isinstance(attempt, _Attempt):
-                return attempt.value  # type: ignore[no-any-return]
+        step = _advance(routing, None)
+        while isinstance(step, _Attempt):
             try:
-                outcome = await (attempt.replica.database.arun if attempt.replica else on_primary)(attempt.plan)
-            except (SonyRagError, ReplicaUnfit) as error:
+                outcome = await (step.replica.database.arun if step.replica else on_primary)(step.plan)
+            except _MOVABLE as error:
                 outcome = _Failed(error)
+            step = _advance(routing, outcome)
+        return step.value  # type: ignore[no-any-return]
 
     def _routing(self, plan_: Plan[T]) -> Generator[_Attempt, Any, T]:
         """Yield where to run what for ``plan_``; receive each result (a failure is thrown in); return the result."""
@@ -302,6 +296,18 @@ class _Failed:
 @dataclass(frozen=True)
 class _Finished:
     value: Any
+
+
+# What a failed attempt may raise and the routing handles (a replica read moves elsewhere); anything else propagates.
+_MOVABLE = (SonyRagError, ReplicaUnfit)
+
+
+def _attempted(function: Callable[[Plan[Any]], Any], plan_: Plan[Any]) -> Any:
+    """Return ``function(plan_)``, or _Failed holding what it raised when the routing handles that."""
+    try:
+        return function(plan_)
+    except _MOVABLE as error:
+        return _Failed(error)
 
 
 def _advance(routing: Generator[_Attempt, Any, Any], outcome: Any) -> _Attempt | _Finished:
