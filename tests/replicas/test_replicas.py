@@ -26,6 +26,9 @@ from sony_rag.vectorstore import SonyVectorStore
 from .conftest import FIGURES, Cluster
 
 DIM = 384
+# Between a write and its read: time for the standby to receive the write's WAL and replay it up to the commit
+# record, where recovery_min_apply_delay holds it. A position read before the COMMIT would pass as replayed then.
+PAUSE = 0.02
 
 
 def _vector(seed: int) -> list[float]:
@@ -118,6 +121,7 @@ def test_history_reads_after_writes_are_never_stale_on_a_delayed_replica(cluster
         for number in range(turns):
             session, text = sessions[number % len(sessions)], f"turn {number}"
             await histories[session].aadd_messages([HumanMessage(text)])
+            await asyncio.sleep(PAUSE)
             rows = await api.get_chat_history(session, None, db=replicated)
             stale += [row["content"] for row in rows][-1:] != [text]
             blind_stale += blind(session) != (text,)
@@ -127,6 +131,7 @@ def test_history_reads_after_writes_are_never_stale_on_a_delayed_replica(cluster
         for number in range(turns):
             session, text = sessions[number % len(sessions)], f"turn {number}"
             histories[session].add_messages([HumanMessage(text)])
+            time.sleep(PAUSE)
             stale += [str(message.content) for message in histories[session].messages][-1:] != [text]
             blind_stale += blind(session) != (text,)
     else:
