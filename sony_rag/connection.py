@@ -354,7 +354,7 @@ class Database:
         ValueError for a plan made with ``transactional=False``: those run on a connection of their own.
         With read replicas, a plan that may read from one does (see sony_rag.replicas).
         """
-        if self.replicas is not None:
+        if self.replicas is not None and not self._closed:
             return self.replicas.run(plan_, self._run_on_primary)
         return self._run_on_primary(plan_)
 
@@ -372,7 +372,7 @@ class Database:
 
     async def arun(self, plan_: Plan[T]) -> T:
         """Run a plan (a write in one transaction) on the async pool and return its result (errors as ``run``)."""
-        if self.replicas is not None:
+        if self.replicas is not None and not self._closed:
             return await self.replicas.arun(plan_, self._arun_on_primary)
         return await self._arun_on_primary(plan_)
 

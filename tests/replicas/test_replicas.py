@@ -17,10 +17,11 @@ from conftest import test_settings  # tests/conftest.py
 from langchain_core.messages import AIMessage, HumanMessage
 
 from sony_rag import database as api
+from sony_rag import plans
 from sony_rag.chat_history import SonyChatMessageHistory
 from sony_rag.connection import Database
 from sony_rag.embeddings import fake_embeddings
-from sony_rag.errors import InvalidInputError
+from sony_rag.errors import DatabaseUnavailableError, InvalidInputError
 from sony_rag.vectorstore import SonyVectorStore
 
 from .conftest import FIGURES, Cluster
@@ -164,6 +165,14 @@ def test_a_position_passed_from_another_process_is_respected(cluster: Cluster, r
         assert [row["content"] for row in rows] == ["hello", "hi there"]
         with pytest.raises(InvalidInputError):
             SonyChatMessageHistory(session, other, min_position="not a position")
+
+
+def test_a_closed_database_reads_from_no_replica_either(cluster: Cluster) -> None:
+    db = Database(cluster.primary_url, settings=_settings(), read_urls=[cluster.standby_url])
+    assert db.run(plans.get_session(uuid.uuid4())) is None
+    db.close()
+    with pytest.raises(DatabaseUnavailableError, match="closed"):
+        db.run(plans.get_session(uuid.uuid4()))
 
 
 def test_a_server_that_is_not_in_recovery_is_left_out_and_named_without_its_password(
