@@ -19,7 +19,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys([
         "batch_insert_embeddings", "close_db", "create_chat_session", "delete_chat_session",
         "delete_embeddings_by_source", "get_chat_history", "get_chat_session", "get_db", "get_session_selections",
-        "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection", "prune_chat_sessions",
+        "get_write_position", "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection",
+        "prune_chat_sessions",
         "search_similar_embeddings", "update_chat_session",
     ], "sony_rag.database"),
     **dict.fromkeys([
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         get_chat_session,
         get_db,
         get_session_selections,
+        get_write_position,
         init_db,
         insert_chat_message,
         insert_embedding,
@@ -129,6 +131,7 @@ __all__ = [
     "get_db",
     "get_session_selections",
     "get_settings",
+    "get_write_position",
     "init_db",
     "insert_chat_message",
     "insert_embedding",

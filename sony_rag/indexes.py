@@ -365,7 +365,7 @@ async def arebuild_vector_index(db: Database, *, method: Literal["ivfflat", "hns
     return _report(request, outcome, time.perf_counter() - started)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def _stats_plan() -> PlanGenerator[dict[str, Any]]:
     counts = yield fetch(index_sql.table_counts())
     by_type = yield fetch(index_sql.source_type_counts())

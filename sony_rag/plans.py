@@ -55,7 +55,7 @@ def read_capabilities() -> PlanGenerator[Capabilities]:
 # -- sessions ----------------------------------------------------------------------------------------
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def create_session(session_id: UUID | None, user_agent: str | None, current_page: str | None,
                    metadata: dict[str, Any], *, if_missing: bool = False) -> PlanGenerator[Row | None]:
     """Insert a session; with ``if_missing`` an existing id is left alone and None is returned."""
@@ -63,14 +63,14 @@ def create_session(session_id: UUID | None, user_agent: str | None, current_page
     return rows[0] if rows else None
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def get_session(session_id: UUID) -> PlanGenerator[Row | None]:
     """Return one session row, or None."""
     rows = yield fetch(session_sql.get(session_id))
     return rows[0] if rows else None
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def update_session(session_id: UUID, user_agent: str | None, current_page: str | None,
                    metadata: dict[str, Any] | None) -> PlanGenerator[Row]:
     """Update a session and return its row; raises SessionNotFoundError."""
@@ -81,7 +81,7 @@ def update_session(session_id: UUID, user_agent: str | None, current_page: str |
     return rows[0]  # type: ignore[no-any-return]
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def delete_session(session_id: UUID) -> PlanGenerator[bool]:
     """Delete a session (messages and selections cascade); return whether it existed."""
     count = yield execute(session_sql.delete(session_id))
@@ -119,7 +119,7 @@ def prune_listed_sessions(older_than: timedelta, session_ids: Sequence[UUID]) ->
 # -- messages ----------------------------------------------------------------------------------------
 
 
-@plan(read_only=False, single_statement=True, idempotent=True)
+@plan(read_only=False, single_statement=True, idempotent=True, session="session_id")
 def add_messages(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
                  token_usages: Sequence[int | None], page_context: str | None,
                  metadatas: Sequence[dict[str, Any]], *, create_session: Row | None = None) -> PlanGenerator[None]:
@@ -134,21 +134,21 @@ def add_messages(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[
         raise SessionNotFoundError(f"chat session {session_id} does not exist")
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def history(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row]]:
     """Return the newest ``limit`` messages of a session (all when None), oldest first."""
     rows = yield fetch(message_sql.newest(session_id, limit))
     return rows  # type: ignore[no-any-return]
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def clear_messages(session_id: UUID) -> PlanGenerator[int]:
     """Delete every message of a session; return how many."""
     count = yield execute(message_sql.delete_for_session(session_id))
     return int(count)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row] | None]:
     """Return a session's newest ``limit`` messages (role, content, metadata), oldest first; None if it is missing."""
     rows: list[Row] = yield fetch(message_sql.newest(session_id, limit, message_only=True))
@@ -159,7 +159,7 @@ def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[lis
     return rows if found else None
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def clear_session_messages(session_id: UUID, *, create_session: Row | None = None) -> PlanGenerator[int]:
     """Delete every message of a session and return how many; raises SessionNotFoundError.
 
@@ -203,7 +203,7 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     return int(count)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, Any] | None,
            capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
            probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
@@ -251,7 +251,7 @@ class HybridOptions:
                    vector_weight=settings.hybrid_vector_weight, keyword_weight=settings.hybrid_keyword_weight)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                   filter: Mapping[str, Any] | None, capabilities: Capabilities, options: HybridOptions, *,
                   min_similarity: float | None = None, with_embedding: bool = False, probes: int | None = None,
@@ -280,7 +280,7 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     return rows
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                    filter: Mapping[str, Any] | None, options: HybridOptions, *,
                    min_similarity: float | None = None, with_embedding: bool = False) -> PlanGenerator[list[Row]]:
@@ -295,7 +295,7 @@ def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: in
     return rows  # type: ignore[no-any-return]
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
     """Return the rows with the given ids (in no particular order)."""
     rows = yield fetch(embedding_sql.by_ids(ids))
@@ -350,7 +350,7 @@ def replace_sources(sources: Sequence[tuple[str, str]], rows: Sequence[Embedding
 # -- selections --------------------------------------------------------------------------------------
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def insert_selection(session_id: UUID, selected_text: str, page_url: str | None,
                      embedding: npt.NDArray[np.float32] | None, metadata: dict[str, Any]) -> PlanGenerator[UUID]:
     """Insert one selection and return its id; raises SessionNotFoundError for an unknown session."""
@@ -358,7 +358,7 @@ def insert_selection(session_id: UUID, selected_text: str, page_url: str | None,
     return rows[0]["selection_id"]  # type: ignore[no-any-return]
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def recent_selections(session_id: UUID, limit: int, max_age: timedelta | None = None) -> PlanGenerator[list[Row]]:
     """Return a session's newest selections, newest first."""
     rows = yield fetch(selection_sql.recent(session_id, limit, max_age))
