@@ -14,17 +14,17 @@ CREATE TABLE chat_checkpoints (
     checkpoint_ns        TEXT NOT NULL DEFAULT '',
     checkpoint_id        TEXT NOT NULL,
     parent_checkpoint_id TEXT,
-    run_id               TEXT,
     checkpoint           JSONB NOT NULL,
     metadata             JSONB NOT NULL DEFAULT '{}'::jsonb,
     PRIMARY KEY (session_id, checkpoint_ns, checkpoint_id),
     CONSTRAINT chat_checkpoints_session_id_fkey FOREIGN KEY (session_id)
         REFERENCES chat_sessions (session_id) ON DELETE CASCADE
 );
-CREATE INDEX idx_chat_checkpoints_run_id ON chat_checkpoints (run_id);
 
--- One row per (channel, version). A "messages" list of the root namespace is stored as message_runs: pairs
--- (first seq, last seq) of chat_messages rows of the session, each pair covering consecutive rows, in order.
+-- A checkpoint's body keeps small channel values inline and, for the root namespace's "messages" list, its
+-- runs: pairs (first seq, last seq) of chat_messages rows of the session, each covering consecutive rows, in order.
+
+-- Other channel values, one row per (channel, version).
 CREATE TABLE chat_checkpoint_blobs (
     session_id    UUID NOT NULL,
     checkpoint_ns TEXT NOT NULL DEFAULT '',
@@ -32,13 +32,13 @@ CREATE TABLE chat_checkpoint_blobs (
     version       TEXT NOT NULL,
     type          TEXT NOT NULL,
     blob          BYTEA,
-    message_runs  BIGINT[],
     PRIMARY KEY (session_id, checkpoint_ns, channel, version),
     CONSTRAINT chat_checkpoint_blobs_session_id_fkey FOREIGN KEY (session_id)
         REFERENCES chat_sessions (session_id) ON DELETE CASCADE
 );
 
--- Pending writes of a checkpoint's tasks; a write of messages to the root "messages" channel refers to rows too.
+-- Pending writes of a checkpoint's tasks; a write of messages to the root "messages" channel, once a later
+-- checkpoint stored those messages as rows, keeps runs instead of a blob.
 CREATE TABLE chat_checkpoint_writes (
     session_id    UUID NOT NULL,
     checkpoint_ns TEXT NOT NULL DEFAULT '',

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -50,6 +51,8 @@ __all__ = ["MESSAGES_CHANNEL", "SonyCheckpointer", "session_id_for_thread"]
 MESSAGES_CHANNEL: Final = "messages"
 # The stored type of a channel value or write kept as chat_messages rows (its blob column is NULL).
 _ROWS_TYPE: Final = "sony-rag/messages"
+# Where a checkpoint's body keeps the runs of its row-backed lists: {channel: [first seq, last seq, ...]}.
+_RUNS_KEY: Final = "sony_rag_message_runs"
 # Thread ids that are not UUIDs map to a UUIDv5 in this namespace (stable across processes and versions).
 _THREAD_NAMESPACE: Final = uuid.UUID("5d0a1f0e-7c1b-4a57-9b0e-2f6f0c8b4a11")
 _PRUNE_STRATEGIES: Final = ("keep_latest", "delete")
@@ -205,27 +208,27 @@ class _Put:
     namespace: str
     checkpoint_id: str
     parent_id: str | None
-    run_id: str | None
-    body: dict[str, Any]
+    body: dict[str, Any]  # the checkpoint without channel values, plus the small values inline
     metadata: dict[str, Any]
     page_context: str | None
     blobs: list[tuple[str, str, str, bytes | None]]  # channel, version, type, blob
-    rows: dict[str, tuple[str, list[BaseMessage]]]  # channel -> (version, messages) to keep as rows
+    rows: dict[str, list[BaseMessage]]  # channel -> messages kept as chat_messages rows
 
 
 @plan(read_only=False)
 def _put(serde: SerializerProtocol, put: _Put) -> PlanGenerator[None]:
     """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint."""
     yield execute(checkpoint_sql.upsert_session(put.session_id, put.thread_name, put.page_context))
-    blobs: list[tuple[str, str, str, bytes | None, list[int] | None]] = [(*blob, None) for blob in put.blobs]
-    for channel, (version, messages) in put.rows.items():
+    runs: dict[str, list[int]] = {}
+    for channel, messages in put.rows.items():
         stored = yield from _store_rows(put.session_id, messages, put.page_context)
         if stored is None:
             raise _NotRows(channel)
-        blobs.append((channel, version, _ROWS_TYPE, None, stored[0]))
+        runs[channel] = stored[0]
         yield from _compact_writes(serde, put.session_id, stored[1])
+    body = {**put.body, _RUNS_KEY: runs} if runs else put.body
     yield execute(checkpoint_sql.insert_checkpoint(put.session_id, put.namespace, put.checkpoint_id, put.parent_id,
-                                                   put.run_id, put.body, put.metadata, blobs))
+                                                   body, put.metadata, put.blobs))
 
 
 class _NotRows(Exception):
@@ -256,7 +259,9 @@ def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | N
     if not found:
         return []
     blob_keys = [(row["session_id"], row["checkpoint_ns"], channel, str(version)) for row in found
-                 for channel, version in row["checkpoint"].get("channel_versions", {}).items()]
+                 for channel, version in row["checkpoint"].get("channel_versions", {}).items()
+                 if channel not in row["checkpoint"].get("channel_values", {})
+                 and channel not in row["checkpoint"].get(_RUNS_KEY, {})]
     blob_rows: list[Row] = (yield fetch(checkpoint_sql.select_blobs(blob_keys))) if blob_keys else []
     write_rows: list[Row] = yield fetch(checkpoint_sql.select_writes(
         [(row["session_id"], row["checkpoint_ns"], row["checkpoint_id"]) for row in found]))
@@ -264,7 +269,9 @@ def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | N
     sessions: list[UUID] = []
     starts: list[int] = []
     ends: list[int] = []
-    for item in (*blob_rows, *write_rows):
+    lists = [{"session_id": row["session_id"], "message_runs": runs, "channel": channel} for row in found
+             for channel, runs in row["checkpoint"].get(_RUNS_KEY, {}).items()]
+    for item in (*lists, *write_rows):
         runs = item["message_runs"]
         if runs is not None:
             item["first_run"] = len(starts)
@@ -279,7 +286,7 @@ def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | N
     decoded: dict[tuple[UUID, int], BaseMessage] = {}
 
     def value_of(item: Row) -> Any:
-        if item["message_runs"] is None:
+        if item.get("message_runs") is None:
             return serde.loads_typed((item["type"], item["blob"]))
         messages: list[BaseMessage] = []
         first = item["first_run"]
@@ -298,10 +305,15 @@ def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | N
         writes.setdefault((w["session_id"], w["checkpoint_ns"], w["checkpoint_id"]), []).append(
             (w["task_id"], w["channel"], value_of(w)))
     tuples = []
+    listed = iter(lists)
     for row in found:
         body = row["checkpoint"]
-        values = {}
+        values = dict(body.get("channel_values", {}))
+        for channel in body.pop(_RUNS_KEY, {}):
+            values[channel] = value_of(next(listed))
         for channel, version in body.get("channel_versions", {}).items():
+            if channel in values:
+                continue
             blob = blobs.get((row["session_id"], row["checkpoint_ns"], channel, str(version)))
             if blob is not None and blob["type"] != "empty":
                 values[channel] = value_of(blob)
@@ -346,12 +358,28 @@ def _copy_thread(source: UUID, target: UUID, target_name: str | None) -> PlanGen
     yield execute(checkpoint_sql.upsert_session(target, target_name, None))
     old: list[Row] = yield fetch(checkpoint_sql.message_keys(source))
     new: list[Row] = (yield fetch(checkpoint_sql.copy_messages(source, target))) if old else []
-    new_seqs = sorted(row["seq"] for row in new)
-    for statement in checkpoint_sql.copy_checkpoints(source, target, [row["seq"] for row in old], new_seqs):
+    renumber = dict(zip((row["seq"] for row in old), sorted(row["seq"] for row in new), strict=True))
+    checkpoints: list[Row] = yield fetch(checkpoint_sql.source_checkpoints(source))
+    for row in checkpoints:
+        lists = row["checkpoint"].get(_RUNS_KEY)
+        if lists:
+            row["checkpoint"][_RUNS_KEY] = {channel: [renumber[seq] for seq in runs] for channel, runs in lists.items()}
+    if checkpoints:
+        yield execute(checkpoint_sql.insert_checkpoints(target, checkpoints))
+    for statement in checkpoint_sql.copy_blobs_and_writes(source, target, list(renumber), list(renumber.values())):
         yield execute(statement)
 
 
 # -- the saver -----------------------------------------------------------------------------------------------
+
+
+def _inline(value: Any) -> bool:
+    """Return True for a value that jsonb keeps exactly (None, bool, int, finite float, text without NUL)."""
+    if value is None or type(value) in (bool, int):
+        return True
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is str and "\x00" not in value
 
 
 def _dumps_metadata(value: Any) -> str:
@@ -359,7 +387,7 @@ def _dumps_metadata(value: Any) -> str:
     return json.dumps(value, default=str).replace("\\u0000", "")
 
 
-class SonyCheckpointer(BaseCheckpointSaver[str]):
+class SonyCheckpointer(BaseCheckpointSaver[float]):
     """LangGraph checkpointer (sync and async) on the chat tables; the conversation stays readable in SQL.
 
     Setup:
@@ -399,17 +427,12 @@ class SonyCheckpointer(BaseCheckpointSaver[str]):
 
     # -- versions ---------------------------------------------------------------------------------------
 
-    def get_next_version(self, current: str | None, channel: None = None) -> str:
-        """Return the version after ``current``: zero-padded counter plus a random tail, unique across forks."""
-        if current is None:
-            number = 0
-        elif isinstance(current, int | float):
-            number = int(current)
-        else:
-            number = int(str(current).split(".", 1)[0])
-        # A fork (time travel, then a new step) reaches the same counter again: the tail keeps its versions
-        # apart from the original timeline's, which stay stored.
-        return f"{number + 1:010d}.{secrets.token_hex(4)}"
+    def get_next_version(self, current: float | None, channel: None = None) -> float:
+        """Return the version after ``current``: the next whole number plus a random fraction (unique per fork)."""
+        number = 0 if current is None else int(float(str(current).split(".", 1)[0]))
+        # A fork (time travel, then a new step) reaches the same whole number again: the fraction keeps its
+        # versions apart from the original timeline's, which stay stored. Short, unlike zero-padded strings.
+        return round(number + 1 + (secrets.randbelow(999_999) + 1) / 1_000_000, 6)
 
     # -- planning (no I/O) ------------------------------------------------------------------------------
 
@@ -417,24 +440,26 @@ class SonyCheckpointer(BaseCheckpointSaver[str]):
                   new_versions: ChannelVersions, as_blob: set[str]) -> _Put:
         session_id, name, _ = _thread_of(config)
         namespace = _namespace(config)
-        body = {key: value for key, value in checkpoint.items() if key != "channel_values"}
         values = checkpoint["channel_values"]
+        rows: dict[str, list[BaseMessage]] = {}
+        inline: dict[str, Any] = {}
+        for channel, value in values.items():
+            messages = None if channel in as_blob else _as_rows(channel, namespace, value)
+            if messages is not None:
+                rows[channel] = messages
+            elif _inline(value):
+                inline[channel] = value  # small values ride in the checkpoint's own row, as PostgresSaver does
         blobs: list[tuple[str, str, str, bytes | None]] = []
-        rows: dict[str, tuple[str, list[BaseMessage]]] = {}
         for channel, version in new_versions.items():
             if channel not in values:
                 blobs.append((channel, str(version), "empty", None))
-                continue
-            messages = None if channel in as_blob else _as_rows(channel, namespace, values[channel])
-            if messages is not None:
-                rows[channel] = (str(version), messages)
-            else:
+            elif channel not in rows and channel not in inline:
                 blobs.append((channel, str(version), *self.serde.dumps_typed(values[channel])))
+        body = {key: value for key, value in checkpoint.items() if key != "channel_values"}
+        body["channel_values"] = inline
         stored_metadata = json.loads(_dumps_metadata(get_serializable_checkpoint_metadata(config, metadata)))
-        run_id = stored_metadata.get("run_id")
-        return _Put(session_id, name, namespace, checkpoint["id"], get_checkpoint_id(config),
-                    None if run_id is None else str(run_id), body, stored_metadata, _page_context(config), blobs,
-                    rows)
+        return _Put(session_id, name, namespace, checkpoint["id"], get_checkpoint_id(config), body, stored_metadata,
+                    _page_context(config), blobs, rows)
 
     def _plan_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                      task_path: str) -> Any:

@@ -132,10 +132,8 @@ chat_checkpoints = Table(
     _namespace(),
     Column("checkpoint_id", Text, primary_key=True),
     Column("parent_checkpoint_id", Text),
-    Column("run_id", Text),
     Column("checkpoint", JSONB, nullable=False),
     _jsonb(),
-    Index("idx_chat_checkpoints_run_id", "run_id"),
 )
 
 chat_checkpoint_blobs = Table(
@@ -146,7 +144,6 @@ chat_checkpoint_blobs = Table(
     Column("version", Text, primary_key=True),
     Column("type", Text, nullable=False),
     Column("blob", LargeBinary),
-    Column("message_runs", ARRAY(BigInteger)),
 )
 
 chat_checkpoint_writes = Table(

@@ -55,33 +55,29 @@ def insert_messages(session_id: UUID, keys: Sequence[str], roles: Sequence[str],
 
 
 def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, parent_id: str | None,
-                      run_id: str | None, checkpoint: dict[str, Any], metadata: dict[str, Any],
-                      blobs: Sequence[tuple[str, str, str, bytes | None, list[int] | None]]) -> Query:
-    """Return one statement storing new channel versions ``(channel, version, type, blob, runs)`` and a checkpoint.
+                      checkpoint: dict[str, Any], metadata: dict[str, Any],
+                      blobs: Sequence[tuple[str, str, str, bytes | None]]) -> Query:
+    """Return one statement storing new channel versions ``(channel, version, type, blob)`` and a checkpoint.
 
     A checkpoint stored again under its id is replaced; a channel version already stored is kept as it is.
     """
     p = Params()
-    channels, versions, types, data, runs = (list(column) for column in zip(*blobs, strict=True)) if blobs \
-        else ([], [], [], [], [])
+    channels, versions, types, data = (list(column) for column in zip(*blobs, strict=True)) if blobs \
+        else ([], [], [], [])
     session = p.add(session_id, "uuid")
     namespace = p.add(checkpoint_ns, "text")
-    # Runs are flattened into one bigint[] per row as "start, length, ..." text: arrays of unequal lengths
-    # cannot be unnested side by side, so each row's runs travel as one text value and are cast back.
     query = sql.SQL(
-        "WITH blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob, "
-        "message_runs) SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob, b.runs::bigint[] "
-        "FROM unnest({}, {}, {}, {}::bytea[], {}) AS b(channel, version, type, blob, runs) "
-        "ON CONFLICT DO NOTHING) "
-        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, "
-        "checkpoint, metadata) VALUES ({session}, {namespace}, {}, {}, {}, {}, {}) "
+        "WITH blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
+        "SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob "
+        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING) "
+        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+        "metadata) VALUES ({session}, {namespace}, {}, {}, {}, {}) "
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
-        "metadata = EXCLUDED.metadata, run_id = EXCLUDED.run_id"
+        "metadata = EXCLUDED.metadata"
     ).format(
         p.add(channels, "text[]"), p.add(versions, "text[]"), p.add(types, "text[]"), p.add(data),
-        p.add([_runs_text(r) for r in runs], "text[]"),
-        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(run_id, "text"), p.add(Jsonb(checkpoint)),
-        p.add(Jsonb(metadata)), session=session, namespace=namespace,
+        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Jsonb(checkpoint)), p.add(Jsonb(metadata)),
+        session=session, namespace=namespace,
     )
     return query, p.values
 
@@ -161,7 +157,7 @@ def select_blobs(keys: Sequence[tuple[UUID, str, str, str]]) -> Query:
     p = Params()
     sessions, namespaces, channels, versions = (list(column) for column in zip(*keys, strict=True))
     return sql.SQL(
-        "SELECT b.session_id, b.checkpoint_ns, b.channel, b.version, b.type, b.blob, b.message_runs "
+        "SELECT b.session_id, b.checkpoint_ns, b.channel, b.version, b.type, b.blob "
         "FROM unnest({}, {}, {}, {}) AS k(session_id, checkpoint_ns, channel, version) "
         "JOIN chat_checkpoint_blobs b USING (session_id, checkpoint_ns, channel, version)"
     ).format(p.add(sessions, "uuid[]"), p.add(namespaces, "text[]"), p.add(channels, "text[]"),
@@ -208,7 +204,7 @@ def delete_runs(run_ids: Sequence[str]) -> Query:
     """Return one statement deleting the checkpoints made by the given runs and their pending writes."""
     p = Params()
     return sql.SQL(
-        "WITH gone AS (DELETE FROM chat_checkpoints WHERE run_id = ANY({}) "
+        "WITH gone AS (DELETE FROM chat_checkpoints WHERE metadata ->> 'run_id' = ANY({}) "
         "RETURNING session_id, checkpoint_ns, checkpoint_id) "
         "DELETE FROM chat_checkpoint_writes w USING gone WHERE w.session_id = gone.session_id "
         "AND w.checkpoint_ns = gone.checkpoint_ns AND w.checkpoint_id = gone.checkpoint_id"
@@ -248,31 +244,48 @@ def copy_messages(source: UUID, target: UUID) -> Query:
     ).format(p.add(target, "uuid"), p.add(source, "uuid")), p.values
 
 
-def copy_checkpoints(source: UUID, target: UUID, old_seqs: Sequence[int], new_seqs: Sequence[int]) -> list[Query]:
-    """Return the statements copying a session's checkpoints, blobs and writes, with message runs renumbered."""
+def source_checkpoints(source: UUID) -> Query:
+    """Return a SELECT of every checkpoint of a session, for copying."""
+    p = Params()
+    return sql.SQL(
+        "SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata FROM chat_checkpoints "
+        "WHERE session_id = {}"
+    ).format(p.add(source, "uuid")), p.values
+
+
+def insert_checkpoints(target: UUID, rows: Sequence[Mapping[str, Any]]) -> Query:
+    """Return one INSERT of checkpoint rows (as ``source_checkpoints`` returns them) into a session."""
+    p = Params()
+    return sql.SQL(
+        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+        "metadata) SELECT {}, c.ns, c.id, c.parent, c.checkpoint, c.metadata FROM unnest({}, {}, {}, {}, {}) "
+        "AS c(ns, id, parent, checkpoint, metadata) ON CONFLICT DO NOTHING"
+    ).format(p.add(target, "uuid"), p.add([r["checkpoint_ns"] for r in rows], "text[]"),
+             p.add([r["checkpoint_id"] for r in rows], "text[]"),
+             p.add([r["parent_checkpoint_id"] for r in rows], "text[]"),
+             p.add([Jsonb(r["checkpoint"]) for r in rows], "jsonb[]"),
+             p.add([Jsonb(r["metadata"]) for r in rows], "jsonb[]")), p.values
+
+
+def copy_blobs_and_writes(source: UUID, target: UUID, old_seqs: Sequence[int],
+                          new_seqs: Sequence[int]) -> list[Query]:
+    """Return the statements copying a session's channel versions and writes, with message runs renumbered."""
     p = Params()
     src, dst = p.add(source, "uuid"), p.add(target, "uuid")
     old, new = p.add(list(old_seqs), "bigint[]"), p.add(list(new_seqs), "bigint[]")
-    renumbered = sql.SQL(
-        "(SELECT array_agg(m.new_seq ORDER BY r.position) FROM unnest({col}) WITH ORDINALITY AS r(seq, position) "
-        "JOIN unnest({old}, {new}) AS m(old_seq, new_seq) ON m.old_seq = r.seq)"
-    )
-    blob_runs = renumbered.format(col=sql.SQL("b.message_runs"), old=old, new=new)
-    write_runs = renumbered.format(col=sql.SQL("w.message_runs"), old=old, new=new)
-    checkpoints = sql.SQL(
-        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, "
-        "checkpoint, metadata) SELECT {dst}, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, "
-        "checkpoint, metadata FROM chat_checkpoints WHERE session_id = {src} ON CONFLICT DO NOTHING"
-    ).format(src=src, dst=dst)
+    write_runs = sql.SQL(
+        "(SELECT array_agg(m.new_seq ORDER BY r.position) FROM unnest(w.message_runs) WITH ORDINALITY "
+        "AS r(seq, position) JOIN unnest({old}, {new}) AS m(old_seq, new_seq) ON m.old_seq = r.seq)"
+    ).format(old=old, new=new)
     blobs = sql.SQL(
-        "INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob, message_runs) "
-        "SELECT {dst}, b.checkpoint_ns, b.channel, b.version, b.type, b.blob, {runs} "
-        "FROM chat_checkpoint_blobs b WHERE b.session_id = {src} ON CONFLICT DO NOTHING"
-    ).format(src=src, dst=dst, runs=blob_runs)
+        "INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
+        "SELECT {dst}, checkpoint_ns, channel, version, type, blob "
+        "FROM chat_checkpoint_blobs WHERE session_id = {src} ON CONFLICT DO NOTHING"
+    ).format(src=src, dst=dst)
     writes = sql.SQL(
         "INSERT INTO chat_checkpoint_writes (session_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, "
         "blob, message_runs, task_path) SELECT {dst}, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, "
         "w.channel, w.type, w.blob, {runs}, w.task_path FROM chat_checkpoint_writes w WHERE w.session_id = {src} "
         "ON CONFLICT DO NOTHING"
     ).format(src=src, dst=dst, runs=write_runs)
-    return [(checkpoints, p.values), (blobs, p.values), (writes, p.values)]
+    return [(blobs, p.values), (writes, p.values)]

@@ -239,11 +239,12 @@ async def test_storage_stays_linear_in_the_conversation(db: Database) -> None:
     with db.pool().connection() as conn:
         rows, runs, write_blobs, write_runs = conn.execute(
             "SELECT (SELECT count(*) FROM chat_messages), "
-            "(SELECT max(cardinality(message_runs)) FROM chat_checkpoint_blobs), "
+            "(SELECT max(jsonb_array_length(checkpoint -> 'sony_rag_message_runs' -> 'messages')) "
+            "FROM chat_checkpoints), "
             "(SELECT count(*) FROM chat_checkpoint_writes WHERE channel = 'messages' AND blob IS NOT NULL), "
             "(SELECT count(*) FROM chat_checkpoint_writes WHERE message_runs IS NOT NULL)").fetchone()  # type: ignore[misc]
     assert rows == 60
-    assert runs == 2  # every stored list of the thread is one run: its first and last row
+    assert runs == 2  # every checkpoint's list is one run: its first and last row
     # Pending writes of messages point at the rows too: the put after each step points them there.
     assert write_runs == 60
     assert write_blobs == 0
