@@ -54,3 +54,6 @@ CREATE TABLE chat_checkpoint_writes (
     CONSTRAINT chat_checkpoint_writes_session_id_fkey FOREIGN KEY (session_id)
         REFERENCES chat_sessions (session_id) ON DELETE CASCADE
 );
+-- The writes of messages a put may point at rows: few at any time, found without reading the thread's others.
+CREATE INDEX idx_chat_checkpoint_writes_pending_messages ON chat_checkpoint_writes (session_id)
+    WHERE checkpoint_ns = '' AND channel = 'messages' AND message_runs IS NULL AND blob IS NOT NULL;

@@ -46,7 +46,7 @@ from sony_rag.executor import PlanGenerator, execute, fetch, plan
 from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 from sony_rag.sql import checkpoints as checkpoint_sql
 
-__all__ = ["MESSAGES_CHANNEL", "SonyCheckpointer", "session_id_for_thread"]
+__all__ = ["MESSAGES_CHANNEL", "SonyCheckpointer", "message_from_row", "session_id_for_thread"]
 
 MESSAGES_CHANNEL: Final = "messages"
 # The stored type of a channel value or write kept as chat_messages rows (its blob column is NULL).
@@ -114,6 +114,18 @@ def message_key(message: BaseMessage) -> str:
     return f"{message.id}:{hashlib.blake2b(fields, digest_size=8).hexdigest()}"
 
 
+def message_from_row(row: Mapping[str, Any]) -> BaseMessage:
+    """Return the message of a ``chat_messages`` row; one stored without an id gets the row's ``message_id``.
+
+    Every message of the agent's state needs an id (``add_messages`` matches on it), and the row's own id is
+    what makes a row written by the history class recognisable when the checkpointer meets it again.
+    """
+    message = decode_message(row["role"], row["content"], row["metadata"], owned=True)
+    if message.id is None:
+        message.id = str(row["message_id"])
+    return message
+
+
 def _as_rows(channel: str, namespace: str, value: Any) -> list[BaseMessage] | None:
     """Return ``value`` as messages to keep as rows, or None when it goes to a blob instead."""
     if channel != MESSAGES_CHANNEL or namespace != "" or not isinstance(value, list) or not value:
@@ -159,6 +171,14 @@ def _store_rows(session_id: UUID, messages: Sequence[BaseMessage],
     found: list[Row] = yield fetch(checkpoint_sql.message_keys(session_id))
     rows = _Rows({row["message_key"]: row["seq"] for row in found if row["message_key"] is not None},
                  {row["seq"]: position for position, row in enumerate(found)})
+    # Rows written by the history class (no key) whose message is in the list are adopted, not written again:
+    # a conversation begun through SonyChatMessageHistory continues in the checkpointer without duplicates.
+    adoptable = {row["adoptable"]: row["seq"] for row in reversed(found) if row["adoptable"] is not None}
+    adopted = [(adoptable.pop(message.id), key) for key, message in zip(keys, messages, strict=True)
+               if key not in rows.seq_of and message.id in adoptable]
+    if adopted:
+        yield execute(checkpoint_sql.adopt_rows(session_id, [seq for seq, _ in adopted], [key for _, key in adopted]))
+        rows.seq_of.update((key, seq) for seq, key in adopted)
     missing = [(key, message) for key, message in zip(keys, messages, strict=True) if key not in rows.seq_of]
     if missing:
         try:
@@ -174,26 +194,24 @@ def _store_rows(session_id: UUID, messages: Sequence[BaseMessage],
     return runs_of([rows.seq_of[key] for key in keys], rows.order), rows
 
 
-def _compact_writes(serde: SerializerProtocol, session_id: UUID, rows: _Rows) -> PlanGenerator[None]:
-    """Turn pending writes of messages that now have rows into runs, so a message's bytes are stored once.
+def _compactable(serde: SerializerProtocol, pending: Sequence[Row],
+                 rows: _Rows) -> list[tuple[str, str, int, list[int]]]:
+    """Return the pending writes of messages that now have rows, with their runs: their blobs can go.
 
     Writes arrive from LangGraph's background tasks in any order, so they are stored as blobs (rows are written
     by puts only, in the conversation's order); each put then points the writes whose messages it has stored at
     their rows. A write whose messages are not all rows yet stays a blob until a later put.
     """
-    pending: list[Row] = yield fetch(checkpoint_sql.message_writes_as_blobs(session_id, MESSAGES_CHANNEL))
-    keys: list[tuple[str, str, int]] = []
-    runs: list[list[int]] = []
+    compacted = []
     for write in pending:
         messages = _as_rows(MESSAGES_CHANNEL, "", serde.loads_typed((write["type"], write["blob"])))
         if messages is None:
             continue
         seqs = [rows.seq_of.get(message_key(message)) for message in messages]
         if all(seq is not None for seq in seqs):
-            keys.append((write["checkpoint_id"], write["task_id"], write["idx"]))
-            runs.append(runs_of([seq for seq in seqs if seq is not None], rows.order))
-    if keys:
-        yield execute(checkpoint_sql.writes_to_runs(session_id, keys, runs, _ROWS_TYPE))
+            runs = runs_of([seq for seq in seqs if seq is not None], rows.order)
+            compacted.append((write["checkpoint_id"], write["task_id"], write["idx"], runs))
+    return compacted
 
 
 # -- plans -------------------------------------------------------------------------------------------------
@@ -218,17 +236,19 @@ class _Put:
 @plan(read_only=False)
 def _put(serde: SerializerProtocol, put: _Put) -> PlanGenerator[None]:
     """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint."""
-    yield execute(checkpoint_sql.upsert_session(put.session_id, put.thread_name, put.page_context))
+    pending: list[Row] = yield fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context,
+                                                                  MESSAGES_CHANNEL))
     runs: dict[str, list[int]] = {}
+    compacted: list[tuple[str, str, int, list[int]]] = []
     for channel, messages in put.rows.items():
         stored = yield from _store_rows(put.session_id, messages, put.page_context)
         if stored is None:
             raise _NotRows(channel)
         runs[channel] = stored[0]
-        yield from _compact_writes(serde, put.session_id, stored[1])
+        compacted = _compactable(serde, pending, stored[1])
     body = {**put.body, _RUNS_KEY: runs} if runs else put.body
     yield execute(checkpoint_sql.insert_checkpoint(put.session_id, put.namespace, put.checkpoint_id, put.parent_id,
-                                                   body, put.metadata, put.blobs))
+                                                   body, put.metadata, put.blobs, compacted, _ROWS_TYPE))
 
 
 class _NotRows(Exception):
@@ -242,11 +262,10 @@ class _NotRows(Exception):
 @plan(read_only=False)
 def _put_writes(session_id: UUID, thread_name: str | None, namespace: str, checkpoint_id: str, task_id: str,
                 task_path: str, writes: list[tuple[int, str, str, bytes | None, list[int] | None]],
-                page_context: str | None, replace: bool) -> PlanGenerator[None]:
+                replace: bool) -> PlanGenerator[None]:
     """Store the pending writes of a task (as blobs: the next put points those of messages at their rows)."""
-    yield execute(checkpoint_sql.upsert_session(session_id, thread_name, page_context))
-    yield execute(checkpoint_sql.insert_writes(session_id, namespace, checkpoint_id, task_id, task_path, writes,
-                                               replace=replace))
+    yield execute(checkpoint_sql.insert_writes(session_id, thread_name, namespace, checkpoint_id, task_id,
+                                               task_path, writes, replace=replace))
 
 
 @plan(read_only=True)
@@ -294,8 +313,7 @@ def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | N
             for message_row in by_run.get(run, []):
                 key = (item["session_id"], message_row["seq"])
                 if key not in decoded:
-                    decoded[key] = decode_message(message_row["role"], message_row["content"],
-                                                  message_row["metadata"])
+                    decoded[key] = message_from_row(message_row)
                 messages.append(decoded[key])
         return messages
 
@@ -471,8 +489,8 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
             (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value), None)
             for idx, (channel, value) in enumerate(writes)]
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
-        return _put_writes(session_id, name, _namespace(config), checkpoint_id, task_id, task_path, stored,
-                           _page_context(config), replace)
+        _page_context(config)  # refused here like in put, so a bad one fails the run at its first write
+        return _put_writes(session_id, name, _namespace(config), checkpoint_id, task_id, task_path, stored, replace)
 
     def _plan_load(self, config: RunnableConfig | None, *, filter: Mapping[str, Any] | None = None,
                    before: RunnableConfig | None = None, limit: int | None = None, latest: bool = False) -> Any:

@@ -167,8 +167,12 @@ def encode_message(message: BaseMessage) -> EncodedMessage:
     )
 
 
-def decode_message(role: str, content: str, metadata: Mapping[str, Any] | None) -> BaseMessage:
-    """Return the message a row stands for; raises InvalidRoleError or InvalidMetadataError for a bad row."""
+def decode_message(role: str, content: str, metadata: Mapping[str, Any] | None, *,
+                   owned: bool = False) -> BaseMessage:
+    """Return the message a row stands for; raises InvalidRoleError or InvalidMetadataError for a bad row.
+
+    ``owned``: the caller hands ``metadata`` over (freshly read, used nowhere else), so it is not copied.
+    """
     role_class = _CLASS_BY_ROLE[validation.role(role)]
     validation.required_text(content, "content")
     if metadata is None:
@@ -189,7 +193,7 @@ def decode_message(role: str, content: str, metadata: Mapping[str, Any] | None) 
         raise InvalidMetadataError("metadata 'data' must be a JSON object")
 
     # Deep copy so the message never shares mutable state with the caller's metadata.
-    fields = copy.deepcopy(dict(data))
+    fields = dict(data) if owned else copy.deepcopy(dict(data))
     fields.setdefault("content", content)
     # Besides pydantic's ValidationError, LangChain's own "before" validators raise KeyError or
     # AttributeError on malformed fields, so any failure here means the stored data is bad.

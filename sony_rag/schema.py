@@ -158,6 +158,9 @@ chat_checkpoint_writes = Table(
     Column("blob", LargeBinary),
     Column("message_runs", ARRAY(BigInteger)),
     Column("task_path", Text, nullable=False, server_default=text("''::text")),
+    Index("idx_chat_checkpoint_writes_pending_messages", "session_id",
+          postgresql_where=text("checkpoint_ns = '' AND channel = 'messages' AND message_runs IS NULL "
+                                "AND blob IS NOT NULL")),
 )
 
 # Tables whose updated_at a trigger keeps current, with the trigger's name.

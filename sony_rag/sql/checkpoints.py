@@ -29,12 +29,36 @@ def upsert_session(session_id: UUID, thread_name: str | None, current_page: str 
     ).format(p.add(session_id, "uuid"), p.add(current_page, "text"), p.add(Jsonb(metadata))), p.values
 
 
+def touch_session(session_id: UUID, thread_name: str | None, current_page: str | None, channel: str) -> Query:
+    """Return ``upsert_session`` (which locks the session's row) and, in the same round trip, a SELECT of the
+    session's root-namespace pending writes to ``channel`` still stored as blobs."""
+    upsert, p = upsert_session(session_id, thread_name, current_page)
+    params = Params(dict(p))
+    return sql.SQL(
+        "WITH touched AS ({}) SELECT checkpoint_id, task_id, idx, type, blob FROM chat_checkpoint_writes "
+        "WHERE session_id = {} AND checkpoint_ns = '' AND channel = {} AND message_runs IS NULL "
+        "AND blob IS NOT NULL"
+    ).format(upsert, params.add(session_id, "uuid"), params.add(channel, "text")), params.values
+
+
 def message_keys(session_id: UUID) -> Query:
-    """Return a SELECT of every message row of a session (seq and message_key), in writing order."""
+    """Return a SELECT of every message row of a session in writing order: seq, message_key, and for rows
+    written without a key (by the history class) the message id they decode to (``adoptable``)."""
     p = Params()
     return sql.SQL(
-        "SELECT seq, message_key FROM chat_messages WHERE session_id = {} ORDER BY seq"
+        "SELECT seq, message_key, CASE WHEN message_key IS NULL THEN "
+        "coalesce(metadata -> 'data' ->> 'id', message_id::text) END AS adoptable "
+        "FROM chat_messages WHERE session_id = {} ORDER BY seq"
     ).format(p.add(session_id)), p.values
+
+
+def adopt_rows(session_id: UUID, seqs: Sequence[int], keys: Sequence[str]) -> Query:
+    """Return an UPDATE giving rows written without a key (``seqs``) the message keys of the agent's state."""
+    p = Params()
+    return sql.SQL(
+        "UPDATE chat_messages m SET message_key = a.message_key FROM unnest({}, {}) AS a(seq, message_key) "
+        "WHERE m.session_id = {} AND m.seq = a.seq AND m.message_key IS NULL"
+    ).format(p.add(list(seqs), "bigint[]"), p.add(list(keys), "text[]"), p.add(session_id, "uuid")), p.values
 
 
 def insert_messages(session_id: UUID, keys: Sequence[str], roles: Sequence[str], contents: Sequence[str],
@@ -56,8 +80,10 @@ def insert_messages(session_id: UUID, keys: Sequence[str], roles: Sequence[str],
 
 def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, parent_id: str | None,
                       checkpoint: dict[str, Any], metadata: dict[str, Any],
-                      blobs: Sequence[tuple[str, str, str, bytes | None]]) -> Query:
-    """Return one statement storing new channel versions ``(channel, version, type, blob)`` and a checkpoint.
+                      blobs: Sequence[tuple[str, str, str, bytes | None]],
+                      compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str) -> Query:
+    """Return one statement storing new channel versions ``(channel, version, type, blob)`` and a checkpoint,
+    and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
 
     A checkpoint stored again under its id is replaced; a channel version already stored is kept as it is.
     """
@@ -66,16 +92,24 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
         else ([], [], [], [])
     session = p.add(session_id, "uuid")
     namespace = p.add(checkpoint_ns, "text")
+    ids, tasks, indexes, runs = (list(column) for column in zip(*compacted, strict=True)) if compacted \
+        else ([], [], [], [])
     query = sql.SQL(
         "WITH blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
         "SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob "
-        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING) "
+        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING), "
+        "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = u.runs::bigint[] "
+        "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {session} "
+        "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id "
+        "AND w.idx = u.idx) "
         "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
         "metadata) VALUES ({session}, {namespace}, {}, {}, {}, {}) "
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
         "metadata = EXCLUDED.metadata"
     ).format(
         p.add(channels, "text[]"), p.add(versions, "text[]"), p.add(types, "text[]"), p.add(data),
+        p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
+        p.add([_runs_text(r) for r in runs], "text[]"),
         p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Jsonb(checkpoint)), p.add(Jsonb(metadata)),
         session=session, namespace=namespace,
     )
@@ -86,45 +120,33 @@ def _runs_text(runs: list[int] | None) -> str | None:
     return None if runs is None else "{" + ",".join(str(value) for value in runs) + "}"
 
 
-def insert_writes(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, task_id: str, task_path: str,
-                  writes: Sequence[tuple[int, str, str, bytes | None, list[int] | None]], *, replace: bool) -> Query:
-    """Return an INSERT of pending writes ``(idx, channel, type, blob, runs)``; ``replace`` overwrites same idx."""
+def insert_writes(session_id: UUID, thread_name: str | None, checkpoint_ns: str, checkpoint_id: str,
+                  task_id: str, task_path: str, writes: Sequence[tuple[int, str, str, bytes | None, list[int] | None]],
+                  *, replace: bool) -> Query:
+    """Return an INSERT of pending writes ``(idx, channel, type, blob, runs)``; ``replace`` overwrites same idx.
+
+    The thread's session is created when missing, without locking an existing one: LangGraph writes a step's
+    tasks from several threads at once, and they must not queue behind each other.
+    """
     p = Params()
+    metadata = {"langgraph_thread_id": thread_name} if thread_name is not None else {}
     indexes, channels, types, data, runs = (list(column) for column in zip(*writes, strict=True))
     conflict = (sql.SQL("DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, "
                         "message_runs = EXCLUDED.message_runs") if replace else sql.SQL("DO NOTHING"))
+    session = p.add(session_id, "uuid")
     return sql.SQL(
+        "WITH session AS (INSERT INTO chat_sessions (session_id, metadata) VALUES ({session}, {}) "
+        "ON CONFLICT (session_id) DO NOTHING) "
         "INSERT INTO chat_checkpoint_writes (session_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, "
-        "channel, type, blob, message_runs) SELECT {}, {}, {}, {}, {}, w.idx, w.channel, w.type, w.blob, "
+        "channel, type, blob, message_runs) SELECT {session}, {}, {}, {}, {}, w.idx, w.channel, w.type, w.blob, "
         "w.runs::bigint[] FROM unnest({}, {}, {}, {}::bytea[], {}) AS w(idx, channel, type, blob, runs) "
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id, task_id, idx) {}"
     ).format(
-        p.add(session_id, "uuid"), p.add(checkpoint_ns, "text"), p.add(checkpoint_id, "text"),
+        p.add(Jsonb(metadata)), p.add(checkpoint_ns, "text"), p.add(checkpoint_id, "text"),
         p.add(task_id, "text"), p.add(task_path, "text"), p.add(indexes, "int[]"), p.add(channels, "text[]"),
         p.add(types, "text[]"), p.add(data), p.add([_runs_text(r) for r in runs], "text[]"), conflict,
+        session=session,
     ), p.values
-
-
-def message_writes_as_blobs(session_id: UUID, channel: str) -> Query:
-    """Return a SELECT of a session's root-namespace pending writes to ``channel`` still stored as blobs."""
-    p = Params()
-    return sql.SQL(
-        "SELECT checkpoint_id, task_id, idx, type, blob FROM chat_checkpoint_writes WHERE session_id = {} "
-        "AND checkpoint_ns = '' AND channel = {} AND message_runs IS NULL AND blob IS NOT NULL"
-    ).format(p.add(session_id, "uuid"), p.add(channel, "text")), p.values
-
-
-def writes_to_runs(session_id: UUID, keys: Sequence[tuple[str, str, int]], runs: Sequence[list[int]],
-                   rows_type: str) -> Query:
-    """Return an UPDATE pointing root-namespace writes ``(checkpoint_id, task_id, idx)`` at message runs."""
-    p = Params()
-    ids, tasks, indexes = (list(column) for column in zip(*keys, strict=True))
-    return sql.SQL(
-        "UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = u.runs::bigint[] "
-        "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {} "
-        "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id AND w.idx = u.idx"
-    ).format(p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
-             p.add([_runs_text(r) for r in runs], "text[]"), p.add(session_id, "uuid")), p.values
 
 
 def select_checkpoints(session_id: UUID | None, checkpoint_ns: str | None, checkpoint_id: str | None,
@@ -180,7 +202,7 @@ def select_runs(session_ids: Sequence[UUID], starts: Sequence[int], ends: Sequen
     """Return a SELECT of the message rows in each run ``(session, first seq, last seq)``, run by run, in order."""
     p = Params()
     return sql.SQL(
-        "SELECT r.run, m.seq, m.role, m.content, m.metadata FROM unnest({}, {}, {}) WITH ORDINALITY "
+        "SELECT r.run, m.seq, m.message_id, m.role, m.content, m.metadata FROM unnest({}, {}, {}) WITH ORDINALITY "
         "AS r(session_id, first_seq, last_seq, run) JOIN chat_messages m ON m.session_id = r.session_id "
         "AND m.seq BETWEEN r.first_seq AND r.last_seq ORDER BY r.run, m.seq"
     ).format(p.add(list(session_ids), "uuid[]"), p.add(list(starts), "bigint[]"),
