@@ -125,8 +125,9 @@ def insert_writes(session_id: UUID, thread_name: str | None, checkpoint_ns: str,
                   *, replace: bool) -> Query:
     """Return an INSERT of pending writes ``(idx, channel, type, blob, runs)``; ``replace`` overwrites same idx.
 
-    The thread's session is created when missing, without locking an existing one: LangGraph writes a step's
-    tasks from several threads at once, and they must not queue behind each other.
+    The thread's session is created when missing, without touching an existing one: LangGraph writes a step's
+    tasks from several threads at once, beside the put that locks the session's row. (An INSERT ... ON CONFLICT
+    alone would wait for that put to commit; NOT EXISTS reads the committed row and does not.)
     """
     p = Params()
     metadata = {"langgraph_thread_id": thread_name} if thread_name is not None else {}
@@ -135,7 +136,8 @@ def insert_writes(session_id: UUID, thread_name: str | None, checkpoint_ns: str,
                         "message_runs = EXCLUDED.message_runs") if replace else sql.SQL("DO NOTHING"))
     session = p.add(session_id, "uuid")
     return sql.SQL(
-        "WITH session AS (INSERT INTO chat_sessions (session_id, metadata) VALUES ({session}, {}) "
+        "WITH session AS (INSERT INTO chat_sessions (session_id, metadata) SELECT {session}, {} "
+        "WHERE NOT EXISTS (SELECT 1 FROM chat_sessions WHERE session_id = {session}) "
         "ON CONFLICT (session_id) DO NOTHING) "
         "INSERT INTO chat_checkpoint_writes (session_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, "
         "channel, type, blob, message_runs) SELECT {session}, {}, {}, {}, {}, w.idx, w.channel, w.type, w.blob, "
