@@ -1,6 +1,7 @@
 """sony-rag: conversation memory and filtered similarity retrieval for LangChain agents on Postgres + pgvector."""
 
 from sony_rag.chat_history import SonyChatMessageHistory
+from sony_rag.checkpointer import SonyCheckpointer
 from sony_rag.connection import Database
 from sony_rag.database import (
     batch_insert_embeddings,
@@ -68,6 +69,7 @@ __all__ = [
     "SessionNotFoundError",
     "Settings",
     "SonyChatMessageHistory",
+    "SonyCheckpointer",
     "SonyRagError",
     "SonyVectorStore",
     "arecord_selection",
