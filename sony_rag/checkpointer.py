@@ -19,7 +19,9 @@ import hashlib
 import json
 import math
 import secrets
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -109,9 +111,46 @@ def _page_context(config: RunnableConfig) -> str | None:
 
 
 def message_key(message: BaseMessage) -> str:
-    """Return the row key of a message: its id and a digest of its fields (a replaced message gets a new key)."""
-    fields = repr((type(message).__name__, message.__dict__)).encode("utf-8", "surrogatepass")
-    return f"{message.id}:{hashlib.blake2b(fields, digest_size=8).hexdigest()}"
+    """Return the row key of a message: its id and a digest of its fields (a replaced message gets a new key).
+
+    The digest is of the fields as JSON with sorted keys, so a message read back from its row (where jsonb has
+    reordered keys and artifacts are plain dicts) digests the same as the message that was written.
+    """
+    fields = json.dumps([message.type, message.model_dump()], sort_keys=True, default=repr, ensure_ascii=False)
+    digest = hashlib.blake2b(fields.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{message.id}:{digest}"
+
+
+class _KeyCache:
+    """Row keys of message objects this process has digested or read from rows, newest ``size`` kept.
+
+    A conversation's messages are the same objects from step to step, so each is digested once, not at every
+    checkpoint. Keyed by object identity: LangGraph replaces a message to change it, never edits it in place.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._size = size
+        self._keys: OrderedDict[int, tuple[BaseMessage, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, message: BaseMessage) -> str:
+        """Return the message's row key, digesting it only the first time."""
+        with self._lock:
+            hit = self._keys.get(id(message))
+            if hit is not None and hit[0] is message:
+                self._keys.move_to_end(id(message))
+                return hit[1]
+        key = message_key(message)
+        self.remember(message, key)
+        return key
+
+    def remember(self, message: BaseMessage, key: str) -> None:
+        """Record the key of a message (read from its row, or just digested)."""
+        with self._lock:
+            self._keys[id(message)] = (message, key)
+            self._keys.move_to_end(id(message))
+            while len(self._keys) > self._size:
+                self._keys.popitem(last=False)
 
 
 def message_from_row(row: Mapping[str, Any]) -> BaseMessage:
@@ -157,7 +196,7 @@ class _Rows:
     order: dict[int, int]
 
 
-def _store_rows(session_id: UUID, messages: Sequence[BaseMessage],
+def _store_rows(session_id: UUID, messages: Sequence[BaseMessage], keys: Sequence[str],
                 page_context: str | None) -> PlanGenerator[tuple[list[int], _Rows] | None]:
     """Write the messages that have no row yet; return the list's runs and the rows; None if one can't be encoded.
 
@@ -165,7 +204,6 @@ def _store_rows(session_id: UUID, messages: Sequence[BaseMessage],
     (taken by the session upsert before it), so the rows between a run's first and last are exactly the run's
     messages, and rows added later come after them.
     """
-    keys = [message_key(message) for message in messages]
     if len(set(keys)) != len(keys):
         return None  # one message twice in a list: kept whole in a blob
     found: list[Row] = yield fetch(checkpoint_sql.message_keys(session_id))
@@ -194,7 +232,7 @@ def _store_rows(session_id: UUID, messages: Sequence[BaseMessage],
     return runs_of([rows.seq_of[key] for key in keys], rows.order), rows
 
 
-def _compactable(serde: SerializerProtocol, pending: Sequence[Row],
+def _compactable(serde: SerializerProtocol, keys: _KeyCache, pending: Sequence[Row],
                  rows: _Rows) -> list[tuple[str, str, int, list[int]]]:
     """Return the pending writes of messages that now have rows, with their runs: their blobs can go.
 
@@ -207,7 +245,7 @@ def _compactable(serde: SerializerProtocol, pending: Sequence[Row],
         messages = _as_rows(MESSAGES_CHANNEL, "", serde.loads_typed((write["type"], write["blob"])))
         if messages is None:
             continue
-        seqs = [rows.seq_of.get(message_key(message)) for message in messages]
+        seqs = [rows.seq_of.get(keys.key(message)) for message in messages]
         if all(seq is not None for seq in seqs):
             runs = runs_of([seq for seq in seqs if seq is not None], rows.order)
             compacted.append((write["checkpoint_id"], write["task_id"], write["idx"], runs))
@@ -230,22 +268,22 @@ class _Put:
     metadata: dict[str, Any]
     page_context: str | None
     blobs: list[tuple[str, str, str, bytes | None]]  # channel, version, type, blob
-    rows: dict[str, list[BaseMessage]]  # channel -> messages kept as chat_messages rows
+    rows: dict[str, tuple[list[BaseMessage], list[str]]]  # channel -> messages kept as rows, and their keys
 
 
 @plan(read_only=False)
-def _put(serde: SerializerProtocol, put: _Put) -> PlanGenerator[None]:
+def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put) -> PlanGenerator[None]:
     """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint."""
     pending: list[Row] = yield fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context,
                                                                   MESSAGES_CHANNEL))
     runs: dict[str, list[int]] = {}
     compacted: list[tuple[str, str, int, list[int]]] = []
-    for channel, messages in put.rows.items():
-        stored = yield from _store_rows(put.session_id, messages, put.page_context)
+    for channel, (messages, message_keys) in put.rows.items():
+        stored = yield from _store_rows(put.session_id, messages, message_keys, put.page_context)
         if stored is None:
             raise _NotRows(channel)
         runs[channel] = stored[0]
-        compacted = _compactable(serde, pending, stored[1])
+        compacted = _compactable(serde, keys, pending, stored[1])
     body = {**put.body, _RUNS_KEY: runs} if runs else put.body
     yield execute(checkpoint_sql.insert_checkpoint(put.session_id, put.namespace, put.checkpoint_id, put.parent_id,
                                                    body, put.metadata, put.blobs, compacted, _ROWS_TYPE))
@@ -269,9 +307,9 @@ def _put_writes(session_id: UUID, thread_name: str | None, namespace: str, check
 
 
 @plan(read_only=True)
-def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | None, namespace: str | None,
-          checkpoint_id: str | None, metadata_filter: Mapping[str, Any] | None, before: str | None,
-          limit: int | None) -> PlanGenerator[list[CheckpointTuple]]:
+def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, thread_id: str | None,
+          namespace: str | None, checkpoint_id: str | None, metadata_filter: Mapping[str, Any] | None,
+          before: str | None, limit: int | None) -> PlanGenerator[list[CheckpointTuple]]:
     """Return the matching checkpoints, newest first, each with its channel values and pending writes."""
     found: list[Row] = yield fetch(checkpoint_sql.select_checkpoints(session_id, namespace, checkpoint_id,
                                                                      metadata_filter, before, limit))
@@ -314,6 +352,8 @@ def _load(serde: SerializerProtocol, session_id: UUID | None, thread_id: str | N
                 key = (item["session_id"], message_row["seq"])
                 if key not in decoded:
                     decoded[key] = message_from_row(message_row)
+                    if message_row["message_key"] is not None:
+                        keys.remember(decoded[key], message_row["message_key"])
                 messages.append(decoded[key])
         return messages
 
@@ -442,6 +482,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
             raise InvalidInputError(f"db must be a sony_rag.Database, got {type(db).__name__}")
         super().__init__(serde=serde)
         self.db = get_db(db)
+        self._keys = _KeyCache()
 
     # -- versions ---------------------------------------------------------------------------------------
 
@@ -459,12 +500,12 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         session_id, name, _ = _thread_of(config)
         namespace = _namespace(config)
         values = checkpoint["channel_values"]
-        rows: dict[str, list[BaseMessage]] = {}
+        rows: dict[str, tuple[list[BaseMessage], list[str]]] = {}
         inline: dict[str, Any] = {}
         for channel, value in values.items():
             messages = None if channel in as_blob else _as_rows(channel, namespace, value)
             if messages is not None:
-                rows[channel] = messages
+                rows[channel] = (messages, [self._keys.key(message) for message in messages])
             elif _inline(value):
                 inline[channel] = value  # small values ride in the checkpoint's own row, as PostgresSaver does
         blobs: list[tuple[str, str, str, bytes | None]] = []
@@ -502,7 +543,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         checkpoint_id = get_checkpoint_id(config) if config else None
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise InvalidInputError(f"limit must be a non-negative integer, got {limit!r}")
-        return _load(self.serde, session_id, thread, namespace, checkpoint_id, filter,
+        return _load(self.serde, self._keys, session_id, thread, namespace, checkpoint_id, filter,
                      get_checkpoint_id(before) if before else None, 1 if latest else limit)
 
     # -- sync -------------------------------------------------------------------------------------------
@@ -524,7 +565,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         while True:
             put = self._plan_put(config, checkpoint, metadata, new_versions, as_blob)
             try:
-                self.db.run(_put(self.serde, put))
+                self.db.run(_put(self.serde, self._keys, put))
             except _NotRows as refused:
                 as_blob.add(refused.channel)  # rolled back: nothing of the first attempt stays
                 continue
@@ -572,7 +613,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         while True:
             put = self._plan_put(config, checkpoint, metadata, new_versions, as_blob)
             try:
-                await self.db.arun(_put(self.serde, put))
+                await self.db.arun(_put(self.serde, self._keys, put))
             except _NotRows as refused:
                 as_blob.add(refused.channel)
                 continue

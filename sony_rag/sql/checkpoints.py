@@ -204,9 +204,10 @@ def select_runs(session_ids: Sequence[UUID], starts: Sequence[int], ends: Sequen
     """Return a SELECT of the message rows in each run ``(session, first seq, last seq)``, run by run, in order."""
     p = Params()
     return sql.SQL(
-        "SELECT r.run, m.seq, m.message_id, m.role, m.content, m.metadata FROM unnest({}, {}, {}) WITH ORDINALITY "
-        "AS r(session_id, first_seq, last_seq, run) JOIN chat_messages m ON m.session_id = r.session_id "
-        "AND m.seq BETWEEN r.first_seq AND r.last_seq ORDER BY r.run, m.seq"
+        "SELECT r.run, m.seq, m.message_id, m.message_key, m.role, m.content, m.metadata "
+        "FROM unnest({}, {}, {}) WITH ORDINALITY AS r(session_id, first_seq, last_seq, run) "
+        "JOIN chat_messages m ON m.session_id = r.session_id AND m.seq BETWEEN r.first_seq AND r.last_seq "
+        "ORDER BY r.run, m.seq"
     ).format(p.add(list(session_ids), "uuid[]"), p.add(list(starts), "bigint[]"),
              p.add(list(ends), "bigint[]")), p.values
 
