@@ -19,9 +19,8 @@ import hashlib
 import json
 import math
 import secrets
-import threading
 import uuid
-from collections import OrderedDict
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -122,35 +121,36 @@ def message_key(message: BaseMessage) -> str:
 
 
 class _KeyCache:
-    """Row keys of message objects this process has digested or read from rows, newest ``size`` kept.
+    """Row keys of the message objects alive in this process that were digested or read from rows.
 
     A conversation's messages are the same objects from step to step, so each is digested once, not at every
-    checkpoint. Keyed by object identity: LangGraph replaces a message to change it, never edits it in place.
+    checkpoint. Keyed by object identity (LangGraph replaces a message to change it, never edits it in place),
+    through weak references: an entry goes when its message does, so the cache keeps nothing alive.
     """
 
-    def __init__(self, size: int = 20_000) -> None:
-        self._size = size
-        self._keys: OrderedDict[int, tuple[BaseMessage, str]] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self._keys: dict[int, tuple[weakref.ref[BaseMessage], str]] = {}
 
     def key(self, message: BaseMessage) -> str:
         """Return the message's row key, digesting it only the first time."""
-        with self._lock:
-            hit = self._keys.get(id(message))
-            if hit is not None and hit[0] is message:
-                self._keys.move_to_end(id(message))
-                return hit[1]
+        hit = self._keys.get(id(message))
+        if hit is not None and hit[0]() is message:
+            return hit[1]
         key = message_key(message)
         self.remember(message, key)
         return key
 
     def remember(self, message: BaseMessage, key: str) -> None:
         """Record the key of a message (read from its row, or just digested)."""
-        with self._lock:
-            self._keys[id(message)] = (message, key)
-            self._keys.move_to_end(id(message))
-            while len(self._keys) > self._size:
-                self._keys.popitem(last=False)
+        identity = id(message)
+        keys = self._keys
+
+        def forget(ref: weakref.ref[BaseMessage]) -> None:
+            entry = keys.get(identity)
+            if entry is not None and entry[0] is ref:
+                keys.pop(identity, None)
+
+        keys[identity] = (weakref.ref(message, forget), key)
 
 
 def message_from_row(row: Mapping[str, Any]) -> BaseMessage:
