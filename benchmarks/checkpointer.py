@@ -116,15 +116,15 @@ def message_bytes(messages: Sequence[BaseMessage]) -> int:
     return sum(len(json.dumps(message_to_dict(message)).encode()) for message in messages)
 
 
-def storage(url: str, tables: Sequence[str]) -> int:
-    """Return the bytes of ``tables`` (heap, TOAST and indexes) after VACUUM FULL, so dead rows do not count."""
+def storage(url: str, tables: Sequence[str]) -> dict[str, int]:
+    """Return the bytes of each table (heap, TOAST and indexes) after VACUUM FULL, so dead rows do not count."""
+    sizes: dict[str, int] = {}
     with psycopg.connect(url, autocommit=True) as conn:
-        total = 0
         for table in tables:
             conn.execute(f"VACUUM FULL {table}")
             row = conn.execute("SELECT pg_total_relation_size(to_regclass(%s))", (table,)).fetchone()
-            total += int(row[0]) if row and row[0] is not None else 0
-    return total
+            sizes[table] = int(row[0]) if row and row[0] is not None else 0
+    return sizes
 
 
 def load_times(load: Callable[[], Any], count: int) -> tuple[float, float]:
@@ -157,7 +157,11 @@ def measure(report: Report, name: str, saver: Any, url: str, tables: Sequence[st
     assert len(messages) == 4 * turns, f"{name}: expected {4 * turns} messages, got {len(messages)}"
     loaded = saver.get_tuple(config)
     assert loaded.checkpoint["channel_values"]["messages"] == messages, f"{name} did not restore the conversation"
-    size = storage(url, tables)
+    sizes = storage(url, tables)
+    size = sum(sizes.values())
+    report.notes.append(f"{name}, bytes per table: " + ", ".join(f"{table} {value / 1024:,.0f} KiB"
+                                                                  for table, value in sizes.items())
+                        + f"; the messages themselves: {message_bytes(messages) / 1024:,.0f} KiB")
     writes = percentiles(per_turn)
     reads = load_times(lambda: saver.get_tuple(config), loads)
     report.add(contender=name, turns=turns, messages=len(messages), **{
