@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # Where each public name lives.
 _EXPORTS: dict[str, str] = {
     "SonyChatMessageHistory": "sony_rag.chat_history",
+    "SonyCheckpointer": "sony_rag.checkpointer",
     "Database": "sony_rag.connection",
     **dict.fromkeys([
         "batch_insert_embeddings", "close_db", "create_chat_session", "delete_chat_session",
@@ -36,6 +37,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from sony_rag.chat_history import SonyChatMessageHistory
+    from sony_rag.checkpointer import SonyCheckpointer
     from sony_rag.connection import Database
     from sony_rag.database import (
         batch_insert_embeddings,
@@ -118,6 +120,7 @@ __all__ = [
     "SessionNotFoundError",
     "Settings",
     "SonyChatMessageHistory",
+    "SonyCheckpointer",
     "SonyRagError",
     "SonyVectorStore",
     "arecord_selection",

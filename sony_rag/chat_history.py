@@ -202,7 +202,7 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
 
 def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
     # The rows were just decoded from the wire: nothing else holds their metadata.
-    return [decode_message(row["role"], row["content"], row["metadata"], from_database=True) for row in rows]
+    return [decode_message(row["role"], row["content"], row["metadata"], owned=True) for row in rows]
 
 
 __all__ = ["SonyChatMessageHistory"]

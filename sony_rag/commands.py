@@ -214,7 +214,6 @@ def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = 
     Raises InvalidIdentifierError for a malformed id and SessionNotFoundError for an unknown one.
     """
     from sony_rag.agent import ShopAgent
-    from sony_rag.chat_history import SonyChatMessageHistory
     from sony_rag.vectorstore import SonyVectorStore
 
     page = check.text(page, "page", optional=True)
@@ -227,9 +226,8 @@ def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = 
         chosen: UUID = existing
     else:
         chosen = uuid.uuid4()
-    history = SonyChatMessageHistory(chosen, db, create_session=session_id is None, current_page=page,
-                                     user_agent="sony-rag chat")
-    agent = ShopAgent(SonyVectorStore(embeddings, db), history, model=model, k=k)
+    agent = ShopAgent(SonyVectorStore(embeddings, db), chosen, model=model, k=k, page_context=page,
+                      user_agent="sony-rag chat")
     return Conversation(session_id=str(chosen), resumed=session_id is not None, earlier_messages=earlier,
                         agent=agent)
 
