@@ -15,11 +15,13 @@ __version__ = "0.1.0"
 # Where each public name lives.
 _EXPORTS: dict[str, str] = {
     "SonyChatMessageHistory": "sony_rag.chat_history",
+    "SonyCheckpointer": "sony_rag.checkpointer",
     "Database": "sony_rag.connection",
     **dict.fromkeys([
         "batch_insert_embeddings", "close_db", "create_chat_session", "delete_chat_session",
         "delete_embeddings_by_source", "get_chat_history", "get_chat_session", "get_db", "get_session_selections",
-        "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection", "prune_chat_sessions",
+        "get_write_position", "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection",
+        "prune_chat_sessions",
         "search_similar_embeddings", "update_chat_session",
     ], "sony_rag.database"),
     **dict.fromkeys([
@@ -35,6 +37,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from sony_rag.chat_history import SonyChatMessageHistory
+    from sony_rag.checkpointer import SonyCheckpointer
     from sony_rag.connection import Database
     from sony_rag.database import (
         batch_insert_embeddings,
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
         get_chat_session,
         get_db,
         get_session_selections,
+        get_write_position,
         init_db,
         insert_chat_message,
         insert_embedding,
@@ -116,6 +120,7 @@ __all__ = [
     "SessionNotFoundError",
     "Settings",
     "SonyChatMessageHistory",
+    "SonyCheckpointer",
     "SonyRagError",
     "SonyVectorStore",
     "arecord_selection",
@@ -129,6 +134,7 @@ __all__ = [
     "get_db",
     "get_session_selections",
     "get_settings",
+    "get_write_position",
     "init_db",
     "insert_chat_message",
     "insert_embedding",

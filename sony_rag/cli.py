@@ -695,6 +695,8 @@ def _stats(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
         say(out, f"vector index: {index['method']} ({options})")
     else:
         say(out, "vector index: none (searches scan exactly)")
+    for problem in data.get("index_problems", []):
+        say(out, f"warning: {problem['message']}; fix: {problem['fix']}")
     indexes = Table(title="indexes (the spec's monitoring query: scans since statistics were reset)",
                     title_justify="left")
     for name, justify in (("table", "left"), ("index", "left"), ("scans", "right"), ("size", "right")):

@@ -151,12 +151,10 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
         search_plan = plans.hybrid_search(query_vector, text, k, type_filter, capabilities, options,
                                           min_similarity=threshold)
     elif mode == "keyword":
-        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options)
+        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options, min_similarity=threshold)
     else:
         search_plan = plans.search(query_vector, k, type_filter, capabilities, min_similarity=threshold)
     rows = db.run(search_plan)
-    if mode == "keyword" and threshold is not None:
-        rows = [row for row in rows if 1.0 - float(row["distance"]) >= threshold]
     return [_hit(rank, row, mode) for rank, row in enumerate(rows, start=1)]
 
 
@@ -216,7 +214,6 @@ def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = 
     Raises InvalidIdentifierError for a malformed id and SessionNotFoundError for an unknown one.
     """
     from sony_rag.agent import ShopAgent
-    from sony_rag.chat_history import SonyChatMessageHistory
     from sony_rag.vectorstore import SonyVectorStore
 
     page = check.text(page, "page", optional=True)
@@ -229,9 +226,8 @@ def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = 
         chosen: UUID = existing
     else:
         chosen = uuid.uuid4()
-    history = SonyChatMessageHistory(chosen, db, create_session=session_id is None, current_page=page,
-                                     user_agent="sony-rag chat")
-    agent = ShopAgent(SonyVectorStore(embeddings, db), history, model=model, k=k)
+    agent = ShopAgent(SonyVectorStore(embeddings, db), chosen, model=model, k=k, page_context=page,
+                      user_agent="sony-rag chat")
     return Conversation(session_id=str(chosen), resumed=session_id is not None, earlier_messages=earlier,
                         agent=agent)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sony_rag.errors import ConfigurationError
 
@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default=None,
         description="True behind PgBouncer in transaction mode; None detects Neon's '-pooler' hosts.",
     )
+    read_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Read replica URLs, comma-separated; retrieval reads from them.")
+    replica_max_lag: float = Field(default=2.0, gt=0, description="Seconds a replica may lag before it is left out.")
+    replica_retry: float = Field(default=10.0, gt=0, description="Seconds a failing replica is left out.")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Embedded server's data folder.")
     text_search_config: str = Field(
         default="english", pattern=r"^[a-z_][a-z0-9_]*$",
@@ -57,6 +61,13 @@ class Settings(BaseSettings):
         "(e.g. openai:gpt-4o-mini); unset means the offline answerer.",
     )
 
+
+    @field_validator("read_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        from sony_rag.replicas import split_urls
+
+        return split_urls(value) if isinstance(value, str) else value
 
     @field_validator("database_url", mode="before")
     @classmethod

@@ -49,15 +49,6 @@ def update(session_id: UUID, *, user_agent: str | None, current_page: str | None
         sql.SQL(", ").join(assignments), p.add(session_id), _COLUMNS), p.values
 
 
-def touch(session_id: UUID, current_page: str | None) -> Query:
-    """Return an UPDATE marking activity (and the page, when known), returning the id if the session exists."""
-    p = Params()
-    return sql.SQL(
-        "UPDATE chat_sessions SET updated_at = NOW(), current_page = COALESCE({}, current_page) "
-        "WHERE session_id = {} RETURNING session_id"
-    ).format(p.add(current_page, "text"), p.add(session_id)), p.values
-
-
 def delete(session_id: UUID) -> Query:
     """Return a DELETE of one session (its messages and selections cascade)."""
     p = Params()

@@ -309,6 +309,9 @@ def test_stats(loaded: Cli) -> None:
     assert any(row["index"] == "idx_document_embeddings_vector" for row in data["indexes"])
     code, out, _ = loaded("stats")
     assert code == EXIT_OK and "document_embeddings / product" in out and "pgvector" in out
+    # Index problems (a stale IVFFlat index, an invalid one) are printed with the command that fixes them.
+    assert ("warning:" in out) == bool(data["index_problems"])
+    assert all(problem["fix"] in out for problem in data["index_problems"])
 
 
 def test_index_rebuild(loaded: Cli) -> None:
