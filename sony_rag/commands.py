@@ -107,6 +107,10 @@ class SearchHit:
         """Return the cosine similarity of the chunk to the query."""
         return float(self.match["similarity"])
 
+    def __getitem__(self, key: str) -> Any:
+        """Return the documented match's field ``key`` (``hit["metadata"]``), as before hits had scores."""
+        return self.match[key]  # type: ignore[literal-required]
+
     def as_dict(self) -> dict[str, Any]:
         """Return the hit as a JSON-ready dict (the ranking score and the similarity side by side)."""
         match = self.match
