@@ -14,15 +14,15 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
+from sony_rag.conninfo import describe_conninfo, normalize_url
 from sony_rag.embedded import embedded_url
 from sony_rag.errors import (
     DatabaseUnavailableError,
@@ -32,6 +32,10 @@ from sony_rag.errors import (
 from sony_rag.executor import NotStarted, Plan, adrive, drive
 from sony_rag.retry import ConnectionGate, backoff_delays, give_up_at_once
 from sony_rag.settings import Settings, get_settings
+from sony_rag.vector_index import Capabilities, VectorIndex, warn_once
+
+if TYPE_CHECKING:
+    from sony_rag.replicas import ReplicaSet
 
 logger = logging.getLogger("sony_rag")
 T = TypeVar("T")
@@ -47,42 +51,6 @@ _CAPABILITY_TTL_SECONDS = 60.0
 _TRUSTED_IDLE_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class VectorIndex:
-    """The approximate index on document_embeddings.embedding, as the server reports it."""
-
-    method: str  # "ivfflat" or "hnsw"
-    lists: int | None
-    m: int | None
-    ef_construction: int | None
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the connected server can do, read once and cached for a minute."""
-
-    pgvector_version: tuple[int, ...]
-    vector_index: VectorIndex | None
-
-    @property
-    def iterative_scan(self) -> bool:
-        """Return True when pgvector has iterative index scans (0.8.0 and later)."""
-        return self.pgvector_version >= (0, 8, 0)
-
-
-def describe_conninfo(conninfo: str) -> str:
-    """Return ``user@host:port/dbname`` for logs and errors: never the password or other parameters."""
-    try:
-        parts = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return "<unparseable database URL>"
-    host = str(parts.get("host") or "localhost")
-    if host.startswith("/"):
-        host = f"socket {host}"
-    user = parts.get("user")
-    port = parts.get("port")
-    where = f"{host}:{port}" if port else host
-    return f"{str(user) + '@' if user else ''}{where}/{parts.get('dbname') or user or 'postgres'}"
 
 
 def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
@@ -99,12 +67,27 @@ def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
 class Database:
     """Both pools to one server, opened lazily; use as a (sync or async) context manager or call ``close``."""
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server."""
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 read_urls: Sequence[str] | None = None) -> None:
+        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server.
+
+        ``read_urls`` (else the settings' ``read_urls``): read replicas for retrieval (see sony_rag.replicas).
+        Raises ConfigurationError for a malformed URL or settings (see ``sony_rag.conninfo.normalize_url``).
+        """
         self.settings = settings or get_settings()
-        if url is None and self.settings.database_url is not None:
-            url = self.settings.database_url.get_secret_value()
+        # Checked here, before anything connects: a malformed URL is a ConfigurationError that never quotes it.
+        if url is not None:
+            url = normalize_url(url)
+        elif self.settings.database_url is not None:
+            url = normalize_url(self.settings.database_url.get_secret_value(), source="DATABASE_URL")
         self._url = url
+        if read_urls is None:
+            read_urls = [each.get_secret_value() for each in self.settings.read_urls]
+        self.replicas: ReplicaSet | None = None
+        if read_urls:
+            from sony_rag.replicas import ReplicaSet
+
+            self.replicas = ReplicaSet(read_urls, self.settings, Database)
         self._conninfo: str | None = None
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -346,6 +329,8 @@ class Database:
             apool, self._apool = self._apool, None
             self._vector_info = None
             self._capabilities = None
+        if self.replicas is not None:
+            self.replicas.reset()
         if pool is not None:
             pool.close()
         if apool is not None:
@@ -363,6 +348,8 @@ class Database:
             self._closed = True
             apool, self._apool = self._apool, None
             loop = self._apool_loop
+        if self.replicas is not None:
+            await self.replicas.aclose()
         if apool is not None:
             if loop is asyncio.get_running_loop():
                 await apool.close()
@@ -389,7 +376,13 @@ class Database:
         """Run a plan (a write in one transaction) and return its result; raises SonyRagError subclasses.
 
         ValueError for a plan made with ``transactional=False``: those run on a connection of their own.
+        With read replicas, a plan that may read from one does (see sony_rag.replicas).
         """
+        if self.replicas is not None and not self._closed:
+            return self.replicas.run(plan_, self._run_on_primary)
+        return self._run_on_primary(plan_)
+
+    def _run_on_primary(self, plan_: Plan[T]) -> T:
         initial = self._initial_settings(plan_)
         for attempt in range(2):
             try:
@@ -404,6 +397,11 @@ class Database:
 
     async def arun(self, plan_: Plan[T]) -> T:
         """Run a plan (a write in one transaction) on the async pool and return its result (errors as ``run``)."""
+        if self.replicas is not None and not self._closed:
+            return await self.replicas.arun(plan_, self._arun_on_primary)
+        return await self._arun_on_primary(plan_)
+
+    async def _arun_on_primary(self, plan_: Plan[T]) -> T:
         initial = self._initial_settings(plan_)
         for attempt in range(2):
             try:
@@ -476,6 +474,7 @@ class Database:
 
         caps = self.run(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     async def acapabilities(self) -> Capabilities:
@@ -487,6 +486,7 @@ class Database:
 
         caps = await self.arun(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     def forget_capabilities(self) -> None:
