@@ -202,7 +202,8 @@ def decode_message(role: str, content: str, metadata: Mapping[str, Any] | None, 
     if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
         raise InvalidMetadataError("metadata 'data' must be a JSON object")
 
-    # Deep copy so the message never shares mutable state with the caller's metadata.
+    # Deep copy so the message never shares mutable state with the caller's metadata. A freshly read row has
+    # no other holder: copying it cost more than half of reading 50 messages.
     fields = dict(data) if owned else copy.deepcopy(dict(data))
     fields.setdefault("content", content)
     # Besides pydantic's ValidationError, LangChain's own "before" validators raise KeyError or
