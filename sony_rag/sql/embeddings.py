@@ -129,47 +129,36 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
                   columns: Sequence[str]) -> sql.Composable:
     # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
     # the filter and the distance condition, the plan chosen in the statement itself:
-    # - ``matching`` (with ``exact_below``): the row ids (ctid) of the rows matching the filter (all rows without
-    #   one), at most
-    #   ``exact_below`` of them, found through the filter column's btree when there is one;
-    # - ``few_rows``: when fewer than ``exact_below`` match, an exact scan of exactly those rows (a TID scan: the
-    #   filter is not evaluated twice);
-    # - ``index_rows``: otherwise the vector index's answer...
-    # - ``exact_rows``: ...unless it found fewer than ``limit`` rows (IVFFlat trained on few rows, a filter
-    #   starving an approximate scan): then an exact scan of the matching rows.
+    # - ``choice`` (with ``exact_below``): whether at least that many rows match the filter (all rows without
+    #   one), counted no further than that, through the filter column's btree when there is one (an index-only
+    #   scan once the table is vacuumed);
+    # - ``index_rows``: when that many match, the vector index's answer...
+    # - ``exact_rows``: ...when fewer match, or the index found fewer than ``limit`` rows (IVFFlat trained on few
+    #   rows, a filter starving an approximate scan): an exact scan of the matching rows (btree, then heap).
     # A CTE is computed only when read and each branch's CASE reads only what it needs, so one branch runs.
     parts = [part for part in (filter_sql, distance_cond) if part is not None]
     where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
     plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
     joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
-
-    def exact(condition: sql.Composable) -> sql.Composable:
-        return sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
-                       " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, condition, limit))
-
+    exact = sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
+                    " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, where, limit))
     if not use_index:
-        return sql.SQL("nearest_rows AS ({})").format(exact(where))
+        return sql.SQL("nearest_rows AS ({})").format(exact)
     many: sql.Composable = sql.SQL("TRUE")
-    probe: sql.Composable = sql.SQL("")
-    few: sql.Composable = sql.SQL("")
+    choice: sql.Composable = sql.SQL("")
     if exact_below is not None:
         many = sql.SQL("(SELECT many FROM choice)")
-        tids = sql.SQL("ctid = ANY(ARRAY(SELECT ctid FROM matching))")
-        probe = sql.SQL(
-            "matching AS (SELECT ctid FROM document_embeddings WHERE {filter} LIMIT {bound}),"
-            " choice AS (SELECT count(*) >= {bound} AS many FROM matching),"
-            " few_rows AS ({few}), "
-        ).format(filter=filter_sql if filter_sql is not None else sql.SQL("TRUE"), bound=exact_below,
-                 few=exact(tids if distance_cond is None else sql.SQL("{} AND {}").format(tids, distance_cond)))
-        few = sql.SQL("SELECT * FROM few_rows WHERE NOT {many} UNION ALL ").format(many=many)
+        choice = sql.SQL(
+            "choice AS (SELECT count(*) >= {bound} AS many FROM ("
+            "SELECT 1 FROM document_embeddings WHERE {filter} LIMIT {bound}) AS m), "
+        ).format(filter=filter_sql if filter_sql is not None else sql.SQL("TRUE"), bound=exact_below)
     return sql.SQL(
-        "{probe}index_rows AS ({index_rows}), exact_rows AS ({exact}), nearest_rows AS ({few}"
+        "{choice}index_rows AS ({index_rows}), exact_rows AS ({exact}), nearest_rows AS ("
         "SELECT * FROM index_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) >= {limit}"
         " ELSE FALSE END"
         " UNION ALL SELECT * FROM exact_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) < {limit}"
-        " ELSE FALSE END)"
-    ).format(probe=probe, index_rows=_index_scan(plain, q, where, limit), exact=exact(where), few=few, many=many,
-             limit=limit)
+        " ELSE TRUE END)"
+    ).format(choice=choice, index_rows=_index_scan(plain, q, where, limit), exact=exact, many=many, limit=limit)
 
 
 def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, use_index: bool = True,

@@ -91,15 +91,15 @@ def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
     def text(query: object) -> str:
         return str(query)
 
-    assert "matching" in text(nearest([1.0], 10, {"source_type": "faq"}, exact_below=2000)[0])
-    assert "matching" in text(nearest([1.0], 10, None, exact_below=2000)[0])
-    assert "matching" not in text(nearest([1.0], 10, None)[0])
-    assert "matching" not in text(nearest([1.0], 10, {"source_type": "faq"})[0])
+    assert "choice" in text(nearest([1.0], 10, {"source_type": "faq"}, exact_below=2000)[0])
+    assert "choice" in text(nearest([1.0], 10, None, exact_below=2000)[0])
+    assert "choice" not in text(nearest([1.0], 10, None)[0])
+    assert "choice" not in text(nearest([1.0], 10, {"source_type": "faq"})[0])
     assert "index_rows" not in text(nearest([1.0], 10, {"source_type": "faq"}, use_index=False)[0])
     statement, params = hybrid([1.0], "oak", 4, 20, {"source_type": "faq"}, config="english", rrf_k=1.0,
                                vector_weight=1.0, keyword_weight=0.4, text_candidates=200, similarity_tie=0.005,
                                exact_below=2000)
-    assert "few_rows" in text(statement) and 2000 in params.values()
+    assert "choice" in text(statement) and 2000 in params.values()
 
 
 def test_kmeans_memory_follows_the_version() -> None:
