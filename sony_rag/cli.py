@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
                         help="Postgres URL: postgresql://, postgres:// or SQLAlchemy's postgresql+psycopg:// "
                              "(default: DATABASE_URL, else the embedded server)")
-    common.add_argument("--embeddings", choices=["local", "fake"], default=argparse.SUPPRESS,
+    common.add_argument("--embeddings", choices=["local", "st", "fake"], default=argparse.SUPPRESS,
                         help="embedding model (default: SONY_RAG_EMBEDDINGS, else local)")
 
     def command(subparsers: Any, name: str, help_text: str, description: str | None = None) -> Any:
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="source type of every record (default: the record's, else from the path)")
     sub.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                      help="bad record: stop (default; nothing is written) or skip it and write the rest")
+    sub.add_argument("--reembed", action="store_true", help="re-embed every source of these files, replacing "
+                     "chunks of another embedding model (which ingest otherwise refuses)")
     sub.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sub = command(subparsers, "search", "similarity search over the ingested chunks",
@@ -452,7 +454,7 @@ def _ingest(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
     progress = _progress_bar(err) if show_bar else None
     with progress if progress is not None else nullcontext():
         report = commands.ingest(db, args.paths, embeddings=embeddings, source_type=args.source_type,
-                                 on_error=args.on_error, progress=progress)
+                                 on_error=args.on_error, progress=progress, reembed=args.reembed)
     for error in report.errors:
         say(err, ("skipped ", "yellow"), str(error))
     if args.json:

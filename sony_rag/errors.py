@@ -124,3 +124,15 @@ def translate_database_error(error: psycopg.Error) -> SonyRagError:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+class EmbeddingModelMismatchError(InvalidInputError):
+    """Raised before anything is written when ingest would put one model's vectors beside another model's.
+
+    ``stored_models`` names the other models found; the message gives the command that re-embeds everything.
+    """
+
+    def __init__(self, message: str, stored_models: Sequence[str] = ()) -> None:
+        """Create the error with its message and the other models found in the table."""
+        super().__init__(message)
+        self.stored_models = list(stored_models)

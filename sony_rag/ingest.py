@@ -24,10 +24,19 @@ Each chunk's metadata is the record's metadata plus ``source_type``, ``source_id
 
 Idempotence: a source is ``(source_type, source_id)``. Its ``content_hash`` covers its chunks' text and
 metadata and the embedding model's name. A source whose stored chunks all carry that hash (and are as many)
-is skipped without embedding anything; any other is replaced: its old chunks are deleted and the new ones
-written by binary COPY in one transaction, so a reader never sees it half-replaced. Running the same files
+is skipped without embedding anything, decided before any model is loaded (``get_embeddings()`` loads the
+real model on first use only), so an ingest that changes nothing takes well under a second. Any other is
+replaced: its old chunks are deleted and the new ones written by binary COPY in one transaction, so a
+reader never sees it half-replaced. Running the same files
 twice therefore changes nothing, and editing one record replaces that record's chunks only. Sources that
 disappeared from a file are not deleted (use ``delete_embeddings_by_source``).
+
+One model per table: when something is to be written and the table holds chunks whose ``embedding_model``
+is another model's, ``EmbeddingModelMismatchError`` is raised before anything is embedded or written, with
+the command that re-embeds everything (``sony-rag ingest --reembed PATH...``; ``reembed=True`` here).
+``reembed`` re-embeds every source of the given files and replaces other models' chunks of those sources;
+it still refuses when other models' chunks of sources outside these files would remain, since it never
+deletes a source it was not given.
 
 Bad records (invalid JSON, a missing field, a duplicate id, an unknown source type): every file is read and
 checked before anything is written. With ``on_error="stop"`` (the default) any bad record raises
@@ -43,6 +52,7 @@ import functools
 import hashlib
 import json
 import math
+import shlex
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,8 +67,8 @@ from psycopg.types.json import Jsonb
 from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.connection import Database
-from sony_rag.embeddings import embeddings_name
-from sony_rag.errors import BadRecordError, InvalidEmbeddingError, InvalidInputError
+from sony_rag.embeddings import FAKE_MODEL_NAME, LOCAL_MODEL_NAME, embeddings_name
+from sony_rag.errors import BadRecordError, EmbeddingModelMismatchError, InvalidEmbeddingError, InvalidInputError
 from sony_rag.types import SOURCE_TYPES
 
 OnError = Literal["skip", "stop"]
@@ -500,10 +510,15 @@ def _content_hash(source: Source, model: str) -> str:
 
 def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddings, *,
                  source_type: str | None = None, on_error: OnError = "stop", batch_rows: int = BATCH_ROWS,
-                 progress: Progress | None = None) -> IngestReport:
+                 progress: Progress | None = None, reembed: bool = False) -> IngestReport:
     """Ingest files into ``document_embeddings`` (see the module docstring) and return what was done.
 
+    ``embeddings`` is only asked for vectors when some source changed: pass ``get_embeddings()`` (loaded
+    on first use) and an ingest that changes nothing never loads a model. ``reembed`` re-embeds every
+    source of these files whatever its stored hash, and allows replacing chunks of another model.
+
     Raises BadRecordError (``on_error="stop"``), InvalidInputError for bad paths or options,
+    EmbeddingModelMismatchError when the table holds another model's chunks (nothing is written),
     InvalidEmbeddingError when the model's vectors are not 384-d, and DatabaseError subclasses.
     """
     if on_error not in ("skip", "stop"):
@@ -518,8 +533,11 @@ def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddin
     report = IngestReport(files=[str(path) for path in files], sources=len(sources), errors=errors,
                           embedding_model=model)
     states = db.run(plans.source_states([source.key for source in sources])) if sources else {}
-    changed = [source for source in sources if not _unchanged(source, states.get(source.key))]
+    changed = [source for source in sources if reembed or not _unchanged(source, states.get(source.key))]
     report.unchanged = len(sources) - len(changed)
+    if changed:
+        # Before any vector is computed or written: one model per table, or similarities mean nothing.
+        _refuse_other_models(db.run(plans.sources_of_other_models(model)), model, sources, paths, reembed)
     if progress is not None:
         progress.start(sum(len(source.chunks) for source in changed))
     for batch in _batches(changed, batch_rows):
@@ -531,6 +549,38 @@ def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddin
             progress.advance(len(rows))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _refuse_other_models(others: list[dict[str, Any]], model: str, sources: Sequence[Source],
+                         paths: Sequence[str | Path], reembed: bool) -> None:
+    if not others:
+        return
+    stored = sorted({str(row["model"]) for row in others})
+    chunks = sum(int(row["chunks"]) for row in others)
+    names = ", ".join(stored)
+    command = "sony-rag ingest --reembed " + " ".join(shlex.quote(str(path)) for path in paths)
+    if not reembed:
+        raise EmbeddingModelMismatchError(
+            f"document_embeddings holds {chunks} chunk(s) embedded with {names}; writing {model} vectors beside "
+            f"them would make every similarity between the two meaningless, so nothing was written. To re-embed "
+            f"everything with {model}, run `{command}` over the files of every source (ingest_paths(..., "
+            f"reembed=True) in Python); to keep {names}, ingest with the embeddings that made them"
+            f"{_kind_hint(stored)}.", stored)
+    keys = {source.key for source in sources}
+    left = [row for row in others if (row["source_type"], row["source_id"]) not in keys]
+    if left:
+        shown = ", ".join(f"{row['source_type']}:{row['source_id']}" for row in left[:10])
+        more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+        raise EmbeddingModelMismatchError(
+            f"--reembed would leave {sum(int(row['chunks']) for row in left)} chunk(s) of {names} from sources "
+            f"that are not in these files ({shown}{more}); nothing was written. Add their files to `{command}`, "
+            "or delete those sources first (delete_embeddings_by_source).", stored)
+
+
+def _kind_hint(models: Sequence[str]) -> str:
+    kinds = {LOCAL_MODEL_NAME: "SONY_RAG_EMBEDDINGS=local", FAKE_MODEL_NAME: "SONY_RAG_EMBEDDINGS=fake"}
+    known = [kinds[name] for name in models if name in kinds]
+    return f" ({', '.join(known)})" if known else ""
 
 
 def _unchanged(source: Source, state: Mapping[str, Any] | None) -> bool:

@@ -328,6 +328,13 @@ def source_states(sources: Sequence[tuple[str, str]]) -> PlanGenerator[dict[tupl
     return found
 
 
+@plan(read_only=True)
+def sources_of_other_models(model: str) -> PlanGenerator[list[Row]]:
+    """Return ``{source_type, source_id, model, chunks}`` for each source stored with another embedding model."""
+    rows: list[Row] = yield fetch(embedding_sql.sources_of_other_models(model))
+    return rows
+
+
 @plan(read_only=False)
 def replace_sources(sources: Sequence[tuple[str, str]], rows: Sequence[EmbeddingRow]) -> PlanGenerator[int]:
     """Replace the chunks of each ``(source_type, source_id)`` by ``rows``: delete, then one COPY; return deleted.

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     rrf_k: float = Field(default=1.0, gt=0, description="Rank constant of hybrid search's fusion.")
     hybrid_vector_weight: float = Field(default=1.0, ge=0, description="Weight of the vector leg in hybrid search.")
     hybrid_keyword_weight: float = Field(default=0.4, ge=0, description="Weight of the text leg in hybrid search.")
-    embeddings: Literal["local", "fake"] = Field(
+    embeddings: Literal["local", "st", "fake"] = Field(
         default="local", description="Embeddings the CLI and examples use: the real MiniLM model or the fake."
     )
     chat_model: str | None = Field(

