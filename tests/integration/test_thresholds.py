@@ -125,6 +125,6 @@ def test_every_search_mode_honours_the_threshold(skewed: SonyVectorStore, call: 
 
 @pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
 def test_the_cli_search_applies_the_same_rule(skewed: SonyVectorStore, db: Database, mode: str) -> None:
-    matches = cli_search(db, "velvet sofa", embeddings=QueryEmbeddings(), k=3, threshold=THRESHOLD, mode=mode)
-    assert {str(match["metadata"].get("source_type")) for match in matches} == {"product"}
-    assert len(matches) == 3 and all(match["similarity"] >= THRESHOLD for match in matches)
+    hits = cli_search(db, "velvet sofa", embeddings=QueryEmbeddings(), k=3, threshold=THRESHOLD, mode=mode)
+    assert {str(hit.match["content_chunk"]).rsplit(" ", 1)[0] for hit in hits} == {"velvet sofa"}
+    assert len(hits) == 3 and all(hit.similarity >= THRESHOLD for hit in hits)
