@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from benchmarks import chat, concurrency, embeddings, ingest, overhead, search
+from benchmarks import chat, checkpointer, concurrency, embeddings, ingest, overhead, search
 from benchmarks.common import RESULTS, Bench, Report, add_arguments, options_from
 
 CONCERNS: dict[str, Callable[[Bench], Report]] = {
     "ingest": ingest.run, "search": search.run, "overhead": overhead.run, "concurrency": concurrency.run,
-    "chat": chat.run, "embeddings": embeddings.run,
+    "chat": chat.run, "checkpointer": checkpointer.run, "embeddings": embeddings.run,
 }
 RELEVANCE_DATABASE = "sony_rag_relevance"
 

@@ -1,5 +1,6 @@
 """Chat memory: append one message, and read the newest 50 of a session, p50/p95, for sony-rag (its LangChain
-history and the documented async functions) beside langchain-postgres's PostgresChatMessageHistory.
+history and the documented async functions) beside langchain-postgres's PostgresChatMessageHistory, in
+interleaved rounds (ours, then the peer's, per round) with the per-round ratio's median and spread.
 
     python -m benchmarks.chat [--chat-ops 1000] [--smoke]
 """
@@ -7,18 +8,23 @@ history and the documented async functions) beside langchain-postgres's Postgres
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import statistics
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from benchmarks.common import Bench, Report, percentiles, run_standalone, why_not
 from sony_rag.database import create_chat_session, get_chat_history, insert_chat_message
+from sony_rag.message_codec import encode_message
+from sony_rag.sql import messages as message_sql
 
-COLUMNS = ["contender", "operation", "ops", "p50 ms", "p95 ms"]
+COLUMNS = ["contender", "operation", "ops", "p50 ms", "p95 ms", "vs peer"]
 READ = 50
 LC_TABLE = "lc_chat_history"
 
@@ -34,24 +40,51 @@ def message(index: int) -> BaseMessage:
     return HumanMessage(text(index)) if index % 2 == 0 else AIMessage(text(index))
 
 
-def time_sync(operation: Callable[[int], Any], count: int) -> tuple[float, float]:
-    """Return (p50, p95) in ms of ``count`` calls."""
-    operation(-1)  # warm up
+ROUNDS = 10
+
+
+@dataclass
+class Contender:
+    """One way to do one operation: its name, the operation, and a sync or async call taking the op index."""
+
+    contender: str
+    operation: str
+    call: Callable[[int], Any]
+    is_async: bool = False
+    durations: list[float] = field(default_factory=list)
+    round_p50s: list[float] = field(default_factory=list)
+
+
+def _block(runner: asyncio.Runner, contender: Contender, count: int) -> None:
+    """Time ``count`` calls of ``contender`` (after one warm-up call), adding to its durations."""
+    if contender.is_async:
+        durations = runner.run(_time_in_loop(contender.call, count))
+    else:
+        contender.call(-1)
+        durations = []
+        for index in range(count):
+            started = time.perf_counter()
+            contender.call(index)
+            durations.append(time.perf_counter() - started)
+    contender.durations.extend(durations)
+    contender.round_p50s.append(statistics.median(durations) * 1000)
+
+
+async def _time_in_loop(operation: Callable[[int], Awaitable[Any]], count: int) -> list[float]:
+    await operation(-1)  # warm up
     durations = []
     for index in range(count):
         started = time.perf_counter()
-        operation(index)
+        await operation(index)
         durations.append(time.perf_counter() - started)
-    return percentiles(durations)
+    return durations
 
 
-def time_async(operation: Callable[[int], Awaitable[Any]], count: int) -> tuple[float, float]:
-    """Return (p50, p95) in ms of ``count`` awaited calls inside one event loop."""
-    return asyncio.run(_time_in_loop(operation, count))
+FLOOR = "append 1: the statement alone, bare connection (server floor)"
 
 
-def sony(bench: Bench, report: Report, ops: int) -> None:
-    """Measure sony-rag's SonyChatMessageHistory and its documented async functions."""
+def sony(bench: Bench, runner: asyncio.Runner, stack: contextlib.ExitStack) -> list[Contender]:
+    """Return sony-rag's contenders: SonyChatMessageHistory, the documented async functions, the bare statement."""
     from sony_rag.chat_history import SonyChatMessageHistory
 
     db = bench.db
@@ -59,11 +92,6 @@ def sony(bench: Bench, report: Report, ops: int) -> None:
     reader.add_messages([message(i) for i in range(READ)])
     assert len(reader.messages) == READ
     writer = SonyChatMessageHistory(uuid.uuid4(), db)
-    name = "sony-rag SonyChatMessageHistory"
-    report.add(contender=name, operation="append 1 (add_message)", ops=ops,
-               **_cells(time_sync(lambda i: writer.add_message(message(i)), ops)))
-    report.add(contender=name, operation=f"read newest {READ} (.messages)", ops=ops,
-               **_cells(time_sync(lambda i: reader.messages, ops)))
 
     async def documented() -> tuple[Any, Any]:
         session = await create_chat_session(db=db)
@@ -71,7 +99,7 @@ def sony(bench: Bench, report: Report, ops: int) -> None:
             await insert_chat_message(session, "user" if i % 2 == 0 else "assistant", text(i), db=db)
         return session, await create_chat_session(db=db)
 
-    read_session, write_session = asyncio.run(documented())
+    read_session, write_session = runner.run(documented())
 
     async def append(i: int) -> Any:
         return await insert_chat_message(write_session, "user", text(i), db=db)
@@ -81,72 +109,98 @@ def sony(bench: Bench, report: Report, ops: int) -> None:
         assert len(rows) == READ
         return rows
 
-    name = "sony-rag insert_chat_message / get_chat_history (async)"
-    report.add(contender=name, operation="append 1", ops=ops, **_cells(time_async(append, ops)))
-    report.add(contender=name, operation=f"read newest {READ}", ops=ops, **_cells(time_async(read, ops)))
+    # What the server alone spends on our append (session touch, insert, the documented indexes): the same
+    # statement the history sends, on a plain connection, with no pool, plan or message encoding around it.
+    bare = stack.enter_context(bench.connect())
+    encoded = encode_message(message(1))
+
+    def statement_alone(i: int) -> None:
+        query, params = message_sql.append(writer._session_id, [uuid.uuid4()], [encoded.role], [encoded.content],
+                                           [None], None, [encoded.metadata], create_session={})
+        bare.execute(query, params).fetchall()
+
+    history = "sony-rag SonyChatMessageHistory"
+    functions = "sony-rag insert_chat_message / get_chat_history (async)"
+    return [
+        Contender(history, "append 1 (add_message)", lambda i: writer.add_message(message(i))),
+        Contender(history, f"read newest {READ} (.messages)", lambda i: reader.messages),
+        Contender(functions, "append 1", append, is_async=True),
+        Contender(functions, f"read newest {READ}", read, is_async=True),
+        Contender("sony-rag append statement", FLOOR, statement_alone),
+    ]
 
 
-def langchain(bench: Bench, report: Report, ops: int) -> None:
-    """Measure langchain-postgres's PostgresChatMessageHistory, sync and async, on its own table."""
+def langchain(bench: Bench, runner: asyncio.Runner, stack: contextlib.ExitStack) -> list[Contender]:
+    """Return langchain-postgres's PostgresChatMessageHistory contenders, sync and async, on its own table."""
     import psycopg
     from langchain_postgres import PostgresChatMessageHistory
 
-    with psycopg.connect(bench.url, autocommit=True) as conn:
-        PostgresChatMessageHistory.create_tables(conn, LC_TABLE)
-        read_session_id = str(uuid.uuid4())
-        reader = PostgresChatMessageHistory(LC_TABLE, read_session_id, sync_connection=conn)
-        reader.add_messages([message(i) for i in range(READ)])
-        assert len(reader.messages) == READ
-        writer = PostgresChatMessageHistory(LC_TABLE, str(uuid.uuid4()), sync_connection=conn)
-        name = "langchain-postgres PostgresChatMessageHistory"
-        report.add(contender=name, operation="append 1 (add_message)", ops=ops,
-                   **_cells(time_sync(lambda i: writer.add_message(message(i)), ops)))
-        report.add(contender=name, operation=f"read newest {READ} (.messages)", ops=ops,
-                   **_cells(time_sync(lambda i: reader.messages, ops)))
+    conn = stack.enter_context(psycopg.connect(bench.url, autocommit=True))
+    PostgresChatMessageHistory.create_tables(conn, LC_TABLE)
+    read_session_id = str(uuid.uuid4())
+    reader = PostgresChatMessageHistory(LC_TABLE, read_session_id, sync_connection=conn)
+    reader.add_messages([message(i) for i in range(READ)])
+    assert len(reader.messages) == READ
+    writer = PostgresChatMessageHistory(LC_TABLE, str(uuid.uuid4()), sync_connection=conn)
+    aconn = runner.run(psycopg.AsyncConnection.connect(bench.url, autocommit=True))
+    stack.callback(lambda: runner.run(aconn.close()))
+    read_history = PostgresChatMessageHistory(LC_TABLE, read_session_id, async_connection=aconn)
+    write_history = PostgresChatMessageHistory(LC_TABLE, str(uuid.uuid4()), async_connection=aconn)
 
-    async def run_async() -> None:
-        async with await psycopg.AsyncConnection.connect(bench.url, autocommit=True) as aconn:
-            read_history = PostgresChatMessageHistory(LC_TABLE, read_session_id, async_connection=aconn)
-            write_history = PostgresChatMessageHistory(LC_TABLE, str(uuid.uuid4()), async_connection=aconn)
+    async def append(i: int) -> None:
+        await write_history.aadd_messages([message(i)])
 
-            async def append(i: int) -> None:
-                await write_history.aadd_messages([message(i)])
+    async def read(i: int) -> Any:
+        return await read_history.aget_messages()
 
-            async def read(i: int) -> Any:
-                return await read_history.aget_messages()
-
-            report.add(contender="langchain-postgres PostgresChatMessageHistory (async)", operation="append 1",
-                       ops=ops, **_cells(await _time_in_loop(append, ops)))
-            report.add(contender="langchain-postgres PostgresChatMessageHistory (async)",
-                       operation=f"read newest {READ}", ops=ops, **_cells(await _time_in_loop(read, ops)))
-
-    asyncio.run(run_async())
-
-
-async def _time_in_loop(operation: Callable[[int], Awaitable[Any]], count: int) -> tuple[float, float]:
-    await operation(-1)  # warm up
-    durations = []
-    for index in range(count):
-        started = time.perf_counter()
-        await operation(index)
-        durations.append(time.perf_counter() - started)
-    return percentiles(durations)
-
-
-def _cells(p50_p95: tuple[float, float]) -> dict[str, float]:
-    return {"p50 ms": p50_p95[0], "p95 ms": p50_p95[1]}
+    name = "langchain-postgres PostgresChatMessageHistory"
+    return [
+        Contender(name, "append 1 (add_message)", lambda i: writer.add_message(message(i))),
+        Contender(name, f"read newest {READ} (.messages)", lambda i: reader.messages),
+        Contender(f"{name} (async)", "append 1", append, is_async=True),
+        Contender(f"{name} (async)", f"read newest {READ}", read, is_async=True),
+        # Its add_message is one INSERT on the connection it was given: the peer's floor is its append itself.
+        Contender(name, "append 1 (add_message), beside our floor", lambda i: writer.add_message(message(i))),
+    ]
 
 
 def run(bench: Bench) -> Report:
-    """Measure chat memory and return the report."""
+    """Measure chat memory, ours and the peer's interleaved in rounds, and return the report."""
     ops = bench.options.chat_ops
-    report = Report("chat", f"Chat memory: append one message, read the newest {READ} ({ops:,} ops each)", COLUMNS)
-    sony(bench, report, ops)
-    if bench.options.langchain:
-        try:
-            langchain(bench, report, ops)
-        except Exception as error:
-            report.notes.append(f"langchain-postgres PostgresChatMessageHistory not measured: {why_not(error)}")
+    rounds = 2 if bench.options.smoke else ROUNDS
+    per_round = max(1, ops // rounds)
+    report = Report("chat", f"Chat memory: append one message, read the newest {READ} ({per_round * rounds:,} ops "
+                            f"each, in {rounds} interleaved rounds)", COLUMNS)
+    with asyncio.Runner() as runner, contextlib.ExitStack() as stack:
+        ours = sony(bench, runner, stack)
+        peers: list[Contender | None] = [None] * len(ours)
+        if bench.options.langchain:
+            try:
+                peers = list(langchain(bench, runner, stack))
+            except Exception as error:
+                report.notes.append(f"langchain-postgres PostgresChatMessageHistory not measured: {why_not(error)}")
+        # Ours and the peer's take turns, a block each per round: on a shared machine the load drifts, and
+        # each round's ratio compares the two under the same load.
+        for _ in range(rounds):
+            for mine, peer in zip(ours, peers, strict=True):
+                _block(runner, mine, per_round)
+                if peer is not None:
+                    _block(runner, peer, per_round)
+        for mine, peer in zip(ours, peers, strict=True):
+            for contender in (mine, peer):
+                if contender is None:
+                    continue
+                p50, p95 = percentiles(contender.durations)
+                ratio = ""
+                if contender is mine and peer is not None:
+                    ratios = sorted(a / b for a, b in zip(mine.round_p50s, peer.round_p50s, strict=True))
+                    middle = statistics.median(ratios)
+                    ratio = f"{middle:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+                    if mine.operation != FLOOR:
+                        report.target(f"{mine.contender} {mine.operation} vs {peer.contender}", middle, "<= 1.0x",
+                                      middle <= 1.0)
+                report.add(contender=contender.contender, operation=contender.operation,
+                           ops=len(contender.durations), **{"p50 ms": p50, "p95 ms": p95, "vs peer": ratio})
     for row in report.rows:
         if row["contender"].startswith("sony-rag") and row["operation"].startswith("read"):
             report.target(f"{row['contender']} read of {READ} p50", row["p50 ms"], "< 2 ms", row["p50 ms"] < 2.0)
@@ -154,7 +208,10 @@ def run(bench: Bench) -> Report:
         f"Reads are of a session holding exactly {READ} messages, so every contender returns {READ} "
         "(PostgresChatMessageHistory has no limit: it always reads the whole session). sony-rag's history is a "
         "pooled Database; PostgresChatMessageHistory is given one open connection. Appends go to a session "
-        "that grows by one message per call.")
+        "that grows by one message per call. 'vs peer' is the median over rounds of our p50 / the peer's p50 "
+        "in the same round, with the lowest and highest round in brackets. The server-floor row runs our append "
+        "statement alone on a plain connection: what the server spends on it (a session touch, a message row, "
+        "the documented indexes of both tables), beside the peer's one-table INSERT.")
     return report
 
 

@@ -7,8 +7,10 @@ of the same rows into the same table (the physical limit) and against langchain-
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import (
@@ -27,6 +29,10 @@ from sony_rag.database import batch_insert_embeddings
 
 LC_V1_BATCH = 5_000  # one INSERT ... VALUES per call; 5 parameters a row must stay under Postgres's 65,535
 BARE_V1_TABLE = "bare psycopg binary COPY into PGVector's own table"
+BARE = "bare psycopg binary COPY (prepared tuples)"
+ASYNC = "sony-rag batch_insert_embeddings (async)"
+STORE = "sony-rag SonyVectorStore.add_embeddings"
+ROUNDS = 3
 COLUMNS = ["method", "rows", "seconds", "rows/s", "x bare COPY", "x PGVector.add_embeddings"]
 
 
@@ -83,17 +89,31 @@ def run(bench: Bench) -> Report:
         speeds[name] = rows / seconds
         report.add(method=name, rows=rows, seconds=seconds, **{"rows/s": rows / seconds})
 
+    # No statement timeout: on a loaded shared machine one 100k-row COPY has taken longer than the default 30 s,
+    # and the bare COPY it is compared with has none either.
+    db = bench.database(statement_timeout_ms=0)
+    store = SonyVectorStore(VectorsOnly(), db)
+    contenders: dict[str, Callable[[], Any]] = {
+        BARE: lambda: bare_copy(bench, copy_rows),
+        ASYNC: lambda: asyncio.run(batch_insert_embeddings(items, db=db)),
+        STORE: lambda: store.add_embeddings(texts, vectors, metadatas),
+    }
+    # In rounds, each contender once per round into the emptied table: on a shared machine the load drifts,
+    # and each round's ratio compares ours with the bare COPY under the same load.
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(1 if bench.options.smoke else ROUNDS):
+        for name, call in contenders.items():
+            bench.truncate()
+            seconds, _ = timed(call)
+            stored = count_rows(bench, "document_embeddings")
+            if stored != n:
+                raise RuntimeError(f"{name} stored {stored} rows, expected {n}")
+            rates[name].append(n / seconds)
     bench.truncate()
-    measure("bare psycopg binary COPY (prepared tuples)", n, "document_embeddings",
-            lambda: bare_copy(bench, copy_rows))
-    bench.truncate()
-    measure("sony-rag batch_insert_embeddings (async)", n, "document_embeddings",
-            lambda: asyncio.run(batch_insert_embeddings(items, db=bench.db)))
-    bench.truncate()
-    store = SonyVectorStore(VectorsOnly(), bench.db)
-    measure("sony-rag SonyVectorStore.add_embeddings", n, "document_embeddings",
-            lambda: store.add_embeddings(texts, vectors, metadatas))
-    bench.truncate()
+    db.close()
+    for name, rounds in rates.items():
+        speeds[name] = statistics.median(rounds)
+        report.add(method=name, rows=n, seconds=n / speeds[name], **{"rows/s": speeds[name]})
 
     lc_n = min(bench.options.lc_rows, n)
     # langchain-postgres declares list[list[float]] (PGVectorStore refuses numpy arrays): lists, made untimed.
@@ -128,17 +148,19 @@ def run(bench: Bench) -> Report:
     else:
         report.notes.append("langchain-postgres comparisons skipped (--no-langchain)")
 
-    bare = speeds.get("bare psycopg binary COPY (prepared tuples)")
+    bare = speeds.get(BARE)
     v1 = speeds.get("langchain-postgres PGVector.add_embeddings")
     for row in report.rows:
         rate = row["rows/s"]
         row["x bare COPY"] = rate / bare if bare else None
         row["x PGVector.add_embeddings"] = rate / v1 if v1 else None
-    for name in ("sony-rag batch_insert_embeddings (async)", "sony-rag SonyVectorStore.add_embeddings"):
+    for name in (ASYNC, STORE):
         short = name.split(" ", 1)[1]
         if bare and name in speeds:
-            ratio = speeds[name] / bare
-            report.target(f"{short} vs bare COPY", ratio, ">= 0.8x", ratio >= 0.8)
+            ratios = sorted(ours / copy for ours, copy in zip(rates[name], rates[BARE], strict=True))
+            ratio = statistics.median(ratios)
+            report.target(f"{short} vs bare COPY", ratio, ">= 0.9x", ratio >= 0.9,
+                          f"per round {ratios[0]:.2f}-{ratios[-1]:.2f}x over {len(ratios)} rounds")
         if v1 and name in speeds:
             ratio = speeds[name] / v1
             report.target(f"{short} vs PGVector.add_embeddings", ratio, ">= 15x", ratio >= 15)
@@ -153,7 +175,8 @@ def run(bench: Bench) -> Report:
         "numpy vector and jsonb metadata; sony-rag and the bare COPY into document_embeddings with all its "
         "indexes, langchain-postgres into its own tables (PGVector: langchain_pg_embedding; PGVectorStore: a "
         "table of the same shape made by init_vectorstore_table). sony-rag's calls include validating every "
-        "row; the bare COPY gets ready-made tuples.")
+        "row; the bare COPY gets ready-made tuples. The bare COPY and sony-rag's two paths run in rounds (each "
+        "once per round, into the emptied table); rows/s is the median over rounds.")
     return report
 
 

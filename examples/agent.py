@@ -5,7 +5,8 @@
     python examples/agent.py --session ID "Is there a cheaper one?"
 
 The agent is LangChain's ``create_agent`` with three tools, each ``SonyVectorStore.as_retriever()`` with a
-``source_type`` filter, and ``SonyChatMessageHistory`` as its memory. The chat model comes from
+``source_type`` filter, and ``SonyCheckpointer`` as its memory (``checkpointer=``; the session id is the
+``thread_id``, and every message becomes a row of ``chat_messages``). The chat model comes from
 SONY_RAG_CHAT_MODEL (e.g. ``openai:gpt-4o-mini`` with OPENAI_API_KEY set and langchain-openai installed);
 with none configured, sony-rag's offline answerer replies from the retrieved passages, citing them.
 """
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from sony_rag import Database, SonyVectorStore
 from sony_rag.agent import ShopAgent
-from sony_rag.chat_history import SonyChatMessageHistory
 from sony_rag.embeddings import get_embeddings
 from sony_rag.ingest import ingest_paths
 from sony_rag.migrate import migrate
@@ -43,15 +43,15 @@ def main() -> None:
         ingest_paths(db, [DATA], embeddings)  # idempotent: a second run finds nothing to change
 
         session_id = args.session or str(uuid.uuid4())
-        history = SonyChatMessageHistory(session_id, db, create_session=args.session is None,
-                                         current_page="/examples/agent")
-        earlier = [message.text for message in history.messages if message.type == "human"]
+        agent = ShopAgent(SonyVectorStore(embeddings, db), session_id, page_context="/examples/agent")
+        # The conversation so far is the agent's state at the thread's newest checkpoint.
+        state = agent.graph.get_state(agent.config).values
+        earlier = [message.text for message in state.get("messages", []) if message.type == "human"]
         if earlier:
             print(f"session {session_id}: {len(earlier)} earlier question(s), the last: {earlier[-1]!r}")
         else:
             print(f"session {session_id}: a new conversation")
 
-        agent = ShopAgent(SonyVectorStore(embeddings, db), history)
         question = " ".join(args.question) or (FOLLOW_UP if earlier else FIRST_QUESTION)
         print(f"\nyou> {question}")
         reply = agent.ask(question)

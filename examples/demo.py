@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from sony_rag import Database, SonyChatMessageHistory, SonyRagError, SonyVectorStore
+from sony_rag import Database, SonyRagError, SonyVectorStore
 from sony_rag.agent import ShopAgent
 from sony_rag.cli import exit_code_for
 from sony_rag.embeddings import embeddings_name, get_embeddings
@@ -54,8 +54,8 @@ def run(console: Console) -> None:
                       f"({report.chunks_written} chunks), {report.unchanged} unchanged, {report.seconds:.1f} s")
 
         session_id = str(uuid.uuid4())
-        history = SonyChatMessageHistory(session_id, db, current_page="/demo", user_agent="examples/demo.py")
-        agent = ShopAgent(SonyVectorStore(embeddings, db), history)
+        agent = ShopAgent(SonyVectorStore(embeddings, db), session_id, page_context="/demo",
+                          user_agent="examples/demo.py")
         who = "the offline answerer (no chat model configured)" if agent.offline else type(agent.model).__name__
         console.print(f"[bold]3. ask[/] the shop agent, answered by {who}; session {session_id}")
         for question in QUESTIONS:

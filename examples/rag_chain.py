@@ -1,12 +1,14 @@
-"""An LCEL RAG chain with memory (RunnableWithMessageHistory) and selection-aware retrieval, all async.
+"""An LCEL RAG chain with memory (a one-node LangGraph graph with SonyCheckpointer) and selection-aware
+retrieval, all async.
 
     python examples/rag_chain.py
 
 A shopper on a sofa page highlights "Free shipping on orders over $500" and asks "Does this apply here?".
 ``SelectionAwareRetriever`` searches with the question blended with the session's newest selections, so
-the shipping policy is found although the question names nothing; ``SonyChatMessageHistory`` keeps the
-conversation, so the follow-up question sees the first exchange. The chat model comes from
-SONY_RAG_CHAT_MODEL, else sony-rag's offline answerer, which quotes the passages in its prompt.
+the shipping policy is found although the question names nothing; the checkpointer keeps the conversation
+(the session id is the thread id), so the follow-up question sees the first exchange, and every message is a
+row of ``chat_messages``. The chat model comes from SONY_RAG_CHAT_MODEL, else sony-rag's offline answerer,
+which quotes the passages in its prompt.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from langchain_core.output_parsers import StrOutputParser
+from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough
-from langchain_core.runnables.history import RunnableWithMessageHistory
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import START, MessagesState, StateGraph
 
 from sony_rag import (
     Database,
     SelectionAwareRetriever,
-    SonyChatMessageHistory,
+    SonyCheckpointer,
     SonyVectorStore,
     arecord_selection,
     create_chat_session,
+    get_chat_history,
 )
 from sony_rag.agent import chat_model, format_documents
 from sony_rag.embeddings import get_embeddings
@@ -51,38 +54,38 @@ PROMPT = ChatPromptTemplate.from_messages([
 async def main() -> None:
     """Record a selection, then ask two questions through the chain in one session."""
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # pgserver's harmless notice
-    # LangChain now points to LangGraph persistence (examples/agent.py); this example shows the classic API.
-    warnings.filterwarnings("ignore", message="RunnableWithMessageHistory is deprecated")
     embeddings = get_embeddings()
     async with Database() as db:
         migrate(db)
         ingest_paths(db, [DATA], embeddings)  # idempotent: a second run finds nothing to change
         store = SonyVectorStore(embeddings, db)
+        chain = PROMPT | chat_model()
 
-        async def retrieve(inputs: dict[str, Any], config: RunnableConfig) -> str:
+        async def answer(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
             # One retriever per session: the session's selections steer the search.
-            session_id = config["configurable"]["session_id"]
-            retriever = SelectionAwareRetriever(vector_store=store, session_id=session_id, k=4)
-            return format_documents(await retriever.ainvoke(inputs["question"], config))
+            *history, question = state["messages"]
+            retriever = SelectionAwareRetriever(vector_store=store, session_id=config["configurable"]["thread_id"],
+                                                k=4)
+            context = format_documents(await retriever.ainvoke(question.text, config))
+            reply = await chain.ainvoke({"context": context, "history": history, "question": question.text}, config)
+            return {"messages": [reply]}
 
-        chain = (RunnablePassthrough.assign(context=RunnableLambda(retrieve))
-                 | PROMPT | chat_model() | StrOutputParser())
-        with_memory = RunnableWithMessageHistory(
-            chain, lambda session_id: SonyChatMessageHistory(session_id, db, current_page=PAGE),
-            input_messages_key="question", history_messages_key="history",
-        )
+        builder = StateGraph(MessagesState)
+        builder.add_node("answer", answer)
+        builder.add_edge(START, "answer")
+        graph = builder.compile(checkpointer=SonyCheckpointer(db))
 
         session_id = await create_chat_session(current_page=PAGE, session_id=uuid.uuid4(), db=db)
         await arecord_selection(store, db, session_id, SELECTION, page_url=PAGE)
         print(f"session {session_id} on {PAGE}; the shopper highlighted: {SELECTION!r}")
-        config: RunnableConfig = {"configurable": {"session_id": str(session_id)}}
+        config: RunnableConfig = {"configurable": {"thread_id": str(session_id), "page_context": PAGE}}
         for question in QUESTIONS:
-            answer = await with_memory.ainvoke({"question": question}, config)
-            print(f"\nyou> {question}\nassistant> {answer}")
+            state = await graph.ainvoke({"messages": [HumanMessage(question)]}, config)
+            print(f"\nyou> {question}\nassistant> {state['messages'][-1].text}")
 
-        stored = await SonyChatMessageHistory(session_id, db).aget_messages()
-        print(f"\n{len(stored)} messages stored in session {session_id}; the first: {stored[0].text!r}")
-        print(f"first source cited: {first_citation(stored[1].text)}")
+        stored = await get_chat_history(session_id, limit=None, db=db)
+        print(f"\n{len(stored)} messages stored in session {session_id}; the first: {stored[0]['content']!r}")
+        print(f"first source cited: {first_citation(stored[1]['content'])}")
 
 
 def first_citation(answer: str) -> str:

@@ -2,9 +2,8 @@
 
 ``ShopAgent`` wires three retrieval tools (``search_products``, ``search_faq``, ``search_policies``; each
 is ``SonyVectorStore.as_retriever()`` with a ``source_type`` filter) and a chat model into
-``langchain.agents.create_agent``, and keeps the conversation in ``SonyChatMessageHistory``: each turn
-reads the session's recent messages, runs the agent, and appends the turn's messages (the question, tool
-calls, tool results and answer) in one transaction.
+``langchain.agents.create_agent(..., checkpointer=SonyCheckpointer(db))``: the session is the thread, and
+every message of a turn (the question, tool calls, tool results and answer) becomes a ``chat_messages`` row.
 
 The chat model comes from ``SONY_RAG_CHAT_MODEL`` (for example ``openai:gpt-4o-mini``, through
 ``langchain.chat_models.init_chat_model``; the provider's package and API key must be installed and set).
@@ -21,20 +20,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Final
+from uuid import UUID
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from pydantic import Field
 
+from sony_rag import plans
+from sony_rag import validation as check
 from sony_rag.embeddings import word_stems
 from sony_rag.errors import ConfigurationError, InvalidInputError
+from sony_rag.executor import PlanGenerator, plan
+from sony_rag.plans import Row
 from sony_rag.vectorstore import SonyVectorStore
 
 OFFLINE_NOTICE: Final = (
@@ -100,14 +104,30 @@ def search_tools(store: SonyVectorStore, k: int = 4) -> list[BaseTool]:
     return tools
 
 
+def passage_facts(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Return what a passage's metadata adds to its text: its section heading and its price, as text."""
+    facts: dict[str, str] = {}
+    section = metadata.get("section")
+    if isinstance(section, str) and section.strip():
+        facts["section"] = section.strip()
+    price = metadata.get("price")
+    if isinstance(price, int | float) and not isinstance(price, bool):
+        currency = metadata.get("currency")
+        facts["price"] = f"{price:,.2f}" + (f" {currency}" if isinstance(currency, str) and currency else "")
+    elif isinstance(price, str) and price.strip():  # read back from a prompt by parse_passages
+        facts["price"] = price.strip()
+    return facts
+
+
 def format_documents(documents: Sequence[Document]) -> str:
-    """Return retrieved chunks as the text a model reads: each with its citation and title."""
+    """Return retrieved chunks as the text a model reads: each with its citation, title, section and price."""
     if not documents:
         return "No matching passages."
     parts = []
     for document in documents:
         title = document.metadata.get("title")
         heading = f"[{source_label(document.metadata)}]" + (f" {title}" if title else "")
+        heading += "".join(f" | {key}: {value}" for key, value in passage_facts(document.metadata).items())
         parts.append(f"{heading}\n{document.page_content}")
     return "\n\n".join(parts)
 
@@ -214,11 +234,23 @@ def compose_answer(question: str, earlier_questions: Sequence[str], ranked: Sequ
         for number, (_, _, document) in enumerate(chosen, start=1):
             title = document.metadata.get("title")
             excerpt = best_sentences(document.page_content, weights, skip=str(title or ""))
-            lines.append(f"{number}. {title + ': ' if title else ''}{excerpt} [{source_label(document.metadata)}]")
+            lines.append(f"{number}. {_quoted_heading(document.metadata)}{excerpt} [{source_label(document.metadata)}]")
         labels = dict.fromkeys(f"[{source_label(document.metadata)}]" for _, _, document in chosen)
         lines.append("Sources: " + ", ".join(labels))
     lines.append(OFFLINE_NOTICE)
     return "\n".join(lines)
+
+
+def _quoted_heading(metadata: Mapping[str, Any]) -> str:
+    """Return what goes before a quoted excerpt: title, section heading and price (the excerpt may lack them)."""
+    title = metadata.get("title")
+    facts = passage_facts(metadata)
+    heading = str(title) if title else ""
+    if "section" in facts:
+        heading += (" › " if heading else "") + facts["section"]
+    if "price" in facts:
+        heading += f" ({facts['price']})"
+    return heading + ": " if heading else ""
 
 
 _PASSAGE_HEADING: Final = re.compile(r"^\[(?P<source_type>[a-z_]+):(?P<source_id>[^\]]+)\](?: (?P<title>.*))?$")
@@ -235,6 +267,14 @@ def parse_passages(text: str) -> list[Document]:
             if current is not None:
                 documents.append(Document(page_content="\n".join(body).strip(), metadata=current))
             current = {key: value for key, value in heading.groupdict().items() if value}
+            title, *facts = str(current.get("title", "")).split(" | ")
+            current.pop("title", None)
+            if title:
+                current["title"] = title
+            for fact in facts:
+                key, _, value = fact.partition(": ")
+                if key in ("section", "price") and value:
+                    current[key] = value
             body = []
         elif current is not None:
             body.append(line)
@@ -334,57 +374,100 @@ class AgentReply:
 
 
 class ShopAgent:
-    """The shop assistant: ``ask(question)`` runs one agent turn and stores it in the session's history.
+    """The shop assistant: ``ask(question)`` runs one agent turn; its memory is a LangGraph checkpointer.
 
     Example:
         .. code-block:: python
 
             store = SonyVectorStore(get_embeddings(), db)
-            history = SonyChatMessageHistory(session_id, db)
-            agent = ShopAgent(store, history)   # offline answerer unless SONY_RAG_CHAT_MODEL is set
+            agent = ShopAgent(store, session_id)   # offline answerer unless SONY_RAG_CHAT_MODEL is set
             print(agent.ask("Which sofas have linen covers?").text)
+
+    The session is the thread (``thread_id``); the checkpointer (default: ``SonyCheckpointer`` on the store's
+    database) keeps the conversation as rows of ``chat_messages``. A session that already has messages but no
+    checkpoint (written through ``SonyChatMessageHistory``) starts from its newest ``max_history_messages``.
     """
 
-    def __init__(self, store: SonyVectorStore, history: BaseChatMessageHistory, *,
-                 model: BaseChatModel | None = None, k: int = 4, max_history_messages: int = 40) -> None:
-        """Build the agent graph; raises InvalidInputError for a bad ``k`` or history window."""
+    def __init__(self, store: SonyVectorStore, session_id: UUID | str, *, model: BaseChatModel | None = None,
+                 checkpointer: BaseCheckpointSaver[Any] | None = None, k: int = 4, max_history_messages: int = 40,
+                 page_context: str | None = None, user_agent: str | None = None) -> None:
+        """Build the agent graph; raises InvalidInputError for a bad id, ``k`` or history window (no I/O)."""
         for value, what in ((k, "k"), (max_history_messages, "max_history_messages")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{what} must be a positive integer, got {value!r}")
         from langchain.agents import create_agent
 
+        from sony_rag.checkpointer import SonyCheckpointer
+
         self.store = store
-        self.history = history
+        self.session_id = check.as_uuid(session_id, "session_id")
+        self.page_context = check.text(page_context, "page_context", optional=True)
+        self.user_agent = check.text(user_agent, "user_agent", optional=True)
         self.model = model if model is not None else chat_model()
         self.max_history_messages = max_history_messages
         self.tools = search_tools(store, k)
-        self.graph = create_agent(self.model, self.tools, system_prompt=SYSTEM_PROMPT)
+        self.checkpointer = checkpointer if checkpointer is not None else SonyCheckpointer(store.db)
+        self.graph = create_agent(self.model, self.tools, system_prompt=SYSTEM_PROMPT, checkpointer=self.checkpointer)
+        self._started = False
 
     @property
     def offline(self) -> bool:
         """Return True when the offline answerer writes the replies."""
         return isinstance(self.model, OfflineAnswerer)
 
+    @property
+    def config(self) -> RunnableConfig:
+        """Return the run config of this conversation: its thread and the page the user is on."""
+        configurable: dict[str, Any] = {"thread_id": str(self.session_id)}
+        if self.page_context is not None:
+            configurable["page_context"] = self.page_context
+        return {"configurable": configurable}
+
     def ask(self, question: str) -> AgentReply:
         """Answer ``question`` in this conversation and store the turn; raises InvalidInputError, SonyRagError."""
-        past = recent_turns(self.history.messages, self.max_history_messages)
-        state: dict[str, Any] = self.graph.invoke(_input([*past, HumanMessage(_question(question))]))
-        new = list(state["messages"])[len(past):]
-        self.history.add_messages(new)
-        return self._reply(new)
+        asked = HumanMessage(_question(question), id=str(uuid.uuid4()))
+        earlier: list[BaseMessage] = []
+        if not self._started:
+            earlier = self._earlier(self.graph.get_state(self.config).values,
+                                    self.store.db.run(_start_session(self.session_id, self.user_agent,
+                                                                     self.page_context)))
+        state: dict[str, Any] = self.graph.invoke(_input([*earlier, asked]), self.config)
+        self._started = True
+        return self._reply(state["messages"], asked)
 
     async def aask(self, question: str) -> AgentReply:
         """Answer ``question`` in this conversation and store the turn (async)."""
-        past = recent_turns(await self.history.aget_messages(), self.max_history_messages)
-        state: dict[str, Any] = await self.graph.ainvoke(_input([*past, HumanMessage(_question(question))]))
-        new = list(state["messages"])[len(past):]
-        await self.history.aadd_messages(new)
-        return self._reply(new)
+        asked = HumanMessage(_question(question), id=str(uuid.uuid4()))
+        earlier: list[BaseMessage] = []
+        if not self._started:
+            earlier = self._earlier((await self.graph.aget_state(self.config)).values,
+                                    await self.store.db.arun(_start_session(self.session_id, self.user_agent,
+                                                                            self.page_context)))
+        state: dict[str, Any] = await self.graph.ainvoke(_input([*earlier, asked]), self.config)
+        self._started = True
+        return self._reply(state["messages"], asked)
 
-    def _reply(self, turn: Sequence[BaseMessage]) -> AgentReply:
+    def _earlier(self, values: Mapping[str, Any], rows: list[Row]) -> list[BaseMessage]:
+        """Return the session's messages to start from when the thread has no checkpoint yet."""
+        if values.get("messages"):
+            return []
+        from sony_rag.checkpointer import message_from_row
+
+        return recent_turns([message_from_row(row) for row in rows], self.max_history_messages)
+
+    def _reply(self, messages: Sequence[BaseMessage], asked: HumanMessage) -> AgentReply:
+        start = next((index for index, message in enumerate(messages) if message.id == asked.id), len(messages))
+        turn = list(messages[start:])
         answers = [message for message in turn if isinstance(message, AIMessage) and not message.tool_calls]
         text = _text(answers[-1]) if answers else ""
         return AgentReply(text=text, sources=turn_sources(turn), offline=self.offline)
+
+
+@plan(read_only=False)
+def _start_session(session_id: UUID, user_agent: str | None, page: str | None) -> PlanGenerator[list[Row]]:
+    """Create the session if it is missing (with its user agent and page); return its messages, oldest first."""
+    yield from plans.create_session(session_id, user_agent, page, {}, if_missing=True).start()
+    return (yield from plans.history(session_id, None).start())  # type: ignore[no-any-return]
 
 
 def _input(messages: list[BaseMessage]) -> Any:
@@ -440,5 +523,6 @@ def turn_sources(turn: Iterable[BaseMessage]) -> list[dict[str, Any]]:
 
 __all__ = ["OFFLINE_NOTICE", "SEARCH_TOOLS", "SYSTEM_PROMPT", "AgentReply", "OfflineAnswerer", "ShopAgent",
            "artifact_documents", "best_sentences", "chat_model", "compose_answer", "format_documents", "parse_passages",
+           "passage_facts",
            "question_weights", "recent_turns", "search_query", "search_tools", "source_label",
            "turn_sources"]

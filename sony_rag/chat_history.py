@@ -17,6 +17,7 @@ from sony_rag.database import get_db
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.executor import Plan
 from sony_rag.message_codec import decode_message, encode_message
+from sony_rag.replicas import observe_position, write_position
 
 
 class SonyChatMessageHistory(BaseChatMessageHistory):
@@ -59,6 +60,10 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
     Clear:
         ``history.clear()`` deletes the session's messages (the session row stays).
 
+    Read replicas:
+        With ``read_urls`` on the Database, reads see every earlier write of the session through that
+        Database; another process passes ``history.position`` on as ``min_position=`` (docs/scale.md).
+
     Async:
         ``aget_messages``, ``aadd_messages`` and ``aclear`` are native async (no thread pool).
 
@@ -74,8 +79,11 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
     def __init__(self, session_id: str | UUID, db: Database | None = None, *, create_session: bool = True,
                  user_agent: str | None = None, current_page: str | None = None,
                  metadata: Mapping[str, Any] | None = None, max_messages: int | None = None,
-                 page_context: str | None = None) -> None:
-        """Create the history; raises InvalidInputError (or a subclass) for a bad argument, before any I/O."""
+                 page_context: str | None = None, min_position: str | None = None) -> None:
+        """Create the history; raises InvalidInputError (or a subclass) for a bad argument, before any I/O.
+
+        ``min_position``: reads see every write up to it (a ``position`` from another process), with replicas.
+        """
         if not isinstance(create_session, bool):
             raise InvalidInputError(f"create_session must be True or False, got {create_session!r}")
         if max_messages is not None and (isinstance(max_messages, bool) or not isinstance(max_messages, int)
@@ -91,6 +99,8 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
             "metadata": check.metadata(metadata),
         }
         self.page_context = page_context if page_context is not None else self._new_session["current_page"]
+        if min_position is not None:
+            observe_position(self._db, self._session_id, min_position)
 
     @property
     def session_id(self) -> str:
@@ -106,6 +116,11 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
     def page_context(self, value: str | None) -> None:
         """Set the page context for later batches (e.g. per web request); raises InvalidTextError."""
         self._page_context = check.text(value, "page_context", optional=True)
+
+    @property
+    def position(self) -> str | None:
+        """Return the WAL position a read must see to include this process's writes (None without replicas)."""
+        return write_position(self._db, self._session_id)
 
     @property
     def db(self) -> Database:
@@ -186,7 +201,8 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
 
 
 def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
-    return [decode_message(row["role"], row["content"], row["metadata"]) for row in rows]
+    # The rows were just decoded from the wire: nothing else holds their metadata.
+    return [decode_message(row["role"], row["content"], row["metadata"], owned=True) for row in rows]
 
 
 __all__ = ["SonyChatMessageHistory"]

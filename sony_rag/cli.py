@@ -8,34 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
 import textwrap
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 from uuid import UUID
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
-
-from sony_rag import commands
+# Only light modules here: `--help`, `--version` and every argument check run before rich, psycopg, pydantic,
+# LangChain or a model is imported (each command imports what it needs when it runs).
+from sony_rag.durations import AGE_HELP, parse_age
 from sony_rag.errors import (
-    ConfigurationError,
     DatabaseError,
     IndexBuildError,
+    InvalidInputError,
     MigrationError,
     NotFoundError,
     SchemaNotReadyError,
     SonyRagError,
 )
 from sony_rag.types import SOURCE_TYPES
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -48,34 +50,114 @@ exit codes:
   0  success
   1  a check failed or something was not found (migrate --test failures, an unknown session,
      tables missing: run `sony-rag migrate`, an inconsistent migration history)
-  2  usage or input error (bad option, missing file, bad record, bad configuration)
+  2  usage, input or configuration error (bad option, missing file, bad record, malformed
+     DATABASE_URL or setting, a prune that needs --yes)
   3  the database is unavailable or failed (cannot connect, timed out, refused the operation)
 
 environment: DATABASE_URL (unset: an embedded PostgreSQL in SONY_RAG_DATA_DIR),
 SONY_RAG_EMBEDDINGS=local|fake, SONY_RAG_CHAT_MODEL=provider:model (unset: the offline answerer)"""
 
 _SOURCE_TYPES: Final = sorted(SOURCE_TYPES)
+MAX_K: Final = 1000
+_URL_PASSWORD: Final = re.compile(r"(://[^:/@\s]*:)[^\s]*@")
+MAX_LISTS: Final = 32_768  # pgvector's limit
+
+
+# -- argument types: each refuses a bad value at parse time, with argparse's usage line and exit code 2 ----------
+
+
+class Age(NamedTuple):
+    """A prune age as typed and as a duration."""
+
+    text: str
+    delta: timedelta
+
+
+def _integer(value: str, low: int, high: int | None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {value!r}")
+    return number
+
+
+def _k(value: str) -> int:
+    return _integer(value, 1, MAX_K)
+
+
+def _positive(value: str) -> int:
+    return _integer(value, 1, None)
+
+
+def _threshold(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not -1.0 <= number <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a cosine similarity from -1 to 1, got {value!r}")
+    return number
+
+
+def _query(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the query is empty")
+    if "\x00" in value:
+        raise argparse.ArgumentTypeError("the query contains a NUL character")
+    return value
+
+
+def _age(value: str) -> Age:
+    try:
+        return Age(value, parse_age(value))
+    except InvalidInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _session_id(value: str) -> str:
+    try:
+        return str(UUID(value.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a session id is a UUID such as 3f2b...-...; got {value!r}") from None
+
+
+def _lists(value: str) -> str:
+    return value if value == "auto" else str(_integer(value, 1, MAX_LISTS))
 
 
 # -- parsing ---------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but its error lines never show a password (a URL typed where an option was meant)."""
+
+    def error(self, message: str) -> Any:  # -> NoReturn in typeshed; Any keeps mypy and argparse both happy
+        """Print the usage and ``message`` (any URL's password masked) and exit with status 2."""
+        super().error(_URL_PASSWORD.sub(r"\1***@", message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``sony-rag`` with every subcommand."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # SUPPRESS: a global option given before the subcommand is not reset by the subcommand's default.
     common.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
-                        help="Postgres URL (default: DATABASE_URL, else the embedded server)")
+                        help="Postgres URL: postgresql://, postgres:// or SQLAlchemy's postgresql+psycopg:// "
+                             "(default: DATABASE_URL, else the embedded server)")
     common.add_argument("--embeddings", choices=["local", "st", "fake"], default=argparse.SUPPRESS,
                         help="embedding model (default: SONY_RAG_EMBEDDINGS, else local)")
 
     def command(subparsers: Any, name: str, help_text: str, description: str | None = None) -> Any:
         # Raw formatting keeps the exit-code table's layout, so the description is wrapped here.
-        return subparsers.add_parser(name, parents=[common], help=help_text,
-                                     description=textwrap.fill(description or help_text, 88),
-                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = subparsers.add_parser(name, parents=[common], help=help_text,
+                                    description=textwrap.fill(description or help_text, 88),
+                                    epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(parser_=sub)  # for errors found after parsing, with this command's usage line
+        return sub
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sony-rag", parents=[common], epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill("Conversation memory and filtered similarity retrieval for LangChain agents on "
@@ -105,12 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "chunks of another embedding model (which ingest otherwise refuses)")
     sub.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    sub = command(subparsers, "search", "similarity search over the ingested chunks")
-    sub.add_argument("query", help="the text to search for")
+    sub = command(subparsers, "search", "similarity search over the ingested chunks",
+                  "Search the ingested chunks. The table shows the score that ranks the results (the fused score "
+                  "in hybrid mode, the full-text score in keyword mode, the similarity in vector mode) and the "
+                  "cosine similarity as its own column; --json carries both.")
+    sub.add_argument("query", type=_query, help="the text to search for")
     sub.add_argument("--source-type", choices=_SOURCE_TYPES, help="only this source type")
-    sub.add_argument("--k", type=int, default=5, help="how many results (default 5)")
-    sub.add_argument("--threshold", type=float, default=None,
-                     help="minimum cosine similarity, e.g. 0.6 (default: none)")
+    sub.add_argument("--k", type=_k, default=5, metavar="N", help=f"how many results, 1-{MAX_K} (default 5)")
+    sub.add_argument("--threshold", type=_threshold, default=None, metavar="S",
+                     help="minimum cosine similarity, -1 to 1, e.g. 0.6 (default: none)")
     sub.add_argument("--mode", choices=["vector", "keyword", "hybrid"], default="hybrid",
                      help="ranking: vector, keyword (full text) or hybrid, both fused (default; best measured)")
     sub.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -118,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(subparsers, "chat", "talk with the shop agent (reads lines until EOF or /quit)",
                   "An interactive conversation with the agent; its memory is stored in the database. The session "
                   "id is printed: resume with --session ID.")
-    sub.add_argument("--session", metavar="ID", help="resume this session (default: start a new one)")
+    sub.add_argument("--session", type=_session_id, metavar="ID",
+                     help="resume this session (default: start a new one)")
     sub.add_argument("--page", metavar="URL", help="the page the shopper is on (stored with the session)")
     sub.add_argument("--model", metavar="PROVIDER:MODEL",
                      help="chat model for init_chat_model (default: SONY_RAG_CHAT_MODEL, else offline)")
@@ -127,15 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(subparsers, "sessions", "list chat sessions or show one")
     session_commands = sub.add_subparsers(dest="sessions_command", required=True, metavar="ACTION")
     listing = command(session_commands, "list", "the most recently active sessions")
-    listing.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    listing.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
     listing.add_argument("--json", action="store_true", help="print as JSON")
     showing = command(session_commands, "show", "one session's messages")
-    showing.add_argument("session_id", metavar="ID", help="the session id")
-    showing.add_argument("--limit", type=int, default=None, help="only the newest N messages")
+    showing.add_argument("session_id", type=_session_id, metavar="ID", help="the session id")
+    showing.add_argument("--limit", type=_positive, default=None, help="only the newest N messages")
     showing.add_argument("--json", action="store_true", help="print as JSON")
 
-    sub = command(subparsers, "prune", "delete sessions idle for longer than an age")
-    sub.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 2w")
+    sub = command(subparsers, "prune", "delete sessions idle for longer than an age",
+                  "Delete chat sessions with no activity for longer than AGE, with their messages and text "
+                  "selections. On a terminal it lists what would go and asks first; without a terminal it "
+                  "needs --yes. --dry-run only shows what would go.")
+    sub.add_argument("--older-than", required=True, type=_age, metavar="AGE", help=AGE_HELP)
+    choice = sub.add_mutually_exclusive_group()
+    choice.add_argument("--dry-run", action="store_true",
+                        help="show the sessions that would go, with their message and selection counts")
+    choice.add_argument("--yes", action="store_true", help="delete without asking (scripts, cron)")
     sub.add_argument("--json", action="store_true", help="print as JSON")
 
     sub = command(subparsers, "stats", "rows per table and source type, index sizes and scans, pgvector version")
@@ -146,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = command(index_commands, "rebuild", "rebuild the vector index sized to the table",
                       "Rebuild idx_document_embeddings_vector: IVFFlat with lists from the row count (rows/1000 "
                       "up to 1M rows, sqrt(rows) beyond) or a number, or HNSW; then ANALYZE.")
-    rebuild.add_argument("--lists", default="auto", metavar="auto|N", help="IVFFlat lists (default auto)")
+    rebuild.add_argument("--lists", type=_lists, default="auto", metavar="auto|N",
+                         help=f"IVFFlat lists, 1-{MAX_LISTS:,} (default auto)")
     rebuild.add_argument("--hnsw", action="store_true", help="build HNSW instead of IVFFlat")
     rebuild.add_argument("--concurrently", action="store_true",
                          help="CREATE INDEX CONCURRENTLY: writes continue during the build")
@@ -161,20 +255,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sony-rag`` with ``argv`` (default: the process arguments) and return the exit code."""
     # pgserver asks platformdirs for a runtime folder at import; the fallback it warns about is harmless.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    out = Console(soft_wrap=True)
-    err = Console(stderr=True, soft_wrap=True)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_attach_negative_ages(sys.argv[1:] if argv is None else argv))
+        _check_arguments(args)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    out, err = consoles()
     try:
         return _dispatch(args, out, err)
     except SonyRagError as error:
-        err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        say(err, ("error: ", "bold red"), str(error))
         return exit_code_for(error)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        say(err, "interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `sony-rag ... | head`: the reader left; Python's own flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _attach_negative_ages(argv: Sequence[str]) -> list[str]:
+    # argparse reads "--older-than -5d" as a missing value followed by an unknown option "-5d"; attached, the
+    # age reaches its check, which says what is wrong with it.
+    arguments = list(argv)
+    for index, argument in enumerate(arguments[:-1]):
+        value = arguments[index + 1]
+        if argument == "--older-than" and value.startswith("-") and value[1:2].isdigit():
+            arguments[index: index + 2] = [f"--older-than={value}"]
+            break
+    return arguments
+
+
+def consoles() -> tuple[Console, Console]:
+    """Return the stdout and stderr consoles: no markup, emoji codes or highlighting in any text printed."""
+    from rich.console import Console
+
+    # Queries, chunks, messages, ids and file names are the user's text: "[/]" or ":sofa:" in them is text.
+    # Our own styling goes through Text objects (see ``say``), never through markup.
+    options: dict[str, Any] = {"soft_wrap": True, "markup": False, "emoji": False, "highlight": False}
+    return Console(**options), Console(stderr=True, **options)
+
+
+def say(console: Console, *parts: str | tuple[str, str]) -> None:
+    """Print one line made of plain strings and (text, style) pairs; nothing in them is read as markup."""
+    from rich.text import Text
+
+    console.print(Text.assemble(*parts))
 
 
 def exit_code_for(error: SonyRagError) -> int:
@@ -186,16 +313,27 @@ def exit_code_for(error: SonyRagError) -> int:
     return EXIT_USAGE
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    # What argparse's types cannot see alone, checked before the database or a model is touched.
+    fail: Callable[[str], Any] = args.parser_.error
+    if args.command == "ingest":
+        for path in args.paths:
+            if not Path(path).exists():
+                fail(f"no such file or directory: {path}")
+    elif args.command == "prune" and not (args.dry_run or args.yes) and not sys.stdin.isatty():
+        fail("refusing to delete without confirmation: there is no terminal to ask on; pass --yes to delete, "
+             "or --dry-run to see what would go")
+    elif args.command == "index" and args.hnsw and args.lists != "auto":
+        fail("--lists applies to IVFFlat only; leave it out with --hnsw")
+
+
 def _dispatch(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from pydantic import ValidationError
-
     from sony_rag.connection import Database
+    from sony_rag.conninfo import normalize_url
 
-    try:
-        db = Database(getattr(args, "database_url", None))
-    except ValidationError as error:
-        raise ConfigurationError(f"invalid settings: {error.errors()[0].get('msg', error)} "
-                                 f"({'.'.join(map(str, error.errors()[0].get('loc', ())))})") from error
+    url = getattr(args, "database_url", None)
+    # Settings and the URL are checked (ConfigurationError, exit 2) before any model loads or server starts.
+    db = Database(None if url is None else normalize_url(url, source="--database-url"))
     handler = _HANDLERS[args.command]
     try:
         return handler(args, db, out, err)
@@ -235,114 +373,149 @@ def _json_default(value: Any) -> Any:
 
 
 def _migrate(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    log: Callable[[str], None] = (lambda line: None) if args.json else (lambda line: out.print(line))
+    from sony_rag import commands
+
+    log: Callable[[str], None] = (lambda line: None) if args.json else (lambda line: say(out, line))
     if not args.json:
-        out.print(f"database: {db.description}", highlight=False)
+        say(out, f"database: {db.description}")
     outcome = commands.migrate(db, test=args.test, log=log)
     if args.json:
         _print_json(outcome.as_dict())
     else:
         if not outcome.applied:
-            out.print("up to date: no migration to apply")
+            say(out, "up to date: no migration to apply")
         if args.test:
             for result in outcome.checks:
-                mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
-                detail = f": {escape(result.detail)}" if result.detail else ""
-                out.print(f"{mark}  {escape(result.name)}{detail}", highlight=False)
-            out.print(f"{len(outcome.checks) - len(outcome.failed)} passed, {len(outcome.failed)} failed")
+                mark = ("PASS", "green") if result.passed else ("FAIL", "bold red")
+                say(out, mark, f"  {result.name}", f": {result.detail}" if result.detail else "")
+            say(out, f"{len(outcome.checks) - len(outcome.failed)} passed, {len(outcome.failed)} failed")
     return EXIT_FAILED if outcome.failed else EXIT_OK
 
 
 # -- ingest ----------------------------------------------------------------------------------------------
 
 
-class _RateColumn(ProgressColumn):
-    """Rows per second of a task."""
+def _progress_bar(console: Console) -> Any:
+    """Return a context manager drawing ingestion progress as a rich bar with rows per second."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        """Return the task's speed as text."""
-        speed = task.finished_speed or task.speed
-        if not speed and task.completed and task.elapsed:
-            speed = task.completed / task.elapsed  # rich needs two samples for its own estimate
-        return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
+    class RateColumn(ProgressColumn):
+        """Rows per second of a task."""
 
+        def render(self, task: Task) -> Text:
+            """Return the task's speed as text."""
+            speed = task.finished_speed or task.speed
+            if not speed and task.completed and task.elapsed:
+                speed = task.completed / task.elapsed  # rich needs two samples for its own estimate
+            return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
 
-class _RichProgress:
-    """Draws ingestion progress as a rich bar with rows per second (on a terminal only)."""
+    class RichProgress:
+        """Draws ingestion progress (on a terminal only)."""
 
-    def __init__(self, console: Console) -> None:
-        self._progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), console=console,
-                                  transient=False)
-        self._task: Any = None
+        def __init__(self) -> None:
+            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                      MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), console=console,
+                                      transient=False)
+            self._task: Any = None
 
-    def __enter__(self) -> _RichProgress:
-        self._progress.start()
-        return self
+        def __enter__(self) -> RichProgress:
+            self._progress.start()
+            return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        def __exit__(self, *exc: object) -> None:
+            self._progress.stop()
 
-    def start(self, total: int) -> None:
-        """Start the bar for ``total`` rows."""
-        self._task = self._progress.add_task("embedding + writing", total=total)
+        def start(self, total: int) -> None:
+            """Start the bar for ``total`` rows."""
+            self._task = self._progress.add_task("embedding + writing", total=total)
 
-    def advance(self, rows: int) -> None:
-        """Advance the bar by ``rows``."""
-        if self._task is not None:
-            self._progress.advance(self._task, rows)
+        def advance(self, rows: int) -> None:
+            """Advance the bar by ``rows``."""
+            if self._task is not None:
+                self._progress.advance(self._task, rows)
+
+    return RichProgress()
 
 
 def _ingest(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from sony_rag import commands
+
     embeddings = _embeddings(args, err)
     show_bar = err.is_terminal and not args.json
-    progress = _RichProgress(err) if show_bar else None
+    progress = _progress_bar(err) if show_bar else None
     with progress if progress is not None else nullcontext():
         report = commands.ingest(db, args.paths, embeddings=embeddings, source_type=args.source_type,
                                  on_error=args.on_error, progress=progress, reembed=args.reembed)
     for error in report.errors:
-        err.print(f"[yellow]skipped[/] {escape(str(error))}", highlight=False)
+        say(err, ("skipped ", "yellow"), str(error))
     if args.json:
         _print_json(report.as_dict())
         return EXIT_OK
-    out.print(
+    say(out,
         f"ingested {len(report.files)} file(s) with {report.embedding_model}: {report.sources} sources, "
         f"{report.written} written, {report.unchanged} unchanged"
         + (f", {len(report.errors)} bad record(s) skipped" if report.errors else "")
         + f"; {report.chunks_written} chunks written, {report.chunks_deleted} replaced, in {report.seconds:.2f} s"
-        + (f" ({report.rows_per_second:,.0f} rows/s)" if report.chunks_written else ""),
-        highlight=False,
-    )
+        + (f" ({report.rows_per_second:,.0f} rows/s)" if report.chunks_written else ""))
     return EXIT_OK
 
 
 # -- search ----------------------------------------------------------------------------------------------
 
+_SCORE_COLUMN: Final = {"similarity": "similarity", "text": "text score", "fused": "fused score"}
+
 
 def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    from sony_rag import commands
+
     embeddings = _embeddings(args, err)
-    matches = commands.search(db, args.query, embeddings=embeddings, source_type=args.source_type, k=args.k,
-                              threshold=args.threshold, mode=args.mode)
-    warning = commands.model_mismatch(matches, embeddings)
+    hits = commands.search(db, args.query, embeddings=embeddings, source_type=args.source_type, k=args.k,
+                           threshold=args.threshold, mode=args.mode)
+    warning = commands.model_mismatch(hits, embeddings)
     if warning:
-        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        say(err, ("warning: ", "yellow"), warning)
     if args.json:
-        _print_json([{"similarity": round(match["similarity"], 6), "source_type": match["source_type"],
-                      "source_id": match["source_id"], "title": match["metadata"].get("title"),
-                      "content": match["content_chunk"], "metadata": match["metadata"],
-                      "embedding_id": match["embedding_id"]} for match in matches])
+        _print_json([hit.as_dict() for hit in hits])
         return EXIT_OK
-    if not matches:
-        out.print("no matches" + (f" at or above similarity {args.threshold}" if args.threshold is not None else ""))
+    if not hits:
+        say(out, "no matches" + (f" at or above similarity {args.threshold}" if args.threshold is not None else ""))
         return EXIT_OK
-    table = Table(title=f"{len(matches)} match(es) for {args.query!r}", title_justify="left", expand=False)
+    ranked_by = hits[0].ranked_by
+    table = Table(title=Text(f"{len(hits)} match(es) for {args.query!r}, ranked by {_SCORE_COLUMN[ranked_by]}"),
+                  title_justify="left", expand=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    keyword = args.mode == "keyword"
+    if keyword:
+        # Keyword results rank by the share of the query's words a chunk holds, then by the text score.
+        table.add_column("words", justify="right", no_wrap=True)
+    if ranked_by != "similarity":
+        table.add_column(_SCORE_COLUMN[ranked_by], justify="right", no_wrap=True)
     table.add_column("similarity", justify="right", no_wrap=True)
-    table.add_column("source", no_wrap=True)
-    table.add_column("text", overflow="fold", max_width=90)
-    for match in matches:
+    # The source heads its text in one column: a column of its own left the text a letter wide at 80 columns.
+    table.add_column("source and text", overflow="fold", max_width=90)
+    for hit in hits:
+        match = hit.match
+        cells = [str(hit.rank)]
+        if keyword:
+            cells.append(f"{(hit.word_coverage or 0.0):.0%}")
+        if ranked_by != "similarity":
+            cells.append(f"{hit.score:.4f}")
+        cells.append(f"{hit.similarity:.3f}")
         text = " ".join(match["content_chunk"].split())
-        table.add_row(f"{match['similarity']:.3f}", f"{match['source_type']}:{match['source_id']}",
-                      escape(_clip(text, 240)))
+        table.add_row(*(Text(cell) for cell in cells),
+                      Text.assemble((f"{match['source_type']}:{match['source_id']}", "bold"), "\n", _clip(text, 240)))
     out.print(table)
     return EXIT_OK
 
@@ -355,6 +528,9 @@ def _clip(text: str, size: int) -> str:
 
 
 def _chat(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from rich.text import Text
+
+    from sony_rag import commands
     from sony_rag.agent import chat_model
 
     embeddings = _embeddings(args, err)
@@ -363,12 +539,12 @@ def _chat(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
                                       model=model)
     if not args.json:
         state = f"resumed, {conversation.earlier_messages} earlier messages" if conversation.resumed else "new"
-        out.print(f"session {conversation.session_id} ({state}); resume with: sony-rag chat --session "
-                  f"{conversation.session_id}", highlight=False)
+        say(out, f"session {conversation.session_id} ({state}); resume with: sony-rag chat --session "
+                 f"{conversation.session_id}")
         if conversation.offline:
-            out.print("[dim]no chat model configured: the offline answerer quotes the retrieved passages "
-                      "(set SONY_RAG_CHAT_MODEL to use a language model)[/]", highlight=False)
-        out.print("[dim]type a question; /quit or end of input to stop[/]", highlight=False)
+            say(out, ("no chat model configured: the offline answerer quotes the retrieved passages "
+                      "(set SONY_RAG_CHAT_MODEL to use a language model)", "dim"))
+        say(out, ("type a question; /quit or end of input to stop", "dim"))
     for question in _questions(out, interactive=sys.stdin.isatty() and not args.json):
         if question in ("/quit", "/exit"):
             break
@@ -379,15 +555,17 @@ def _chat(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
             continue
         out.print(Text.assemble(("assistant> ", "bold cyan"), reply.text))
     if not args.json:
-        out.print(f"session {conversation.session_id} saved; resume with: sony-rag chat --session "
-                  f"{conversation.session_id}", highlight=False)
+        say(out, f"session {conversation.session_id} saved; resume with: sony-rag chat --session "
+                 f"{conversation.session_id}")
     return EXIT_OK
 
 
 def _questions(out: Console, *, interactive: bool) -> Iterator[str]:
+    from rich.text import Text
+
     while True:
         try:
-            line = out.input("[bold]you>[/] ") if interactive else sys.stdin.readline()
+            line = out.input(Text("you> ", style="bold")) if interactive else sys.stdin.readline()
         except EOFError:
             return
         if not interactive and line == "":
@@ -401,20 +579,27 @@ def _questions(out: Console, *, interactive: bool) -> Iterator[str]:
 
 
 def _sessions(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    from sony_rag import commands
+
     if args.sessions_command == "list":
         rows = commands.list_sessions(db, limit=args.limit)
         if args.json:
             _print_json(rows)
             return EXIT_OK
         if not rows:
-            out.print("no sessions")
+            say(out, "no sessions")
             return EXIT_OK
         table = Table(title="chat sessions, most recently active first", title_justify="left")
-        for name in ("session_id", "updated_at", "messages", "current_page"):
-            table.add_column(name, no_wrap=name != "current_page")
+        table.add_column("session_id", no_wrap=True, min_width=36)
+        table.add_column("updated_at", no_wrap=True, min_width=19)
+        table.add_column("messages", justify="right", no_wrap=True)
+        table.add_column("current_page", overflow="fold")
         for row in rows:
-            table.add_row(str(row["session_id"]), _when(row["updated_at"]), str(row["message_count"]),
-                          escape(row["current_page"] or ""))
+            table.add_row(*(Text(cell) for cell in (str(row["session_id"]), _when(row["updated_at"]),
+                                                     str(row["message_count"]), row["current_page"] or "")))
         out.print(table)
         return EXIT_OK
     transcript = commands.show_session(db, args.session_id, limit=args.limit)
@@ -422,9 +607,9 @@ def _sessions(args: argparse.Namespace, db: Any, out: Console, err: Console) -> 
         _print_json(transcript.as_dict())
         return EXIT_OK
     session = transcript.session
-    out.print(f"session {session['session_id']}: created {_when(session['created_at'])}, last active "
-              f"{_when(session['updated_at'])}, page {session['current_page'] or '-'}, "
-              f"{len(transcript.messages)} message(s)", highlight=False)
+    say(out, f"session {session['session_id']}: created {_when(session['created_at'])}, last active "
+             f"{_when(session['updated_at'])}, page {session['current_page'] or '-'}, "
+             f"{len(transcript.messages)} message(s)")
     for message in transcript.messages:
         style = {"human": "bold", "ai": "cyan", "tool": "dim"}.get(message["type"], "")
         label = {"human": "you", "ai": "assistant", "tool": "tool"}.get(message["type"], message["type"])
@@ -437,12 +622,49 @@ def _when(value: datetime) -> str:
 
 
 def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    deleted = commands.prune(db, args.older_than)
-    if args.json:
-        _print_json({"deleted": deleted, "older_than": args.older_than})
+    from rich.text import Text
+
+    from sony_rag import commands
+
+    age: Age = args.older_than
+    if args.yes:
+        deleted = commands.prune(db, age.delta)
     else:
-        out.print(f"deleted {deleted} session(s) idle for more than {args.older_than} (with their messages and "
-                  "selections)", highlight=False)
+        candidates = commands.prune_preview(db, age.delta)
+        if args.dry_run:
+            return _print_prune_preview(args, out, candidates)
+        if not candidates:
+            say(out, f"no session has been idle for more than {age.text}: nothing to delete")
+            return EXIT_OK
+        _print_prune_preview(args, out, candidates, heading="would delete")
+        answer = out.input(Text(f"delete these {len(candidates)} session(s)? [y/N] ")).strip().lower()
+        if answer not in ("y", "yes"):
+            say(out, "cancelled: nothing was deleted")
+            return EXIT_OK
+        # Only the sessions shown, and only if still idle: one that became active meanwhile stays.
+        deleted = commands.prune(db, age.delta, only=[row["session_id"] for row in candidates])
+    if args.json:
+        _print_json({"deleted": deleted, "older_than": age.text})
+    else:
+        say(out, f"deleted {deleted} session(s) idle for more than {age.text} (with their messages and selections)")
+    return EXIT_OK
+
+
+def _print_prune_preview(args: argparse.Namespace, out: Console, candidates: list[dict[str, Any]],
+                         heading: str = "would delete") -> int:
+    age: Age = args.older_than
+    messages = sum(int(row["message_count"]) for row in candidates)
+    selections = sum(int(row["selection_count"]) for row in candidates)
+    summary = (f"{heading} {len(candidates)} session(s) idle for more than {age.text}, with {messages} "
+               f"message(s) and {selections} text selection(s)")
+    if args.json and args.dry_run:
+        _print_json({"dry_run": True, "older_than": age.text, "sessions": candidates,
+                     "would_delete": {"sessions": len(candidates), "messages": messages, "selections": selections}})
+        return EXIT_OK
+    say(out, summary)
+    for row in candidates:  # lines, not a table: ids stay whole on an 80-column terminal
+        say(out, f"  {row['session_id']}  last active {_when(row['updated_at'])}, {row['message_count']} "
+                 f"message(s), {row['selection_count']} selection(s)")
     return EXIT_OK
 
 
@@ -450,33 +672,39 @@ def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
 
 
 def _stats(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    from sony_rag import commands
+
     data = commands.stats(db)
     if args.json:
         _print_json(data)
         return EXIT_OK
-    out.print(f"database: {db.description}; pgvector {data.get('pgvector_version') or 'not installed'}",
-              highlight=False)
+    say(out, f"database: {db.description}; pgvector {data.get('pgvector_version') or 'not installed'}")
     tables = Table(title="rows", title_justify="left")
     tables.add_column("table")
     tables.add_column("rows", justify="right")
     for name, count in data.get("tables", {}).items():
-        tables.add_row(name, f"{count:,}")
+        tables.add_row(Text(name), f"{count:,}")
     for source_type, count in data.get("document_embeddings_by_source_type", {}).items():
-        tables.add_row(f"  document_embeddings / {source_type}", f"{count:,}")
+        tables.add_row(Text(f"  document_embeddings / {source_type}"), f"{count:,}")
     out.print(tables)
     index = data.get("vector_index")
     if index:
         options = ", ".join(f"{key}={value}" for key, value in index.items()
                             if key not in ("name", "method", "size_bytes") and value is not None)
-        out.print(f"vector index: {index['method']} ({options})", highlight=False)
+        say(out, f"vector index: {index['method']} ({options})")
     else:
-        out.print("vector index: none (searches scan exactly)")
+        say(out, "vector index: none (searches scan exactly)")
+    for problem in data.get("index_problems", []):
+        say(out, f"warning: {problem['message']}; fix: {problem['fix']}")
     indexes = Table(title="indexes (the spec's monitoring query: scans since statistics were reset)",
                     title_justify="left")
     for name, justify in (("table", "left"), ("index", "left"), ("scans", "right"), ("size", "right")):
         indexes.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in data.get("indexes", []):
-        indexes.add_row(row["table"], row["index"], f"{row['idx_scan']:,}", _size(row["size_bytes"]))
+        indexes.add_row(Text(row["table"]), Text(row["index"]), f"{row['idx_scan']:,}", _size(row["size_bytes"]))
     out.print(indexes)
     return EXIT_OK
 
@@ -491,6 +719,8 @@ def _size(size: int) -> str:
 
 
 def _index(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
+    from sony_rag import commands
+
     with _status(err, "rebuilding the vector index"):
         report = commands.rebuild_index(db, lists=args.lists, hnsw=args.hnsw, concurrently=args.concurrently)
     if args.json:
@@ -498,11 +728,11 @@ def _index(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
         return EXIT_OK
     shape = (f"lists={report['lists']} (probes {report['default_probes']} by default)"
              if report["method"] == "ivfflat" else f"m={report['m']}, ef_construction={report['ef_construction']}")
-    out.print(f"rebuilt {report['index_name']}: {report['method']} {shape} on {report['rows']:,} rows, "
-              f"{_size(report['size_bytes'])}, in {report['seconds']:.2f} s"
-              + (" (concurrently)" if report["concurrently"] else ""), highlight=False)
+    say(out, f"rebuilt {report['index_name']}: {report['method']} {shape} on {report['rows']:,} rows, "
+             f"{_size(report['size_bytes'])}, in {report['seconds']:.2f} s"
+             + (" (concurrently)" if report["concurrently"] else ""))
     for note in report.get("notes", []):
-        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        say(err, ("note: ", "yellow"), note)
     return EXIT_OK
 
 
@@ -511,5 +741,5 @@ _HANDLERS: Final[dict[str, Callable[[argparse.Namespace, Any, Console, Console],
     "prune": _prune, "stats": _stats, "index": _index,
 }
 
-__all__ = ["EXIT_CODES_HELP", "EXIT_DATABASE", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser",
-           "exit_code_for", "main"]
+__all__ = ["EXIT_CODES_HELP", "EXIT_DATABASE", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "MAX_K", "Age",
+           "build_parser", "consoles", "exit_code_for", "main", "say"]

@@ -9,25 +9,28 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
-
-from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.connection import Database
-from sony_rag.database import match_from_row, parse_age
-from sony_rag.embeddings import embeddings_name
+from sony_rag.database import match_from_row
+from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, SchemaNotReadyError, SessionNotFoundError
-from sony_rag.ingest import IngestReport, OnError, Progress, ingest_paths
-from sony_rag.message_codec import decode_message
-from sony_rag.migrate import CheckResult, check_database
-from sony_rag.migrate import migrate as apply_migrations
 from sony_rag.types import EmbeddingMatch
+
+if TYPE_CHECKING:
+    # Each command imports what only it needs when it runs: `sony-rag stats` should not wait for LangChain's
+    # language-model machinery, nor `search` for SQLAlchemy's (the migrations' schema).
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
+
+    from sony_rag.ingest import IngestReport, OnError, Progress
+    from sony_rag.migrate import CheckResult
 
 # -- migrate ---------------------------------------------------------------------------------------------
 
@@ -52,6 +55,9 @@ class MigrateOutcome:
 
 def migrate(db: Database, *, test: bool = False, log: Callable[[str], None] = lambda line: None) -> MigrateOutcome:
     """Apply pending migrations (and, with ``test``, check the database); raises MigrationError."""
+    from sony_rag.migrate import check_database
+    from sony_rag.migrate import migrate as apply_migrations
+
     outcome = MigrateOutcome(applied=apply_migrations(db, log=log))
     if test:
         outcome.checks = check_database(db)
@@ -67,6 +73,8 @@ def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings,
 
     Raises BadRecordError (``on_error="stop"``), InvalidInputError or DatabaseError subclasses.
     """
+    from sony_rag.ingest import ingest_paths
+
     return ingest_paths(db, paths, embeddings, source_type=source_type, on_error=on_error, progress=progress,
                         reembed=reembed)
 
@@ -77,9 +85,49 @@ def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings,
 SEARCH_MODES = ("vector", "keyword", "hybrid")
 
 
+RANKED_BY = {"vector": "similarity", "keyword": "text", "hybrid": "fused"}
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the documented match, its rank, and the score that ranked it.
+
+    ``score`` is what orders the results: the cosine similarity (vector), the fused score (hybrid), or the
+    full-text score (keyword, after ``word_coverage``, the share of the query's words the chunk holds). The
+    cosine similarity is always ``match["similarity"]``, whichever mode ranked.
+    """
+
+    rank: int
+    match: EmbeddingMatch
+    score: float
+    ranked_by: str
+    word_coverage: float | None = None
+
+    @property
+    def similarity(self) -> float:
+        """Return the cosine similarity of the chunk to the query."""
+        return float(self.match["similarity"])
+
+    def __getitem__(self, key: str) -> Any:
+        """Return the documented match's field ``key`` (``hit["metadata"]``), as before hits had scores."""
+        return self.match[key]  # type: ignore[literal-required]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the hit as a JSON-ready dict (the ranking score and the similarity side by side)."""
+        match = self.match
+        metadata = match["metadata"] if isinstance(match["metadata"], dict) else {}
+        hit: dict[str, Any] = {"rank": self.rank, "score": round(self.score, 6), "ranked_by": self.ranked_by,
+                               "similarity": round(self.similarity, 6)}
+        if self.word_coverage is not None:
+            hit["word_coverage"] = round(self.word_coverage, 6)
+        return {**hit, "source_type": match["source_type"], "source_id": match["source_id"],
+                "title": metadata.get("title"), "content": match["content_chunk"], "metadata": match["metadata"],
+                "embedding_id": match["embedding_id"]}
+
+
 def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str | None = None, k: int = 5,
-           threshold: float | None = None, mode: str = "hybrid") -> list[EmbeddingMatch]:
-    """Return up to ``k`` chunks for ``query``, best first: by cosine similarity, full text, or both fused.
+           threshold: float | None = None, mode: str = "hybrid") -> list[SearchHit]:
+    """Return up to ``k`` hits for ``query``, best first: by cosine similarity, full text, or both fused.
 
     ``mode`` defaults to hybrid, the best of the three on benchmarks/relevance.py.
 
@@ -108,19 +156,33 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
         search_plan = plans.hybrid_search(query_vector, text, k, type_filter, capabilities, options,
                                           min_similarity=threshold)
     elif mode == "keyword":
-        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options)
+        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options, min_similarity=threshold)
     else:
         search_plan = plans.search(query_vector, k, type_filter, capabilities, min_similarity=threshold)
     rows = db.run(search_plan)
-    if mode == "keyword" and threshold is not None:
-        rows = [row for row in rows if 1.0 - float(row["distance"]) >= threshold]
-    return [match_from_row(row) for row in rows]
+    return [_hit(rank, row, mode) for rank, row in enumerate(rows, start=1)]
 
 
-def model_mismatch(matches: Sequence[EmbeddingMatch], embeddings: Embeddings) -> str | None:
+def _hit(rank: int, row: dict[str, Any], mode: str) -> SearchHit:
+    match = match_from_row(row)
+    if mode == "hybrid":
+        score = float(row["rrf"])
+    elif mode == "keyword":
+        score = float(row["text_score"])
+    else:
+        score = float(match["similarity"])
+    coverage = row.get("word_coverage")
+    return SearchHit(rank=rank, match=match, score=score, ranked_by=RANKED_BY[mode],
+                     word_coverage=None if coverage is None else float(coverage))
+
+
+def model_mismatch(matches: Sequence[EmbeddingMatch | SearchHit], embeddings: Embeddings) -> str | None:
     """Return a warning when the matches were embedded by another model than ``embeddings`` (else None)."""
+    from sony_rag.embeddings import embeddings_name
+
+    rows = [item.match if isinstance(item, SearchHit) else item for item in matches]
     used = embeddings_name(embeddings)
-    stored = sorted({str(m["metadata"]["embedding_model"]) for m in matches
+    stored = sorted({str(m["metadata"]["embedding_model"]) for m in rows
                      if isinstance(m["metadata"], dict) and m["metadata"].get("embedding_model")} - {used})
     if not stored:
         return None
@@ -157,7 +219,6 @@ def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = 
     Raises InvalidIdentifierError for a malformed id and SessionNotFoundError for an unknown one.
     """
     from sony_rag.agent import ShopAgent
-    from sony_rag.chat_history import SonyChatMessageHistory
     from sony_rag.vectorstore import SonyVectorStore
 
     page = check.text(page, "page", optional=True)
@@ -170,9 +231,8 @@ def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = 
         chosen: UUID = existing
     else:
         chosen = uuid.uuid4()
-    history = SonyChatMessageHistory(chosen, db, create_session=session_id is None, current_page=page,
-                                     user_agent="sony-rag chat")
-    agent = ShopAgent(SonyVectorStore(embeddings, db), history, model=model, k=k)
+    agent = ShopAgent(SonyVectorStore(embeddings, db), chosen, model=model, k=k, page_context=page,
+                      user_agent="sony-rag chat")
     return Conversation(session_id=str(chosen), resumed=session_id is not None, earlier_messages=earlier,
                         agent=agent)
 
@@ -201,6 +261,8 @@ class SessionTranscript:
 
 def show_session(db: Database, session_id: str, *, limit: int | None = None) -> SessionTranscript:
     """Return a session and its messages (the newest ``limit``, all when None); raises SessionNotFoundError."""
+    from sony_rag.message_codec import decode_message
+
     wanted = check.as_uuid(session_id, "session id")
     session = db.run(plans.get_session(wanted))
     if session is None:
@@ -216,6 +278,8 @@ def show_session(db: Database, session_id: str, *, limit: int | None = None) -> 
 
 def describe_message(message: BaseMessage) -> str:
     """Return a one-paragraph reading of a stored message (tool calls and results summarised)."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
     if isinstance(message, AIMessage) and message.tool_calls:
         calls = ", ".join(f"{call['name']}({', '.join(f'{k}={v!r}' for k, v in call['args'].items())})"
                           for call in message.tool_calls)
@@ -229,9 +293,24 @@ def describe_message(message: BaseMessage) -> str:
 # -- prune -----------------------------------------------------------------------------------------------
 
 
-def prune(db: Database, older_than: str) -> int:
-    """Delete sessions idle for longer than ``older_than`` ("30d", "12h", ...); return how many."""
-    return db.run(plans.prune_sessions(parse_age(older_than)))
+def prune_preview(db: Database, older_than: str | timedelta) -> list[dict[str, Any]]:
+    """Return the sessions ``prune`` would delete (least recently active first) with message and selection counts.
+
+    Raises InvalidInputError for an age that is not a positive ``90min``, ``12h``, ``30d``, ``2w``...
+    """
+    return db.run(plans.prune_candidates(parse_age(older_than)))
+
+
+def prune(db: Database, older_than: str | timedelta, *, only: Sequence[UUID] | None = None) -> int:
+    """Delete sessions idle for longer than ``older_than`` ("90min", "12h", "30d", "2w"); return how many.
+
+    With ``only`` (the ids a preview listed), no other session is deleted, nor one active again since.
+    Raises InvalidInputError for a bad age.
+    """
+    age = parse_age(older_than)
+    if only is not None:
+        return db.run(plans.prune_listed_sessions(age, list(only))) if only else 0
+    return db.run(plans.prune_sessions(age))
 
 
 # -- stats and index management --------------------------------------------------------------------------
@@ -265,5 +344,6 @@ def rebuild_index(db: Database, *, lists: str = "auto", hnsw: bool = False,
     return report.as_dict()
 
 
-__all__ = ["Conversation", "MigrateOutcome", "SessionTranscript", "describe_message", "ingest", "list_sessions",
-           "migrate", "model_mismatch", "open_chat", "prune", "rebuild_index", "search", "show_session", "stats"]
+__all__ = ["Conversation", "MigrateOutcome", "SearchHit", "SessionTranscript", "describe_message", "ingest",
+           "list_sessions", "migrate", "model_mismatch", "open_chat", "prune", "prune_preview", "rebuild_index",
+           "search", "show_session", "stats"]

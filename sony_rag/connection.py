@@ -14,15 +14,15 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
+from sony_rag.conninfo import describe_conninfo, normalize_url
 from sony_rag.embedded import embedded_url
 from sony_rag.errors import (
     DatabaseUnavailableError,
@@ -30,7 +30,12 @@ from sony_rag.errors import (
     translate_database_error,
 )
 from sony_rag.executor import NotStarted, Plan, adrive, drive
+from sony_rag.retry import ConnectionGate, backoff_delays, give_up_at_once
 from sony_rag.settings import Settings, get_settings
+from sony_rag.vector_index import Capabilities, VectorIndex, warn_once
+
+if TYPE_CHECKING:
+    from sony_rag.replicas import ReplicaSet
 
 logger = logging.getLogger("sony_rag")
 T = TypeVar("T")
@@ -46,42 +51,6 @@ _CAPABILITY_TTL_SECONDS = 60.0
 _TRUSTED_IDLE_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class VectorIndex:
-    """The approximate index on document_embeddings.embedding, as the server reports it."""
-
-    method: str  # "ivfflat" or "hnsw"
-    lists: int | None
-    m: int | None
-    ef_construction: int | None
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the connected server can do, read once and cached for a minute."""
-
-    pgvector_version: tuple[int, ...]
-    vector_index: VectorIndex | None
-
-    @property
-    def iterative_scan(self) -> bool:
-        """Return True when pgvector has iterative index scans (0.8.0 and later)."""
-        return self.pgvector_version >= (0, 8, 0)
-
-
-def describe_conninfo(conninfo: str) -> str:
-    """Return ``user@host:port/dbname`` for logs and errors: never the password or other parameters."""
-    try:
-        parts = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return "<unparseable database URL>"
-    host = str(parts.get("host") or "localhost")
-    if host.startswith("/"):
-        host = f"socket {host}"
-    user = parts.get("user")
-    port = parts.get("port")
-    where = f"{host}:{port}" if port else host
-    return f"{str(user) + '@' if user else ''}{where}/{parts.get('dbname') or user or 'postgres'}"
 
 
 def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
@@ -98,12 +67,27 @@ def is_transaction_pooler(conninfo: str, explicit: bool | None) -> bool:
 class Database:
     """Both pools to one server, opened lazily; use as a (sync or async) context manager or call ``close``."""
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server."""
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 read_urls: Sequence[str] | None = None) -> None:
+        """Prepare (but do not open) pools for ``url``, else the settings' URL, else the embedded server.
+
+        ``read_urls`` (else the settings' ``read_urls``): read replicas for retrieval (see sony_rag.replicas).
+        Raises ConfigurationError for a malformed URL or settings (see ``sony_rag.conninfo.normalize_url``).
+        """
         self.settings = settings or get_settings()
-        if url is None and self.settings.database_url is not None:
-            url = self.settings.database_url.get_secret_value()
+        # Checked here, before anything connects: a malformed URL is a ConfigurationError that never quotes it.
+        if url is not None:
+            url = normalize_url(url)
+        elif self.settings.database_url is not None:
+            url = normalize_url(self.settings.database_url.get_secret_value(), source="DATABASE_URL")
         self._url = url
+        if read_urls is None:
+            read_urls = [each.get_secret_value() for each in self.settings.read_urls]
+        self.replicas: ReplicaSet | None = None
+        if read_urls:
+            from sony_rag.replicas import ReplicaSet
+
+            self.replicas = ReplicaSet(read_urls, self.settings, Database)
         self._conninfo: str | None = None
         self._lock = threading.Lock()
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -114,6 +98,9 @@ class Database:
         self._capabilities: tuple[float, Capabilities] | None = None
         self._pooler_cache: tuple[str, bool | None, bool] | None = None
         self._closed = False
+        # Callers share one connection attempt while the server is unreachable (see sony_rag.retry); the
+        # cool-down is the first backoff step, so a recovered server is used again within one step.
+        self._gate = ConnectionGate(self._probe, self._drop_pools, cool_down=self.settings.connect_backoff)
         # When each pooled connection was last given back (see _TRUSTED_IDLE_SECONDS).
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
                                                      float] = weakref.WeakKeyDictionary()
@@ -165,25 +152,52 @@ class Database:
         return None
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-        """Return a new plain connection (no pgvector types), retrying while the server wakes up."""
+        """Return a new plain connection (no pgvector types), retrying while the server wakes up.
+
+        Raises DatabaseUnavailableError after the last retry, or at once when waiting cannot help (nothing
+        listens on this machine's port or socket, a refused login, a missing database: ``sony_rag.retry``).
+        """
         kwargs = {**self.connection_kwargs(), "autocommit": autocommit}
-        attempts = self.settings.connect_retries + 1
-        delay = self.settings.connect_backoff
-        last_error: psycopg.OperationalError | None = None
-        for attempt in range(attempts):
+        delays = backoff_delays(self.settings.connect_backoff, self.settings.connect_retries)
+        attempts = 0
+        while True:
+            attempts += 1
             try:
                 return psycopg.connect(self.conninfo, **kwargs)
             except psycopg.OperationalError as error:
-                last_error = error
-                if attempt + 1 < attempts:
-                    logger.warning("sony-rag: %s not reachable (attempt %d/%d), retrying in %.2fs",
-                                   self.description, attempt + 1, attempts, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        raise DatabaseUnavailableError(
-            f"could not connect to {self.description} after {attempts} attempts: "
-            f"{_safe_reason(last_error, self.conninfo)}"
-        ) from None
+                if give_up_at_once(error, self.conninfo):
+                    raise DatabaseUnavailableError(
+                        f"could not connect to {self.description}: {_safe_reason(error, self.conninfo)}"
+                    ) from None
+                delay = next(delays, None)
+                if delay is None:
+                    raise DatabaseUnavailableError(
+                        f"could not connect to {self.description} after {attempts} attempts: "
+                        f"{_safe_reason(error, self.conninfo)}"
+                    ) from None
+                logger.warning("sony-rag: %s not reachable (attempt %d/%d), retrying in %.2fs",
+                               self.description, attempts, self.settings.connect_retries + 1, delay)
+                time.sleep(delay)
+
+    def _probe(self) -> None:
+        # The connection attempt that callers share (ConnectionGate): a full retry cycle, then closed.
+        self.connect().close()
+
+    def _drop_pools(self) -> None:
+        # After a failed attempt: callers queued for a pooled connection fail now (PoolClosed) instead of
+        # waiting out pool_timeout, and the first call after recovery opens fresh pools. Closing may wait for
+        # the pools' workers, so it happens in the background.
+        with self._lock:
+            pool, self._pool = self._pool, None
+            apool, self._apool = self._apool, None
+            loop = self._apool_loop
+        # timeout=0: the pools fail their waiting callers at once instead of after their workers stopped (a
+        # worker may be in a connection attempt of its own, seconds long).
+        if pool is not None:
+            threading.Thread(target=pool.close, kwargs={"timeout": 0}, name="sony-rag-pool-close",
+                             daemon=True).start()
+        if apool is not None:
+            _close_async_pool_from_sync(apool, loop, timeout=0)
 
     # -- pools ----------------------------------------------------------------------------------------
 
@@ -220,6 +234,7 @@ class Database:
         try:
             ConnectionPool.check_connection(conn)
         except Exception:
+            self._connection_lost()
             pool = self._pool
             if pool is not None:
                 pool.check()
@@ -231,18 +246,37 @@ class Database:
         try:
             await AsyncConnectionPool.check_connection(conn)
         except Exception:
+            self._connection_lost()
             pool = self._apool
             if pool is not None and self._apool_loop is asyncio.get_running_loop():
                 await pool.check()
             raise
 
+    def _connection_lost(self) -> None:
+        # The server may be gone (a restart, a compute that slept): the next caller checks before using the pool,
+        # and a check starts now, so callers queued inside the pool learn the outcome too.
+        self._returned_at.clear()
+        self._gate.doubt()
+        self._gate.nudge()
+
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
-        """Return the sync pool, opening it (after the server answers) on first use."""
+        """Return the sync pool, opening it (after the server answers) on first use.
+
+        Raises DatabaseUnavailableError when the server cannot be reached (see ``sony_rag.retry``).
+        """
         if self._closed:
             raise DatabaseUnavailableError("this Database was closed")
+        pool = self._pool
+        if pool is not None and self._gate.is_open:
+            return pool
+        if pool is None:
+            # A new pool waits for the server with the gate's clear error, never for its own pool_timeout.
+            self._gate.doubt()
+        self._gate.pass_through()  # one attempt shared by every caller
         with self._lock:
+            if self._closed:
+                raise DatabaseUnavailableError("this Database was closed")
             if self._pool is None:
-                self.connect().close()  # waits for a waking server with a clear error, before the pool
                 self._pool = ConnectionPool(
                     self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
@@ -256,7 +290,13 @@ class Database:
         if self._closed:
             raise DatabaseUnavailableError("this Database was closed")
         loop = asyncio.get_running_loop()
+        if self._apool is None or self._apool_loop is not loop:
+            # A new pool waits for the server with the gate's clear error, never for its own pool_timeout.
+            self._gate.doubt()
+        await self._gate.apass_through()  # one attempt shared by every caller (threads included)
         with self._lock:
+            if self._closed:
+                raise DatabaseUnavailableError("this Database was closed")
             stale, stale_loop = None, self._apool_loop
             if self._apool is not None and self._apool_loop is not loop:
                 # A pool belongs to the loop that opened it; asyncio.run() twice means two loops.
@@ -277,8 +317,6 @@ class Database:
             # Many tasks may make their first call at once: one opens the pool, the others wait for it.
             async with opening:
                 if pool.closed:
-                    # Bounded wait for a waking server, on a thread: the connect itself must not block the loop.
-                    await asyncio.to_thread(lambda: self.connect().close())
                     # Waiting for min_size connections leaves no connect task in flight: a loop that ends
                     # while one is pending hangs in asyncio.run()'s shutdown, as the pool keeps retrying it.
                     await pool.open(wait=True, timeout=self.settings.pool_timeout)
@@ -291,6 +329,8 @@ class Database:
             apool, self._apool = self._apool, None
             self._vector_info = None
             self._capabilities = None
+        if self.replicas is not None:
+            self.replicas.reset()
         if pool is not None:
             pool.close()
         if apool is not None:
@@ -308,6 +348,8 @@ class Database:
             self._closed = True
             apool, self._apool = self._apool, None
             loop = self._apool_loop
+        if self.replicas is not None:
+            await self.replicas.aclose()
         if apool is not None:
             if loop is asyncio.get_running_loop():
                 await apool.close()
@@ -334,7 +376,13 @@ class Database:
         """Run a plan (a write in one transaction) and return its result; raises SonyRagError subclasses.
 
         ValueError for a plan made with ``transactional=False``: those run on a connection of their own.
+        With read replicas, a plan that may read from one does (see sony_rag.replicas).
         """
+        if self.replicas is not None and not self._closed:
+            return self.replicas.run(plan_, self._run_on_primary)
+        return self._run_on_primary(plan_)
+
+    def _run_on_primary(self, plan_: Plan[T]) -> T:
         initial = self._initial_settings(plan_)
         for attempt in range(2):
             try:
@@ -343,11 +391,17 @@ class Database:
                     return drive(conn, plan_, initial, pooled=self.transaction_pooler)
             except (PoolTimeout, psycopg.Error) as error:
                 self._raise_unless_retryable(plan_, error, attempt)
-            pool.check()  # replaces every dead idle connection, so the retry gets a live one
+            with contextlib.suppress(PoolClosed):
+                pool.check()  # replaces every dead idle connection, so the retry gets a live one
         raise AssertionError("unreachable")
 
     async def arun(self, plan_: Plan[T]) -> T:
         """Run a plan (a write in one transaction) on the async pool and return its result (errors as ``run``)."""
+        if self.replicas is not None and not self._closed:
+            return await self.replicas.arun(plan_, self._arun_on_primary)
+        return await self._arun_on_primary(plan_)
+
+    async def _arun_on_primary(self, plan_: Plan[T]) -> T:
         initial = self._initial_settings(plan_)
         for attempt in range(2):
             try:
@@ -357,7 +411,8 @@ class Database:
                         return await adrive(conn, plan_, initial, pooled=self.transaction_pooler)
             except (PoolTimeout, psycopg.Error) as error:
                 self._raise_unless_retryable(plan_, error, attempt)
-            await pool.check()
+            with contextlib.suppress(PoolClosed):
+                await pool.check()
         raise AssertionError("unreachable")
 
     def _initial_settings(self, plan_: Plan[Any]) -> dict[str, str] | None:
@@ -374,7 +429,7 @@ class Database:
         except Exception as error:
             if conn.closed:
                 # The server may have restarted: until checked again, no idle connection is trusted.
-                self._returned_at.clear()
+                self._connection_lost()
                 if _lost_midway(conn, error):
                     raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
             raise
@@ -388,11 +443,23 @@ class Database:
             raise DatabaseUnavailableError(
                 f"no connection to {self.description} became free within {self.settings.pool_timeout}s"
             ) from error
-        # A read is retried once on a lost connection; a write only when it never began (its BEGIN met a dead
-        # connection): lost later, it may have committed (a COMMIT in flight) or used up one-shot input (COPY rows).
-        if attempt == 0 and (isinstance(error, NotStarted) or (plan_.read_only and _connection_lost(error))):
+        if isinstance(error, PoolClosed):
+            # Closed under the caller: by a failed connection attempt (its callers all fail with its error),
+            # by close(), or by reset() (after migrations: the next pool serves the retry).
+            failure = self._gate.failure
+            if failure is not None:
+                raise DatabaseUnavailableError(failure) from None
+            if self._closed or attempt > 0:
+                raise DatabaseUnavailableError("this Database was closed") from error
+            return
+        # A read is retried once on a lost connection, and so is an idempotent write (running it again is
+        # harmless); any other write only when it never began (its BEGIN met a dead connection): lost later, it
+        # may have committed (a COMMIT in flight) or used up one-shot input (COPY rows).
+        if attempt == 0 and (isinstance(error, NotStarted)
+                             or ((plan_.read_only or plan_.idempotent) and _connection_lost(error))):
             logger.warning("sony-rag: connection to %s lost %s; retrying once", self.description,
-                           "during a read" if plan_.read_only else "before a write began")
+                           "during a read" if plan_.read_only else "before a write began"
+                           if isinstance(error, NotStarted) else "during an idempotent write")
             return
         raise translate_database_error(error) from error
 
@@ -407,6 +474,7 @@ class Database:
 
         caps = self.run(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     async def acapabilities(self) -> Capabilities:
@@ -418,6 +486,7 @@ class Database:
 
         caps = await self.arun(plans.read_capabilities())
         self._capabilities = (time.monotonic(), caps)
+        warn_once(caps)
         return caps
 
     def forget_capabilities(self) -> None:
@@ -460,7 +529,8 @@ def _safe_reason(error: BaseException | None, conninfo: str) -> str:
     return reason
 
 
-def _close_async_pool_from_sync(pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop | None) -> None:
+def _close_async_pool_from_sync(pool: AsyncConnectionPool[Any], loop: asyncio.AbstractEventLoop | None,
+                                timeout: float = 5.0) -> None:
     # An async pool can only be closed on its own loop; once that loop is closed its tasks are gone and
     # the connections are released when the pool is garbage-collected.
     if loop is not None and loop.is_running():
@@ -469,13 +539,13 @@ def _close_async_pool_from_sync(pool: AsyncConnectionPool[Any], loop: asyncio.Ab
         except RuntimeError:
             running = None
         if running is loop:
-            loop.create_task(pool.close())
+            loop.create_task(pool.close(timeout))
         else:
-            asyncio.run_coroutine_threadsafe(pool.close(), loop)
+            asyncio.run_coroutine_threadsafe(pool.close(timeout), loop)
         return
     if loop is not None and not loop.is_closed():
         try:
-            loop.run_until_complete(pool.close())
+            loop.run_until_complete(pool.close(timeout))
             return
         except Exception:
             logger.debug("sony-rag: could not close the async pool on its loop")

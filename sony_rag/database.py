@@ -6,7 +6,6 @@ lazily (or by ``init_db``) and closed by ``close_db``. Results are plain dicts k
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +18,9 @@ from psycopg.types.json import Jsonb
 from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.connection import Database
+from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
+from sony_rag.replicas import observe_position, write_position
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
 
@@ -88,23 +89,8 @@ async def delete_chat_session(session_id: UUID | str, *, db: Database | None = N
 
 
 async def prune_chat_sessions(older_than: timedelta | str, *, db: Database | None = None) -> int:
-    """Delete sessions idle for longer than ``older_than`` (a timedelta or "30d", "12h", "90m"); return the count."""
+    """Delete sessions idle for longer than ``older_than`` (a timedelta or "30d", "12h", "90min"); return the count."""
     return await get_db(db).arun(plans.prune_sessions(parse_age(older_than)))
-
-
-def parse_age(value: timedelta | str) -> timedelta:
-    """Return ``value`` as a positive timedelta ("30d", "12h", "45m", "90s", "2w"); raises InvalidInputError."""
-    if isinstance(value, timedelta):
-        age = value
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(value))
-        if not match:
-            raise InvalidInputError(f"age must look like 30d, 12h, 45m, 90s or 2w, got {value!r}")
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
-        age = timedelta(**{unit: float(match.group(1))})
-    if age <= timedelta(0):
-        raise InvalidInputError("age must be positive")
-    return age
 
 
 # -- chat messages -------------------------------------------------------------------------------------
@@ -125,11 +111,27 @@ async def insert_chat_message(session_id: UUID | str, role: str, content: str, p
     return message_id
 
 
-async def get_chat_history(session_id: UUID | str, limit: int | None = 50, *,
+async def get_chat_history(session_id: UUID | str, limit: int | None = 50, *, min_position: str | None = None,
                            db: Database | None = None) -> list[ChatMessage]:
-    """Return the session's newest ``limit`` messages (all when None), oldest first, in insertion order."""
-    rows = await get_db(db).arun(plans.history(check.as_uuid(session_id, "session_id"), _limit(limit, True)))
+    """Return the session's newest ``limit`` messages (all when None), oldest first, in insertion order.
+
+    With read replicas the read sees every write of the session made through ``db``, and every write up to
+    ``min_position`` (from ``get_write_position``, e.g. in another process); raises InvalidInputError.
+    """
+    database, session = get_db(db), check.as_uuid(session_id, "session_id")
+    count = _limit(limit, True)
+    if min_position is not None:
+        observe_position(database, session, min_position)
+    rows = await database.arun(plans.history(session, count))
     return rows  # type: ignore[return-value]
+
+
+def get_write_position(session_id: UUID | str, *, db: Database | None = None) -> str | None:
+    """Return the WAL position (``16/B374D848``) a read must see to include this process's writes to the session.
+
+    None without read replicas, or when ``db`` wrote nothing to the session lately. Pass it as ``min_position``.
+    """
+    return write_position(get_db(db), check.as_uuid(session_id, "session_id"))
 
 
 # -- embeddings ----------------------------------------------------------------------------------------
@@ -252,7 +254,7 @@ def _limit(value: int | None, allow_none: bool) -> int | None:
 
 async def delete_embeddings_by_source(source_type: str, source_id: str | None = None, *,
                                       db: Database | None = None) -> int:
-    """Delete a source's chunks (every chunk of the type when ``source_id`` is None); return how many."""
+    """Delete the chunks of this type AND this source id (every chunk of the type when None); return how many."""
     return await get_db(db).arun(plans.delete_embeddings(
         source=(check.source_type(source_type), check.text(source_id, "source_id", optional=True))))
 
@@ -292,6 +294,6 @@ def selection_from_row(row: Mapping[str, Any]) -> TextSelection:
 __all__: Sequence[str] = [
     "batch_insert_embeddings", "close_db", "create_chat_session", "delete_chat_session",
     "delete_embeddings_by_source", "get_chat_history", "get_chat_session", "get_db", "get_session_selections",
-    "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection", "prune_chat_sessions",
-    "search_similar_embeddings", "update_chat_session",
+    "get_write_position", "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection",
+    "prune_chat_sessions", "search_similar_embeddings", "update_chat_session",
 ]

@@ -8,9 +8,10 @@ psycopg exception.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import psycopg
-from psycopg import errors as pg_errors
+if TYPE_CHECKING:  # imported when needed: `sony-rag --help` and `import sony_rag` must not pay for psycopg
+    import psycopg
 
 
 class SonyRagError(Exception):
@@ -100,6 +101,9 @@ class SessionNotFoundError(NotFoundError):
 
 def translate_database_error(error: psycopg.Error) -> SonyRagError:
     """Return the sony-rag exception that stands for a psycopg error (the caller raises it ``from`` the original)."""
+    import psycopg
+    from psycopg import errors as pg_errors
+
     if isinstance(error, pg_errors.ForeignKeyViolation):
         return SessionNotFoundError("the chat session does not exist")
     if isinstance(error, pg_errors.QueryCanceled):

@@ -4,6 +4,8 @@ A plan is a generator that yields steps (SQL to run) and receives each step's re
 of an operation once, with no I/O. ``drive`` and ``adrive`` run a plan on one connection:
 
 * A write plan runs inside one transaction, so it is all-or-nothing.
+* A write plan made with ``single_statement=True`` sends one statement, which is atomic on its own: it runs
+  like a read-only plan's statements (no BEGIN and COMMIT round trips around it).
 * A read-only plan (one that promises to write nothing) runs each statement in an implicit transaction of its
   own, together with the plan's settings: under READ COMMITTED every statement of a transaction takes a fresh
   snapshot anyway, so this reads what one explicit transaction would, without the BEGIN and COMMIT round trips.
@@ -15,6 +17,9 @@ of an operation once, with no I/O. ``drive`` and ``adrive`` run a plan on one co
 * A plan made with ``transactional=False`` (index builds: ``CREATE INDEX CONCURRENTLY`` cannot run in a
   transaction) runs statement by statement in autocommit; ``Atomic`` groups statements into one transaction,
   and ``SetLocal`` sets session settings, so such a plan needs a connection of its own.
+* ``Together`` sends statements in one round trip and receives each one's rows; ``AfterCommit`` ends a write
+  plan's transaction and runs one more statement right after the COMMIT, in the same round trip on a direct
+  connection (sony_rag.replicas reads the commit's WAL position that way).
 
 Settings from ``SetLocal`` (and the caller's ``initial`` ones) travel with the next statement in one round trip
 (psycopg's pipeline mode: ``set_config(..., true)`` and the statement before one Sync, in one transaction; a
@@ -26,8 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import psycopg
@@ -82,7 +88,26 @@ class Atomic:
     steps: Sequence[Fetch | Execute]
 
 
-Step = Fetch | Execute | Copy | SetLocal | Atomic
+@dataclass(frozen=True)
+class Together:
+    """Run these queries in one round trip, in order, and receive a list of their rows (one list per query)."""
+
+    steps: Sequence[Fetch]
+
+
+@dataclass(frozen=True)
+class AfterCommit:
+    """Commit the plan's transaction, then run ``step`` and receive its rows; the last step of a write plan.
+
+    On a direct connection the COMMIT and ``step`` share one round trip (pipeline mode); behind a transaction
+    pooler they go one after the other, since a pipeline that ends outside a transaction can leave PgBouncer
+    holding a server connection for this client (see the module docstring).
+    """
+
+    step: Fetch
+
+
+Step = Fetch | Execute | Copy | SetLocal | Atomic | Together | AfterCommit
 PlanGenerator = Generator[Step, Any, T]
 
 # Settings a plan may change with SET LOCAL; a fixed set so no name is ever taken from user input.
@@ -106,25 +131,46 @@ class Plan(Generic[T]):
 
     ``read_only`` promises that the plan writes nothing (its statements then run one by one, see the module
     docstring); ``transactional=False`` makes it run outside a transaction, on a connection of its own.
+    ``single_statement`` promises one statement (atomic on its own: no transaction is opened around it);
+    ``idempotent`` that running the plan twice has the effect of running it once (so a write whose outcome
+    was lost with its connection may be run again). ``replica`` says a read replica may serve it and
+    ``session`` names the conversation it reads or writes (sony_rag.replicas routes on both).
     """
 
     factory: Callable[[], PlanGenerator[T]]
     read_only: bool
     transactional: bool = True
+    single_statement: bool = False
+    idempotent: bool = False
+    replica: bool = False
+    session: Any = None
 
     def start(self) -> PlanGenerator[T]:
         """Return a new generator for this plan."""
         return self.factory()
 
 
-def plan(*, read_only: bool,
-         transactional: bool = True) -> Callable[[Callable[P, PlanGenerator[T]]], Callable[P, Plan[T]]]:
-    """Return a decorator that turns a generator function into a function returning a ``Plan``."""
+def plan(*, read_only: bool, transactional: bool = True, single_statement: bool = False, idempotent: bool = False,
+         replica: bool = False,
+         session: str | None = None) -> Callable[[Callable[P, PlanGenerator[T]]], Callable[P, Plan[T]]]:
+    """Return a decorator that turns a generator function into a function returning a ``Plan`` (flags: see Plan).
+
+    ``session``: the name of the parameter holding the conversation's id, which becomes the plan's ``session``.
+    """
+    if replica and not read_only:
+        raise ValueError("only a read-only plan can run on a read replica")
 
     def decorate(function: Callable[P, PlanGenerator[T]]) -> Callable[P, Plan[T]]:
+        # Looked up once here, not on every call: the position of the session parameter.
+        index = list(inspect.signature(function).parameters).index(session) if session is not None else -1
+
         @functools.wraps(function)
         def build(*args: P.args, **kwargs: P.kwargs) -> Plan[T]:
-            return Plan(functools.partial(function, *args, **kwargs), read_only, transactional)
+            key = None
+            if session is not None:
+                key = args[index] if index < len(args) else kwargs.get(session)
+            return Plan(functools.partial(function, *args, **kwargs), read_only, transactional, single_statement,
+                        idempotent, replica, key)
 
         return build
 
@@ -182,6 +228,8 @@ class _Round:
     statements: tuple[_Statement, ...]
     rows: bool  # the result is the last statement's rows (else its row count)
     atomic: bool = False  # in a transaction of its own (an Atomic step)
+    together: int = 0  # the result is a list of the rows of this many last statements (a Together step)
+    after_commit: bool = False  # commit the plan's transaction first (an AfterCommit step)
 
 
 @dataclass(frozen=True)
@@ -205,6 +253,7 @@ def _operations(plan_: Plan[T], initial: Mapping[str, str] | None,
     per_statement = plan_.transactional and not _explicit_transaction(plan_, pooled)
     pending = dict(initial or {})
     result: Any = None
+    sent = 0
     if pending and not plan_.transactional:
         yield _round_of([_settings_statement(pending, local=False)], [])
         pending = {}
@@ -225,11 +274,26 @@ def _operations(plan_: Plan[T], initial: Mapping[str, str] | None,
             if plan_.transactional:
                 raise TypeError("Atomic groups statements of a plan made with transactional=False")
             result = yield _round_of([], step.steps, atomic=True)
+        elif isinstance(step, AfterCommit):
+            if plan_.read_only or not plan_.transactional:
+                raise TypeError("AfterCommit ends the transaction of a write plan")
+            result = yield _Round(((step.step.query, step.step.params),), rows=True, after_commit=True)
+            try:
+                generator.send(result)
+            except StopIteration as stop:
+                yield _Done(stop.value)
+                return
+            raise TypeError("AfterCommit must be the last step of a plan")
         else:
+            sent += 1
+            if plan_.single_statement and (sent > 1 or isinstance(step, Copy)):
+                raise TypeError("a plan made with single_statement=True sends exactly one statement")
             setup = [_settings_statement(pending, local=True)] if pending else []
             if not per_statement:
                 pending = {}  # in a transaction, SET LOCAL lasts until it ends
-            if isinstance(step, Copy):
+            if isinstance(step, Together):
+                result = yield replace(_round_of(setup, step.steps), together=len(step.steps))
+            elif isinstance(step, Copy):
                 if plan_.read_only:
                     raise TypeError("a read-only plan cannot COPY")
                 if setup:
@@ -250,7 +314,7 @@ def _not_started(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], e
 
 
 def _explicit_transaction(plan_: Plan[Any], pooled: bool) -> bool:
-    return plan_.transactional and (pooled or not plan_.read_only)
+    return plan_.transactional and (pooled or not (plan_.read_only or plan_.single_statement))
 
 
 def _together(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:
@@ -260,6 +324,47 @@ def _together(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> A
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         return conn.transaction()
     return _NO_TRANSACTION
+
+
+def _split(operation: _Round) -> tuple[tuple[_Statement, ...], tuple[_Statement, ...]]:
+    """Return a Together round's setup statements and the statements whose rows are wanted."""
+    cut = len(operation.statements) - operation.together
+    return operation.statements[:cut], operation.statements[cut:]
+
+
+class _Transaction:
+    """A plan's explicit transaction (or none), which an AfterCommit step may end before the plan does."""
+
+    def __init__(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], explicit: bool) -> None:
+        self._inner: Any = conn.transaction() if explicit else None
+
+    def __enter__(self) -> _Transaction:
+        if self._inner is not None:
+            self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.__exit__(*exc)
+
+    async def __aenter__(self) -> _Transaction:
+        if self._inner is not None:
+            await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.__aexit__(*exc)
+
+    def commit(self) -> None:
+        """Commit now; the end of the ``with`` block then does nothing."""
+        self.__exit__(None, None, None)
+
+    async def acommit(self) -> None:
+        """Commit now, from async code; the end of the ``async with`` block then does nothing."""
+        await self.__aexit__(None, None, None)
 
 
 # -- sync ------------------------------------------------------------------------------------------------
@@ -276,11 +381,17 @@ def drive(conn: psycopg.Connection[Any], plan_: Plan[T], initial: Mapping[str, s
     began = False
     try:
         with conn.cursor(row_factory=dict_row) as cursor, \
-                conn.transaction() if _explicit_transaction(plan_, pooled) else _NO_TRANSACTION:
+                _Transaction(conn, _explicit_transaction(plan_, pooled)) as transaction:
             began = True
             operation = next(operations)
             while not isinstance(operation, _Done):
-                operation = operations.send(_perform(conn, cursor, operation))
+                if isinstance(operation, _Round) and operation.after_commit:
+                    with conn.pipeline() if _PIPELINE and not pooled else _NO_TRANSACTION:
+                        transaction.commit()  # in a pipeline COMMIT is queued, sent with the next statement
+                        cursor.execute(*operation.statements[0])
+                    operation = operations.send(cursor.fetchall())
+                else:
+                    operation = operations.send(_perform(conn, cursor, operation))
             return operation.value
     except Exception as error:
         if began:
@@ -289,6 +400,15 @@ def drive(conn: psycopg.Connection[Any], plan_: Plan[T], initial: Mapping[str, s
 
 
 def _perform(conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any], operation: _Round | Copy) -> Any:
+    if isinstance(operation, _Round) and operation.together:
+        head, wanted = _split(operation)
+        cursors = [conn.cursor(row_factory=dict_row) for _ in wanted]
+        with _together(conn):
+            for query, params in head:
+                conn.execute(query, params)
+            for each, statement in zip(cursors, wanted, strict=True):
+                each.execute(*statement)
+        return [each.fetchall() for each in cursors]
     if isinstance(operation, Copy):
         count = 0
         with cursor.copy(operation.query) as copy:
@@ -319,11 +439,17 @@ async def adrive(conn: psycopg.AsyncConnection[Any], plan_: Plan[T], initial: Ma
     began = False
     try:
         async with conn.cursor(row_factory=dict_row) as cursor, \
-                conn.transaction() if _explicit_transaction(plan_, pooled) else _NO_TRANSACTION:
+                _Transaction(conn, _explicit_transaction(plan_, pooled)) as transaction:
             began = True
             operation = next(operations)
             while not isinstance(operation, _Done):
-                operation = operations.send(await _aperform(conn, cursor, operation))
+                if isinstance(operation, _Round) and operation.after_commit:
+                    async with conn.pipeline() if _PIPELINE and not pooled else _NO_TRANSACTION:
+                        await transaction.acommit()  # queued in a pipeline, as in drive
+                        await cursor.execute(*operation.statements[0])
+                    operation = operations.send(await cursor.fetchall())
+                else:
+                    operation = operations.send(await _aperform(conn, cursor, operation))
             return operation.value
     except Exception as error:
         if began:
@@ -333,6 +459,15 @@ async def adrive(conn: psycopg.AsyncConnection[Any], plan_: Plan[T], initial: Ma
 
 async def _aperform(conn: psycopg.AsyncConnection[Any], cursor: psycopg.AsyncCursor[Any],
                     operation: _Round | Copy) -> Any:
+    if isinstance(operation, _Round) and operation.together:
+        head, wanted = _split(operation)
+        cursors = [conn.cursor(row_factory=dict_row) for _ in wanted]
+        async with _together(conn):
+            for query, params in head:
+                await conn.execute(query, params)
+            for each, statement in zip(cursors, wanted, strict=True):
+                await each.execute(*statement)
+        return [await each.fetchall() for each in cursors]
     if isinstance(operation, Copy):
         count = 0
         async with cursor.copy(operation.query) as copy:

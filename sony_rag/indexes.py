@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import errors as pg_errors
 
-from sony_rag import plans
 from sony_rag.connection import Database
 from sony_rag.errors import (
     DatabaseUnavailableError,
@@ -37,12 +37,25 @@ from sony_rag.executor import Atomic, Plan, PlanGenerator, SetLocal, adrive, dri
 from sony_rag.sql import Query
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import indexes as index_sql
-from sony_rag.types import EMBEDDING_DIMENSIONS
+from sony_rag.vector_index import (
+    DEFAULT_EF_SEARCH,
+    REBUILD_COMMAND,
+    auto_lists,
+    default_probes,
+    hnsw_build_memory,
+    index_problems,
+    ivfflat_build_memory,
+    ivfflat_is_stale,
+    parse_version,
+    trained_comment,
+    vector_index_from_row,
+)
+
+logger = logging.getLogger("sony_rag")
 
 VECTOR_INDEX: Final = index_sql.VECTOR_INDEX
 DEFAULT_MAX_MEMORY_MB: Final = 1024
 _MIB: Final = 1024 * 1024
-DEFAULT_EF_SEARCH: Final = plans.DEFAULT_EF_SEARCH
 
 
 @dataclass(frozen=True)
@@ -70,58 +83,6 @@ class IndexReport:
                 for name, value in self.__dict__.items()}
 
 
-# -- sizing (pure) ---------------------------------------------------------------------------------------
-
-
-def auto_lists(rows: int) -> int:
-    """Return pgvector's recommended IVFFlat lists for ``rows``: rows/1000 up to 1M rows, sqrt(rows) beyond, >= 1.
-
-    A tiny or empty table gets one list, which an IVFFlat scan reads whole: exact, and it cannot under-fill.
-    """
-    if rows <= 1_000_000:
-        return max(1, rows // 1000)
-    return min(index_sql.LISTS_RANGE[1], math.isqrt(rows))
-
-
-def _vector_bytes(dimensions: int) -> int:
-    return 8 + 4 * dimensions  # varlena header, dim, unused, then float4s (pgvector's VECTOR_SIZE)
-
-
-def ivfflat_build_memory(rows: int, lists: int, dimensions: int = EMBEDDING_DIMENSIONS) -> int:
-    """Return the bytes pgvector 0.6-0.8's k-means checks against maintenance_work_mem (0 when it runs no k-means).
-
-    Mirrors ElkanKmeans in ivfkmeans.c: ``max(10000, 50 * lists)`` sample slots, and per sample a lower bound
-    for every list. With no more sampled rows than lists, pgvector copies the rows as centers and checks nothing.
-    """
-    slots = max(10_000, 50 * lists)
-    samples = min(rows, slots)
-    if samples <= lists:
-        return 0
-    array_header = 24
-    vector = _vector_bytes(dimensions)
-    total = (array_header + slots * vector            # samples
-             + 2 * (array_header + lists * vector)    # centers and new centers
-             + 4 * lists                              # center counts
-             + 4 * samples * 2                        # closest centers, upper bounds
-             + 4 * samples * lists                    # lower bounds
-             + 4 * lists * 2                          # s, new center distances
-             + 4 * lists * lists)                     # half distances between centers
-    return total
-
-
-def hnsw_build_memory(rows: int, m: int, dimensions: int = EMBEDDING_DIMENSIONS) -> int:
-    """Return the bytes an HNSW build needs to keep its whole graph in maintenance_work_mem (an estimate).
-
-    Mirrors HnswInitElement in pgvector 0.6: per row an element (128 B), its vector, a layer-0 neighbour
-    array of 2m candidates (16 B each) and, on average, 1/(m-1) upper layers of m candidates.
-    """
-    layer0 = 8 + 2 * m * 16
-    upper = (8 + 8 + m * 16) / max(1, m - 1)
-    per_row = 128 + 8 + layer0 + upper + _vector_bytes(dimensions)
-    # Allocation alignment and the parallel build's bookkeeping: a 5 % margin, measured on pgvector 0.6.2.
-    return int(rows * per_row * 1.05) + _MIB
-
-
 def _ceil_mb(size: int) -> int:
     return -(-size // _MIB)
 
@@ -146,6 +107,7 @@ class _Outcome:
     lists: int | None = None
     memory_required: int = 0
     maintenance_work_mem: int = 0
+    pgvector_version: tuple[int, ...] = (0,)
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -179,7 +141,7 @@ def _memory_settings(request: _Request, outcome: _Outcome, lists: int | None) ->
     current = outcome.maintenance_work_mem
     if request.method == "ivfflat":
         assert lists is not None
-        needed = ivfflat_build_memory(outcome.rows, lists)
+        needed = ivfflat_build_memory(outcome.rows, lists, pgvector_version=outcome.pgvector_version)
     else:
         needed = hnsw_build_memory(outcome.rows, request.m)
     outcome.memory_required = needed
@@ -220,7 +182,8 @@ def _rebuild_steps(request: _Request) -> PlanGenerator[_Outcome]:
     facts = rows[0]
     if not facts["pgvector_version"]:
         raise IndexBuildError("the pgvector extension is not installed in this database: run `sony-rag migrate`")
-    outcome = _Outcome(rows=int(facts["row_count"]), maintenance_work_mem=int(facts["maintenance_work_mem"]))
+    outcome = _Outcome(rows=int(facts["row_count"]), maintenance_work_mem=int(facts["maintenance_work_mem"]),
+                       pgvector_version=parse_version(facts["pgvector_version"]))
     existing = set(facts["indexes"] or ())
     lists = None
     if request.method == "ivfflat":
@@ -243,6 +206,8 @@ def _rebuild_steps(request: _Request) -> PlanGenerator[_Outcome]:
     yield execute(index_sql.create_vector_index(
         index_sql.REBUILD_INDEX, request.method, lists=lists, m=request.m, ef_construction=request.ef_construction,
         concurrently=concurrently))
+    # PostgreSQL keeps no record of the rows k-means saw; health checks (stats, search, ingest) read this one.
+    yield execute(index_sql.comment_index(index_sql.REBUILD_INDEX, trained_comment(outcome.rows)))
     # Table statistics do not depend on the index: gathering them before the swap keeps the exclusive lock
     # that the swap takes (in a transaction, until commit) as short as possible.
     yield execute(index_sql.analyze())
@@ -318,7 +283,7 @@ def _report(request: _Request, outcome: _Outcome, seconds: float) -> IndexReport
         ef_construction=request.ef_construction if hnsw else None, rows=outcome.rows,
         concurrently=request.concurrently, memory_required_bytes=outcome.memory_required,
         maintenance_work_mem_bytes=outcome.maintenance_work_mem, seconds=seconds, size_bytes=outcome.size_bytes,
-        default_probes=None if outcome.lists is None else plans.default_probes(outcome.lists),
+        default_probes=None if outcome.lists is None else default_probes(outcome.lists),
         default_ef_search=DEFAULT_EF_SEARCH if hnsw else None, notes=tuple(outcome.notes),
     )
 
@@ -400,28 +365,32 @@ async def arebuild_vector_index(db: Database, *, method: Literal["ivfflat", "hns
     return _report(request, outcome, time.perf_counter() - started)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def _stats_plan() -> PlanGenerator[dict[str, Any]]:
     counts = yield fetch(index_sql.table_counts())
     by_type = yield fetch(index_sql.source_type_counts())
     usage = yield fetch(index_sql.index_usage())
     capabilities = yield fetch(embedding_sql.capabilities())
     version = capabilities[0]["pgvector_version"]
+    rows = int(counts[0]["document_embeddings"])
     index = None
-    vector_index = plans.vector_index_from_row(capabilities[0])
+    vector_index = vector_index_from_row(capabilities[0])
     if vector_index is not None:
         index = {
             "name": VECTOR_INDEX, "method": vector_index.method, "lists": vector_index.lists,
             "m": vector_index.m, "ef_construction": vector_index.ef_construction,
-            "default_probes": None if vector_index.lists is None else plans.default_probes(vector_index.lists),
+            "trained_rows": vector_index.trained_rows,
+            "default_probes": None if vector_index.lists is None else default_probes(vector_index.lists),
             "default_ef_search": DEFAULT_EF_SEARCH if vector_index.method == "hnsw" else None,
             "size_bytes": next((int(row["size_bytes"]) for row in usage if row["indexname"] == VECTOR_INDEX), None),
         }
+    problems = index_problems(vector_index, rows, tuple(capabilities[0]["invalid_indexes"] or ()))
     return {
         "pgvector_version": version,
         "tables": {table: int(counts[0][table]) for table in index_sql.TABLES},
         "document_embeddings_by_source_type": {row["source_type"]: int(row["row_count"]) for row in by_type},
         "vector_index": index,
+        "index_problems": [problem.as_dict() for problem in problems],
         "indexes": [
             {"table": row["tablename"], "index": row["indexname"], "idx_scan": int(row["idx_scan"] or 0),
              "size_bytes": int(row["size_bytes"] or 0)}
@@ -443,8 +412,32 @@ async def avector_index_stats(db: Database) -> dict[str, Any]:
     return await db.arun(_stats_plan())
 
 
+@plan(read_only=True)
+def _staleness_plan() -> PlanGenerator[tuple[bool, int]]:
+    rows = yield fetch(index_sql.build_facts())
+    capabilities = yield fetch(embedding_sql.capabilities())
+    count = int(rows[0]["row_count"])
+    return ivfflat_is_stale(vector_index_from_row(capabilities[0]), count), count
+
+
+def rebuild_if_stale(db: Database, *, log: Callable[[str], None] | None = None) -> IndexReport | None:
+    """Rebuild an IVFFlat index trained on far fewer rows than the table holds, sized for it; return the report.
+
+    Returns None when the index is fine (or is HNSW, or there is none). ``log`` (default: the sony_rag logger)
+    hears one line saying what was rebuilt and why. Raises IndexBuildError as ``rebuild_vector_index`` does.
+    """
+    stale, rows = db.run(_staleness_plan())
+    if not stale:
+        return None
+    report = rebuild_vector_index(db, method="ivfflat")
+    line = (f"rebuilt the IVFFlat index for {rows} rows ({report.lists} lists, {report.seconds:.1f}s): it was "
+            f"trained on far fewer rows than the table holds (as `{REBUILD_COMMAND}` would)")
+    (log or logger.info)(line)
+    return report
+
+
 __all__ = [
     "DEFAULT_MAX_MEMORY_MB", "VECTOR_INDEX", "IndexReport", "arebuild_vector_index", "auto_lists",
-    "avector_index_stats", "hnsw_build_memory", "ivfflat_build_memory", "rebuild_vector_index",
+    "avector_index_stats", "hnsw_build_memory", "ivfflat_build_memory", "rebuild_if_stale", "rebuild_vector_index",
     "vector_index_stats",
 ]

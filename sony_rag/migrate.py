@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql
 
 from sony_rag import schema
 from sony_rag.connection import Database
+from sony_rag.conninfo import normalize_url
 from sony_rag.errors import ChecksumMismatchError, MigrationError, SonyRagError
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
@@ -305,7 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", action="store_true", help="after migrating, check the database against the schema")
     parser.add_argument("--database-url", help="Postgres URL (default: DATABASE_URL, else the embedded server)")
     args = parser.parse_args(argv)
-    return run_cli(Database(args.database_url), test=args.test)
+    try:
+        # A malformed URL or setting is a ConfigurationError that never quotes the URL: a line, not a traceback.
+        db = Database(None if args.database_url is None else normalize_url(args.database_url,
+                                                                            source="--database-url"))
+    except SonyRagError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run_cli(db, test=args.test)
 
 
 def run_cli(db: Database, *, test: bool) -> int:

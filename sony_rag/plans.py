@@ -7,7 +7,6 @@ run inside one transaction, so an exception anywhere (ours or the database's) le
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,52 +17,45 @@ import numpy as np
 import numpy.typing as npt
 from psycopg.types.json import Jsonb
 
-from sony_rag.connection import Capabilities, VectorIndex
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
+from sony_rag.sql import deletes as delete_sql
 from sony_rag.sql import embeddings as embedding_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
+from sony_rag.sql.filters import filter_kind
+from sony_rag.vector_index import (
+    DEFAULT_EF_SEARCH,
+    MAX_EF_SEARCH,
+    MAX_PROBES,
+    Capabilities,
+    ann_settings,
+    capabilities_from_row,
+    default_probes,
+    exact_scan_bound,
+    vector_index_from_row,
+)
 
 Row = dict[str, Any]
 
-# pgvector's default hnsw.ef_search, which ann_settings raises to 2k for larger k: HNSW needs ef_search >= k
-# to return k rows. pgvector caps ef_search at 1000.
-DEFAULT_EF_SEARCH = 40
-MAX_EF_SEARCH = 1000
-# pgvector allows at most 32,768 IVFFlat lists, so no more probes.
-MAX_PROBES = 32_768
+# Re-exported: callers and tests reach them through plans.
+__all__ = ["DEFAULT_EF_SEARCH", "MAX_EF_SEARCH", "MAX_PROBES", "ann_settings", "default_probes",
+           "vector_index_from_row"]
 
 
 @plan(read_only=True)
 def read_capabilities() -> PlanGenerator[Capabilities]:
-    """Read the pgvector version and the vector index's method and options."""
+    """Read the pgvector version, the vector index's method, options and training, and index validity."""
     rows = yield fetch(embedding_sql.capabilities())
-    row = rows[0]
-    version = tuple(int(part) for part in str(row["pgvector_version"] or "0").split(".") if part.isdigit())
-    return Capabilities(pgvector_version=version, vector_index=vector_index_from_row(row))
-
-
-def vector_index_from_row(row: Row) -> VectorIndex | None:
-    """Return the vector index described by a row of ``sql.embeddings.capabilities()``, or None if there is none."""
-    method = row["index_method"]
-    if not method:
-        return None
-    options = dict(option.split("=", 1) for option in (row["index_options"] or []))
-    return VectorIndex(
-        method=method,
-        lists=int(options.get("lists", 100)) if method == "ivfflat" else None,
-        m=int(options.get("m", 16)) if method == "hnsw" else None,
-        ef_construction=int(options.get("ef_construction", 64)) if method == "hnsw" else None,
-    )
+    return capabilities_from_row(rows[0])
 
 
 # -- sessions ----------------------------------------------------------------------------------------
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def create_session(session_id: UUID | None, user_agent: str | None, current_page: str | None,
                    metadata: dict[str, Any], *, if_missing: bool = False) -> PlanGenerator[Row | None]:
     """Insert a session; with ``if_missing`` an existing id is left alone and None is returned."""
@@ -71,14 +63,14 @@ def create_session(session_id: UUID | None, user_agent: str | None, current_page
     return rows[0] if rows else None
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def get_session(session_id: UUID) -> PlanGenerator[Row | None]:
     """Return one session row, or None."""
     rows = yield fetch(session_sql.get(session_id))
     return rows[0] if rows else None
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def update_session(session_id: UUID, user_agent: str | None, current_page: str | None,
                    metadata: dict[str, Any] | None) -> PlanGenerator[Row]:
     """Update a session and return its row; raises SessionNotFoundError."""
@@ -89,7 +81,7 @@ def update_session(session_id: UUID, user_agent: str | None, current_page: str |
     return rows[0]  # type: ignore[no-any-return]
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def delete_session(session_id: UUID) -> PlanGenerator[bool]:
     """Delete a session (messages and selections cascade); return whether it existed."""
     count = yield execute(session_sql.delete(session_id))
@@ -110,50 +102,56 @@ def recent_sessions(limit: int) -> PlanGenerator[list[Row]]:
     return rows  # type: ignore[no-any-return]
 
 
-# -- messages ----------------------------------------------------------------------------------------
+@plan(read_only=True)
+def prune_candidates(older_than: timedelta) -> PlanGenerator[list[Row]]:
+    """Return the sessions a prune would delete, least recently active first, with message and selection counts."""
+    rows = yield fetch(session_sql.prune_candidates(older_than))
+    return rows  # type: ignore[no-any-return]
 
 
 @plan(read_only=False)
+def prune_listed_sessions(older_than: timedelta, session_ids: Sequence[UUID]) -> PlanGenerator[int]:
+    """Delete the listed sessions still idle for longer than ``older_than``; return how many."""
+    count = yield execute(session_sql.prune_listed(older_than, list(session_ids)))
+    return int(count)
+
+
+# -- messages ----------------------------------------------------------------------------------------
+
+
+@plan(read_only=False, single_statement=True, idempotent=True, session="session_id")
 def add_messages(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
                  token_usages: Sequence[int | None], page_context: str | None,
                  metadatas: Sequence[dict[str, Any]], *, create_session: Row | None = None) -> PlanGenerator[None]:
     """Append messages in order and mark the session active; ``create_session`` holds columns for a new one.
 
-    Raises SessionNotFoundError when the session is missing and may not be created.
+    One statement (one round trip, atomic without a transaction around it); running it twice appends the
+    messages once. Raises SessionNotFoundError when the session is missing and may not be created.
     """
-    # Touching the session first takes its row lock: concurrent writers to one session queue here, so the
-    # order of their seq values is the order in which they committed.
-    touched = yield fetch(session_sql.touch(session_id, page_context))
-    if not touched:
-        if create_session is None:
-            raise SessionNotFoundError(f"chat session {session_id} does not exist")
-        yield fetch(session_sql.insert(session_id, create_session.get("user_agent"),
-                                       page_context or create_session.get("current_page"),
-                                       create_session.get("metadata") or {}, if_missing=True))
-        yield fetch(session_sql.touch(session_id, page_context))
-    if message_ids:
-        yield execute(message_sql.insert_many(session_id, message_ids, roles, contents, token_usages,
-                                              [page_context] * len(message_ids), metadatas))
+    rows = yield fetch(message_sql.append(session_id, message_ids, roles, contents, token_usages, page_context,
+                                          metadatas, create_session=create_session))
+    if not rows[0]["sessions"]:
+        raise SessionNotFoundError(f"chat session {session_id} does not exist")
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def history(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row]]:
     """Return the newest ``limit`` messages of a session (all when None), oldest first."""
     rows = yield fetch(message_sql.newest(session_id, limit))
     return rows  # type: ignore[no-any-return]
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def clear_messages(session_id: UUID) -> PlanGenerator[int]:
     """Delete every message of a session; return how many."""
     count = yield execute(message_sql.delete_for_session(session_id))
     return int(count)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row] | None]:
-    """Return a session's newest ``limit`` messages (all when None), oldest first; None if it is missing."""
-    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit))
+    """Return a session's newest ``limit`` messages (role, content, metadata), oldest first; None if it is missing."""
+    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit, message_only=True))
     if rows:
         return rows
     # Only an empty answer needs the second look: a session with messages exists.
@@ -161,7 +159,7 @@ def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[lis
     return rows if found else None
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def clear_session_messages(session_id: UUID, *, create_session: Row | None = None) -> PlanGenerator[int]:
     """Delete every message of a session and return how many; raises SessionNotFoundError.
 
@@ -205,54 +203,30 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     return int(count)
 
 
-def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = None,
-                 ef_search: int | None = None) -> dict[str, str]:
-    """Return the SET LOCAL settings that make the vector index find ``k`` rows well."""
-    index = capabilities.vector_index
-    if index is None:
-        return {}
-    if index.method == "ivfflat":
-        lists = index.lists or 100
-        settings = {"ivfflat.probes": str(probes or default_probes(lists))}
-        if capabilities.iterative_scan:
-            settings["ivfflat.iterative_scan"] = "relaxed_order"
-        return settings
-    settings = {"hnsw.ef_search": str(min(MAX_EF_SEARCH, ef_search or max(DEFAULT_EF_SEARCH, 2 * k)))}
-    if capabilities.iterative_scan:
-        settings["hnsw.iterative_scan"] = "strict_order"
-    return settings
-
-
-def default_probes(lists: int) -> int:
-    """Return the IVFFlat probes used when none is given: twice sqrt(lists), at most all lists."""
-    return max(1, min(lists, math.ceil(2 * math.sqrt(lists))))
-
-
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, Any] | None,
            capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
            probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``.
+    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``, in one statement.
 
-    Exact count: the index is tried first; when it yields fewer than ``k`` rows (an IVFFlat index trained on
-    few rows, or a selective filter that post-filtering starves), an exact scan of the matching rows follows.
+    The statement picks its plan (``sql.embeddings.nearest``): a filter matching fewer than
+    ``vector_index.exact_scan_bound`` rows is answered by an exact scan of those rows; otherwise the vector
+    index answers, and when it finds fewer than ``k`` rows (an IVFFlat index trained on few rows, a filter
+    starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
-    settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search)
-    if settings:
+    use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=k, probes=probes)
+    if use_index:
         # A generic cached plan would ignore how selective this call's filter is.
-        yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
+        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
+                        "plan_cache_mode": "force_custom_plan"})
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, max_distance=max_distance,
+    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, use_index=use_index,
+                                                        exact_below=exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding))
-    if len(rows) < k and capabilities.vector_index is not None:
-        rows = yield fetch(embedding_sql.exact_nearest(query_vector, k, filter, max_distance=max_distance,
-                                                       with_embedding=with_embedding))
-    # Iterative scans in relaxed order may return rows slightly out of order.
-    rows.sort(key=lambda row: row["distance"])
-    if max_distance is not None:
-        rows = [row for row in rows if row["distance"] <= max_distance]
     return rows
 
 
@@ -277,44 +251,51 @@ class HybridOptions:
                    vector_weight=settings.hybrid_vector_weight, keyword_weight=settings.hybrid_keyword_weight)
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                   filter: Mapping[str, Any] | None, capabilities: Capabilities, options: HybridOptions, *,
                   min_similarity: float | None = None, with_embedding: bool = False, probes: int | None = None,
                   ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows ranked by fusing vector and keyword search, in one statement.
 
-    Exact count: when the index finds fewer than ``fetch_k`` rows for the vector leg, the same statement ranks
-    them exactly instead. Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
+    The vector leg picks its plan as ``search`` does (exact when few rows match the filter or the index comes
+    back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
     """
     fetch_k = max(k, options.fetch_k)
-    settings = ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search)
-    if settings:
+    use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=fetch_k, probes=probes)
+    if use_index:
         # A forced custom plan, as in search: a generic plan of this statement ran 5-40x slower at 100k rows.
-        yield SetLocal({**settings, "plan_cache_mode": "force_custom_plan"})
+        yield SetLocal({**ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
+                        "plan_cache_mode": "force_custom_plan"})
     rows: list[Row] = yield fetch(embedding_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        exact_fallback=capabilities.vector_index is not None,
+        use_index=use_index, exact_below=exact_below,
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
     return rows
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                    filter: Mapping[str, Any] | None, options: HybridOptions, *,
-                   with_embedding: bool = False) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first."""
+                   min_similarity: float | None = None, with_embedding: bool = False) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` rows matching the words of ``query_text``, best text rank first.
+
+    ``min_similarity`` keeps only rows at or above that cosine similarity (in the statement, before its limit).
+    """
+    max_distance = None if min_similarity is None else 1.0 - min_similarity
     rows = yield fetch(embedding_sql.keyword(query_vector, query_text, k, filter, config=options.config,
                                              text_candidates=options.text_candidates,
-                                             with_embedding=with_embedding))
+                                             with_embedding=with_embedding, max_distance=max_distance))
     return rows  # type: ignore[no-any-return]
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True)
 def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
     """Return the rows with the given ids (in no particular order)."""
     rows = yield fetch(embedding_sql.by_ids(ids))
@@ -324,15 +305,13 @@ def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
 @plan(read_only=False)
 def delete_embeddings(ids: Sequence[UUID] | None = None, filter: Mapping[str, Any] | None = None,
                       source: tuple[str, str | None] | None = None) -> PlanGenerator[int]:
-    """Delete the rows matched by each selector given (ids, filter, source); return how many were deleted."""
-    total = 0
-    if ids is not None:
-        total += yield execute(embedding_sql.delete_ids(ids))
-    if filter is not None:
-        total += yield execute(embedding_sql.delete_matching(filter))
-    if source is not None:
-        total += yield execute(embedding_sql.delete_source(*source))
-    return total
+    """Delete the rows that match every selector given (ids AND filter AND source); return how many.
+
+    Never wider than the narrowest reading of the arguments: ``ids=[a, c], filter={"source": "web"}`` deletes
+    a and c only if they match the filter. Raises ValueError when no selector is given.
+    """
+    count = yield execute(delete_sql.delete_embeddings(ids, filter, source))
+    return int(count)
 
 
 @plan(read_only=True)
@@ -378,7 +357,7 @@ def replace_sources(sources: Sequence[tuple[str, str]], rows: Sequence[Embedding
 # -- selections --------------------------------------------------------------------------------------
 
 
-@plan(read_only=False)
+@plan(read_only=False, session="session_id")
 def insert_selection(session_id: UUID, selected_text: str, page_url: str | None,
                      embedding: npt.NDArray[np.float32] | None, metadata: dict[str, Any]) -> PlanGenerator[UUID]:
     """Insert one selection and return its id; raises SessionNotFoundError for an unknown session."""
@@ -386,7 +365,7 @@ def insert_selection(session_id: UUID, selected_text: str, page_url: str | None,
     return rows[0]["selection_id"]  # type: ignore[no-any-return]
 
 
-@plan(read_only=True)
+@plan(read_only=True, replica=True, session="session_id")
 def recent_selections(session_id: UUID, limit: int, max_age: timedelta | None = None) -> PlanGenerator[list[Row]]:
     """Return a session's newest selections, newest first."""
     rows = yield fetch(selection_sql.recent(session_id, limit, max_age))

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -24,7 +25,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
@@ -64,10 +65,12 @@ chat_messages = Table(
     Column("page_context", Text),
     _jsonb(),
     Column("seq", BigInteger, Identity(always=True), nullable=False),
+    Column("message_key", Text),
     CheckConstraint("role IN ('user', 'assistant', 'system')", name="chat_messages_role_check"),
     Index("idx_chat_messages_session_id", "session_id"),
     Index("idx_chat_messages_role", "role"),
     Index("idx_chat_messages_session_seq", "session_id", "seq"),
+    Index("idx_chat_messages_session_key", "session_id", "message_key", unique=True),
 )
 
 document_embeddings = Table(
@@ -110,13 +113,64 @@ user_text_selections = Table(
     Index("idx_user_text_selections_session_created", "session_id", "created_at"),
 )
 
+
+
+def _session_key(table: str) -> Column[object]:
+    return Column("session_id", UUID(as_uuid=True),
+                  ForeignKey("chat_sessions.session_id", ondelete="CASCADE", name=f"{table}_session_id_fkey"),
+                  primary_key=True)
+
+
+def _namespace() -> Column[object]:
+    return Column("checkpoint_ns", Text, primary_key=True, server_default=text("''::text"))
+
+
+# LangGraph checkpoints of SonyCheckpointer (migration 004): a thread is a chat session.
+chat_checkpoints = Table(
+    "chat_checkpoints", metadata,
+    _session_key("chat_checkpoints"),
+    _namespace(),
+    Column("checkpoint_id", Text, primary_key=True),
+    Column("parent_checkpoint_id", Text),
+    Column("checkpoint", JSONB, nullable=False),
+    _jsonb(),
+)
+
+chat_checkpoint_blobs = Table(
+    "chat_checkpoint_blobs", metadata,
+    _session_key("chat_checkpoint_blobs"),
+    _namespace(),
+    Column("channel", Text, primary_key=True),
+    Column("version", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("blob", LargeBinary),
+)
+
+chat_checkpoint_writes = Table(
+    "chat_checkpoint_writes", metadata,
+    _session_key("chat_checkpoint_writes"),
+    _namespace(),
+    Column("checkpoint_id", Text, primary_key=True),
+    Column("task_id", Text, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("channel", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("blob", LargeBinary),
+    Column("message_runs", ARRAY(BigInteger)),
+    Column("task_path", Text, nullable=False, server_default=text("''::text")),
+    Index("idx_chat_checkpoint_writes_pending_messages", "session_id",
+          postgresql_where=text("checkpoint_ns = '' AND channel = 'messages' AND message_runs IS NULL "
+                                "AND blob IS NOT NULL")),
+)
+
 # Tables whose updated_at a trigger keeps current, with the trigger's name.
 UPDATED_AT_TRIGGERS = {
     "chat_sessions": "update_chat_sessions_updated_at",
     "document_embeddings": "update_document_embeddings_updated_at",
 }
 
-TABLES = (chat_sessions, chat_messages, document_embeddings, user_text_selections)
+TABLES = (chat_sessions, chat_messages, document_embeddings, user_text_selections, chat_checkpoints,
+          chat_checkpoint_blobs, chat_checkpoint_writes)
 
-__all__ = ["TABLES", "UPDATED_AT_TRIGGERS", "chat_messages", "chat_sessions", "document_embeddings", "metadata",
-           "user_text_selections"]
+__all__ = ["TABLES", "UPDATED_AT_TRIGGERS", "chat_checkpoint_blobs", "chat_checkpoint_writes", "chat_checkpoints",
+           "chat_messages", "chat_sessions", "document_embeddings", "metadata", "user_text_selections"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sony_rag.errors import ConfigurationError
 
 
 def _default_data_dir() -> Path:
@@ -38,6 +40,10 @@ class Settings(BaseSettings):
         default=None,
         description="True behind PgBouncer in transaction mode; None detects Neon's '-pooler' hosts.",
     )
+    read_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Read replica URLs, comma-separated; retrieval reads from them.")
+    replica_max_lag: float = Field(default=2.0, gt=0, description="Seconds a replica may lag before it is left out.")
+    replica_retry: float = Field(default=10.0, gt=0, description="Seconds a failing replica is left out.")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Embedded server's data folder.")
     text_search_config: str = Field(
         default="english", pattern=r"^[a-z_][a-z0-9_]*$",
@@ -56,6 +62,13 @@ class Settings(BaseSettings):
     )
 
 
+    @field_validator("read_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        from sony_rag.replicas import split_urls
+
+        return split_urls(value) if isinstance(value, str) else value
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _blank_url_means_embedded(cls, value: object) -> object:
@@ -65,5 +78,18 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Return the process-wide settings, read once from the environment and ``.env``."""
-    return Settings()
+    """Return the process-wide settings, read once from the environment and ``.env``; raises ConfigurationError."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problem = describe_validation_error(error)
+    # Raised outside the except block: pydantic's message quotes the input, and a URL's input is a secret.
+    raise ConfigurationError(problem) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Return which setting is invalid and why, naming its environment variable but never its value."""
+    first = error.errors(include_input=False, include_url=False)[0]
+    name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+    variable = "DATABASE_URL" if name == "database_url" else f"SONY_RAG_{name.upper()}"
+    return f"invalid settings: {variable} ({name}): {first.get('msg', 'invalid value')}"

@@ -48,7 +48,8 @@ class SonyVectorStore(VectorStore):
         Adding an existing id replaces it; a batch is one transaction written through binary COPY.
 
     Delete:
-        ``store.delete(["sku-1"])`` or ``store.delete(filter={"source_type": "faq"})``.
+        ``store.delete(["sku-1"])`` or ``store.delete(filter={"source_type": "faq"})``. Given both, a row is
+        deleted only when it has one of the ids AND matches the filter (as langchain-postgres).
 
     Search:
         ``store.similarity_search("oak table", k=4)``; ``similarity_search_with_score`` returns cosine
@@ -215,7 +216,7 @@ class SonyVectorStore(VectorStore):
             check.required_text(query_text, "query text")
             if mode == "keyword":
                 return plans.keyword_search(vector_, query_text, k, filter or None, self.hybrid_options,
-                                            with_embedding=with_embedding)
+                                            min_similarity=min_similarity, with_embedding=with_embedding)
             return plans.hybrid_search(vector_, query_text, k, filter or None, capabilities, self.hybrid_options,
                                        min_similarity=min_similarity, with_embedding=with_embedding,
                                        probes=probes, ef_search=ef_search)
@@ -273,16 +274,36 @@ class SonyVectorStore(VectorStore):
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return _similarity_from_distance
 
-    def _similarity_search_with_relevance_scores(self, query: str, k: int = 4,
-                                                 **kwargs: Any) -> list[tuple[Document, float]]:
-        # score_threshold goes into the SQL so that k rows above it come back when k exist.
+    # langchain-core's similarity_search_with_relevance_scores pops score_threshold and filters the k rows it
+    # got: k rows that an approximate index found close, partly below the threshold, would hide rows above it
+    # that the index missed. Overridden so the threshold goes into the statement (and so into its exact
+    # fallback); as_retriever(search_type="similarity_score_threshold") calls these.
+
+    def similarity_search_with_relevance_scores(self, query: str, k: int = 4,
+                                                **kwargs: Any) -> list[tuple[Document, float]]:
+        """Return ``(document, cosine similarity)`` pairs, best first; ``score_threshold`` is a minimum similarity.
+
+        Whenever ``k`` rows at or above ``score_threshold`` exist (and match ``filter``), ``k`` are returned.
+        """
         pairs = self.similarity_search_with_score(query, k, **kwargs)
         return [(doc, _similarity_from_distance(distance)) for doc, distance in pairs]
 
-    async def _asimilarity_search_with_relevance_scores(self, query: str, k: int = 4,
-                                                        **kwargs: Any) -> list[tuple[Document, float]]:
+    async def asimilarity_search_with_relevance_scores(self, query: str, k: int = 4,
+                                                       **kwargs: Any) -> list[tuple[Document, float]]:
+        """Return ``(document, cosine similarity)`` pairs, best first; ``score_threshold`` is a minimum similarity.
+
+        Whenever ``k`` rows at or above ``score_threshold`` exist (and match ``filter``), ``k`` are returned.
+        """
         pairs = await self.asimilarity_search_with_score(query, k, **kwargs)
         return [(doc, _similarity_from_distance(distance)) for doc, distance in pairs]
+
+    def _similarity_search_with_relevance_scores(self, query: str, k: int = 4,
+                                                 **kwargs: Any) -> list[tuple[Document, float]]:
+        return self.similarity_search_with_relevance_scores(query, k, **kwargs)
+
+    async def _asimilarity_search_with_relevance_scores(self, query: str, k: int = 4,
+                                                        **kwargs: Any) -> list[tuple[Document, float]]:
+        return await self.asimilarity_search_with_relevance_scores(query, k, **kwargs)
 
     # -- maximal marginal relevance -------------------------------------------------------------------
 
@@ -339,13 +360,19 @@ class SonyVectorStore(VectorStore):
 
     def delete(self, ids: list[str] | None = None, filter: dict[str, Any] | None = None,
                **kwargs: Any) -> bool:
-        """Delete by ids (missing ones are ignored) and/or by filter; return True. Raises InvalidInputError."""
+        """Delete the rows with these ids (missing ones ignored) AND matching ``filter``; return True.
+
+        Raises InvalidInputError when neither is given (nothing is deleted) or either is malformed.
+        """
         self._db.run(self._delete_plan(ids, filter))
         return True
 
     async def adelete(self, ids: list[str] | None = None, filter: dict[str, Any] | None = None,
                       **kwargs: Any) -> bool:
-        """Delete by ids (missing ones are ignored) and/or by filter; return True. Raises InvalidInputError."""
+        """Delete the rows with these ids (missing ones ignored) AND matching ``filter``; return True.
+
+        Raises InvalidInputError when neither is given (nothing is deleted) or either is malformed.
+        """
         await self._db.arun(self._delete_plan(ids, filter))
         return True
 

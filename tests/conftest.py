@@ -16,6 +16,18 @@ from sony_rag.settings import Settings
 
 TEST_DATABASE = "sony_rag_test"
 
+# Whole folders and files whose tests start servers, subprocesses or large batches: `pytest -m "not slow"` skips them
+# for a quick loop; CI runs everything.
+SLOW_PLACES = ("tests/reliability/", "tests/replicas/", "test_examples.py", "test_cli.py", "test_docs.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests under SLOW_PLACES as slow."""
+    for item in items:
+        where = item.nodeid.replace("\\", "/")
+        if any(place in where for place in SLOW_PLACES):
+            item.add_marker(pytest.mark.slow)
+
 
 def _fresh_database(server_url: str, name: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as conn:

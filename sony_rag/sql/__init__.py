@@ -19,7 +19,7 @@ Query = tuple[Statement, dict[str, Any]]
 # Casts that a placeholder may carry; a fixed set so that no caller can smuggle SQL in through a cast name.
 _ALLOWED_CASTS = frozenset(
     {"uuid", "uuid[]", "text", "text[]", "jsonb", "jsonb[]", "jsonpath", "vector", "timestamptz", "int",
-     "int[]", "bigint", "float8", "boolean", "regconfig", "interval"}
+     "int[]", "bigint", "bigint[]", "float8", "boolean", "regconfig", "interval"}
 )
 
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg import sql
 
 from sony_rag.sql import Params, Query
-from sony_rag.sql.filters import compile_filter
+from sony_rag.sql.filters import compile_filter, filter_shape
 
 # Column order of every COPY into document_embeddings (and of the staging table used for upserts).
 COPY_COLUMNS: Final = ("embedding_id", "source_type", "source_id", "content_chunk", "embedding", "metadata",
@@ -55,6 +55,43 @@ def upsert_from_staging() -> Query:
     ).format(cols=_column_list(), staging=_STAGING, updates=updates), {}
 
 
+class _Slot:
+    """Stands for one of a call's own values while a statement is composed for its shape."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+# (statement kind, flags, filter shape) -> the statement's text and, per placeholder in order, the name of the
+# call's value it binds (None: the filter's next value). Bounded: shapes are few, but nothing checks that.
+_SHAPES: dict[tuple[Any, ...], tuple[sql.SQL, list[tuple[str, str | None]]]] = {}
+_MAX_SHAPES: Final = 512
+
+
+def _per_shape(kind: str, flags: tuple[Any, ...], filter: Mapping[str, Any] | None, values: Mapping[str, Any],
+               compose: Callable[[Mapping[str, Any]], Query]) -> Query:
+    """Return ``compose(values)``'s statement, composed once per shape of call and filled with this call's values.
+
+    ``compose`` must depend on ``values`` only through the placeholders it binds them to (``flags`` carries
+    everything else that changes the text). Raises InvalidFilterError for a malformed filter.
+    """
+    shape, filter_values = filter_shape(filter)
+    key = (kind, flags, shape)
+    entry = _SHAPES.get(key)
+    if entry is None:
+        statement, params = compose({name: _Slot(name) for name in values})
+        order = [(name, value.name if isinstance(value, _Slot) else None) for name, value in params.items()]
+        entry = (sql.SQL(statement.as_string(None)), order)
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        _SHAPES[key] = entry
+    text, order = entry
+    from_filter = iter(filter_values)
+    return text, {name: values[slot] if slot is not None else next(from_filter) for name, slot in order}
+
+
 def _conditions(p: Params, q: sql.Composable, filter: Mapping[str, Any] | None,
                 max_distance: float | None) -> sql.Composable:
     where = [compile_filter(filter, p)]
@@ -69,20 +106,6 @@ def _joined_columns(with_embedding: bool) -> sql.Composable:
     return columns + sql.SQL(", d.embedding") if with_embedding else columns
 
 
-def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
-            max_distance: float | None = None, with_embedding: bool = False) -> Query:
-    """Return the ``ORDER BY embedding <=> q LIMIT n`` search (the form the vector index serves)."""
-    p = Params()
-    q = p.add(query_vector)
-    where = _conditions(p, q, filter, max_distance)
-    columns = _RESULT_COLUMNS + sql.SQL(", embedding") if with_embedding else _RESULT_COLUMNS
-    query = sql.SQL(
-        "SELECT {cols}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} "
-        "ORDER BY embedding <=> {q} LIMIT {limit}"
-    ).format(cols=columns, q=q, where=where, limit=p.add(limit))
-    return query, p.values
-
-
 def _fenced_nearest(q: sql.Composable, where: sql.Composable, limit: sql.Composable) -> sql.Composable:
     # The nearest ``limit`` ids and distances by an exact scan: ``OFFSET 0`` fences the distance computation off
     # from the ORDER BY, so even a cached generic plan cannot turn it into an (approximate) index scan, while
@@ -93,22 +116,92 @@ def _fenced_nearest(q: sql.Composable, where: sql.Composable, limit: sql.Composa
         ") AS f ORDER BY distance LIMIT {limit}").format(q=q, where=where, limit=limit)
 
 
+def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composable,
+                limit: sql.Composable) -> sql.Composed:
+    # The only form the vector index serves: ascending distance, LIMIT.
+    return sql.SQL(
+        "SELECT {columns}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
+        " ORDER BY embedding <=> {q} LIMIT {limit}").format(columns=columns, q=q, where=where, limit=limit)
+
+
+def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
+                  limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
+                  columns: Sequence[str]) -> sql.Composable:
+    # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
+    # the filter and the distance condition, the plan chosen in the statement itself:
+    # - ``choice`` (with ``exact_below``): whether at least that many rows match the filter (all rows without
+    #   one), counted no further than that, through the filter column's btree when there is one (an index-only
+    #   scan once the table is vacuumed);
+    # - ``index_rows``: when that many match, the vector index's answer...
+    # - ``exact_rows``: ...when fewer match, or the index found fewer than ``limit`` rows (IVFFlat trained on few
+    #   rows, a filter starving an approximate scan): an exact scan of the matching rows (btree, then heap).
+    # A CTE is computed only when read and each branch's CASE reads only what it needs, so one branch runs.
+    parts = [part for part in (filter_sql, distance_cond) if part is not None]
+    where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
+    plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
+    joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
+    exact = sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
+                    " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, where, limit))
+    if not use_index:
+        return sql.SQL("nearest_rows AS ({})").format(exact)
+    many: sql.Composable = sql.SQL("TRUE")
+    choice: sql.Composable = sql.SQL("")
+    if exact_below is not None:
+        many = sql.SQL("(SELECT many FROM choice)")
+        choice = sql.SQL(
+            "choice AS (SELECT count(*) >= {bound} AS many FROM ("
+            "SELECT 1 FROM document_embeddings WHERE {filter} LIMIT {bound}) AS m), "
+        ).format(filter=filter_sql if filter_sql is not None else sql.SQL("TRUE"), bound=exact_below)
+    return sql.SQL(
+        "{choice}index_rows AS ({index_rows}), exact_rows AS ({exact}), nearest_rows AS ("
+        "SELECT * FROM index_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) >= {limit}"
+        " ELSE FALSE END"
+        " UNION ALL SELECT * FROM exact_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) < {limit}"
+        " ELSE TRUE END)"
+    ).format(choice=choice, index_rows=_index_scan(plain, q, where, limit), exact=exact, many=many, limit=limit)
+
+
+def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, use_index: bool = True,
+            exact_below: int | None = None, max_distance: float | None = None,
+            with_embedding: bool = False) -> Query:
+    """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
+
+    With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
+    (counted that far in the same statement) is answered by an exact scan of those rows, and so is any search
+    the index answers with fewer than ``limit`` rows. Rows come back sorted by distance even when the index
+    returned them in relaxed order. The text is composed once per shape of call.
+    """
+    counted = exact_below is not None
+    flags = (use_index, counted, max_distance is not None, with_embedding)
+
+    def compose(v: Mapping[str, Any]) -> Query:
+        p = Params()
+        q = p.add(v["query_vector"])
+        filter_sql = compile_filter(filter, p) if filter else None
+        distance_cond = None if max_distance is None else sql.SQL("(embedding <=> {}) <= {}").format(
+            q, p.add(v["max_distance"], "float8"))
+        columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
+        bound = p.add(v["exact_below"]) if counted else None
+        ctes = _nearest_ctes(q, filter_sql, distance_cond, p.add(v["limit"]), bound, use_index=use_index,
+                             columns=columns)
+        return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
+
+    return _per_shape("nearest", flags, filter, {"query_vector": query_vector, "limit": limit,
+                                                 "exact_below": exact_below, "max_distance": max_distance}, compose)
+
+
 def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
                   max_distance: float | None = None, with_embedding: bool = False) -> Query:
-    """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings.
+    """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings."""
+    return nearest(query_vector, limit, filter, use_index=False, max_distance=max_distance,
+                   with_embedding=with_embedding)
 
-    ``OFFSET 0`` fences the distance computation off from the ORDER BY, so even a cached generic plan
-    cannot turn it into an (approximate) index scan; btree indexes still serve the filter.
-    """
+
+def ann_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None) -> Query:
+    """Return the bare ``ORDER BY embedding <=> q LIMIT n`` query alone (what the vector index answers)."""
     p = Params()
     q = p.add(query_vector)
-    where = _conditions(p, q, filter, max_distance)
-    columns = _joined_columns(with_embedding)
-    query = sql.SQL(
-        "SELECT {cols}, n.distance FROM ({exact}) AS n JOIN document_embeddings AS d USING (embedding_id)"
-        " ORDER BY n.distance"
-    ).format(cols=columns, exact=_fenced_nearest(q, where, p.add(limit)))
-    return query, p.values
+    return _index_scan(_RESULT_COLUMNS, q, _conditions(p, q, filter, None), p.add(limit)), p.values
 
 
 def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, candidates: int,
@@ -165,34 +258,24 @@ def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, c
              extra_any=extra_columns(sql.SQL("w.any_word")), where=where)
 
 
-def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, where: sql.Composable,
-                     exact_fallback: bool) -> sql.Composable:
-    # vector_leg: up to ``limit`` nearest rows through the vector index. With ``exact_fallback``, when the index
-    # finds fewer (IVFFlat trained on few rows, a selective filter starving the scan), an exact scan replaces
-    # them in the same statement: a CTE is only computed when read, so the exact scan costs nothing otherwise.
-    nearest_rows = sql.SQL(
-        "SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where}"
-        " ORDER BY embedding <=> {q} LIMIT {limit}").format(q=q, where=where, limit=limit)
-    ranked = sql.SQL("SELECT embedding_id, distance, row_number() OVER (ORDER BY distance, embedding_id) AS rank"
-                     " FROM ({}) AS vector_hits")
-    if not exact_fallback:
-        return sql.SQL("vector_leg AS ({})").format(ranked.format(nearest_rows))
-    exact_rows = _fenced_nearest(q, where, limit)
+def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.Composable | None,
+                     exact_below: sql.Composable | None, use_index: bool) -> sql.Composable:
+    # vector_leg: up to ``limit`` nearest rows, ranked, chosen as a plain search chooses them (_nearest_ctes).
     return sql.SQL(
-        "vector_index_rows AS ({nearest}), vector_exact_rows AS ({exact}), vector_leg AS ({ranked})"
-    ).format(nearest=nearest_rows, exact=exact_rows, ranked=ranked.format(sql.SQL(
-        "SELECT * FROM vector_index_rows WHERE (SELECT count(*) FROM vector_index_rows) >= {limit}"
-        " UNION ALL SELECT * FROM vector_exact_rows WHERE (SELECT count(*) FROM vector_index_rows) < {limit}"
-    ).format(limit=limit)))
+        "{nearest}, vector_leg AS (SELECT embedding_id, distance,"
+        " row_number() OVER (ORDER BY distance, embedding_id) AS rank FROM nearest_rows)"
+    ).format(nearest=_nearest_ctes(q, filter_sql, None, limit, exact_below, use_index=use_index,
+                                   columns=("embedding_id",)))
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
-           similarity_tie: float, exact_fallback: bool = True, with_embedding: bool = False) -> Query:
+           similarity_tie: float, use_index: bool = True, exact_below: int | None = None,
+           with_embedding: bool = False) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
-    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance (exactly,
-    if the index finds fewer and ``exact_fallback`` is set), the text
+    Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, chosen as
+    ``nearest`` chooses (``use_index``, ``exact_below``), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
     rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
     that are not looked up, only counted in the vector leg's rows). Every row either leg found scores
@@ -202,68 +285,89 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     and the text term is 0 outside the text leg. The best ``limit`` rows come back with their cosine
     ``distance`` and that score as ``rrf``.
     """
-    p = Params()
-    q = p.add(query_vector)
-    legs_limit = p.add(fetch_k)
-    where = compile_filter(filter, p)
-    vector_ctes = _vector_leg_ctes(q, legs_limit, where, exact_fallback)
-    text_ctes = _text_ctes(p, query_text, config, where, text_candidates,
-                           lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
-    columns = _joined_columns(with_embedding)
-    c = p.add(rrf_k, "float8")
-    # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
-    # matching) is then exact even when the text index matched more rows than it may rank, or was not asked.
-    query = sql.SQL(
-        "WITH {text_ctes}, {vector_ctes}, vector_rows AS ("
-        " SELECT v.embedding_id, v.distance, e.search_vector @@ (SELECT all_words FROM text_query) AS all_words,"
-        "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
-        "  ::float8 / nullif((SELECT word_count FROM known_words), 0) AS share"
-        " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
-        "), all_words_found AS ("
-        " SELECT EXISTS (SELECT 1 FROM all_word_hits) OR EXISTS (SELECT 1 FROM vector_rows WHERE all_words) AS found"
-        "), vector_text_hits AS ("
-        " SELECT embedding_id, CASE WHEN (SELECT found FROM all_words_found) THEN 1.0::float8 ELSE share END"
-        " AS coverage, distance FROM vector_rows"
-        " WHERE CASE WHEN (SELECT found FROM all_words_found) THEN all_words ELSE share > 0 END"
-        "), keyword_leg AS ("
-        " SELECT embedding_id, coverage, distance,"
-        " row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
-        " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
-        "  SELECT * FROM all_word_hits"
-        "  UNION ALL SELECT * FROM any_word_hits WHERE NOT (SELECT found FROM all_words_found)"
-        "  UNION ALL SELECT * FROM vector_text_hits"
-        " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
-        "), fused AS ("
-        " SELECT r.embedding_id, r.distance, {wv} * greatest(1 - r.distance, 0) / ({c} + 1 + ("
-        "  SELECT count(*) FROM vector_leg AS v WHERE v.distance < r.distance - {tie}))"
-        "  + coalesce((SELECT {wk} * k.coverage / ({c} + k.rank) FROM keyword_leg AS k"
-        "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
-        " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
-        "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
-        " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
-        ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
-        " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
-    ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit, tie=p.add(similarity_tie, "float8"),
-             wv=p.add(vector_weight, "float8"), wk=p.add(keyword_weight, "float8"), c=c, limit=p.add(limit),
-             cols=columns, q=q)
-    return query, p.values
+    counted = exact_below is not None
+
+    def compose(v: Mapping[str, Any]) -> Query:
+        p = Params()
+        q = p.add(v["query_vector"])
+        legs_limit = p.add(v["fetch_k"])
+        filter_sql = compile_filter(filter, p) if filter else None
+        where = filter_sql if filter_sql is not None else sql.SQL("TRUE")
+        bound = p.add(v["exact_below"]) if counted else None
+        vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
+        text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"],
+                               lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
+        columns = _joined_columns(with_embedding)
+        c = p.add(v["rrf_k"], "float8")
+        # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
+        # matching) is then exact even when the text index matched more rows than it may rank, or was not asked.
+        query = sql.SQL(
+            "WITH {text_ctes}, {vector_ctes}, vector_rows AS ("
+            " SELECT v.embedding_id, v.distance, e.search_vector @@ (SELECT all_words FROM text_query) AS all_words,"
+            "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
+            "  ::float8 / nullif((SELECT word_count FROM known_words), 0) AS share"
+            " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
+            "), all_words_found AS ("
+            " SELECT EXISTS (SELECT 1 FROM all_word_hits)"
+            " OR EXISTS (SELECT 1 FROM vector_rows WHERE all_words) AS found"
+            "), vector_text_hits AS ("
+            " SELECT embedding_id, CASE WHEN (SELECT found FROM all_words_found) THEN 1.0::float8 ELSE share END"
+            " AS coverage, distance FROM vector_rows"
+            " WHERE CASE WHEN (SELECT found FROM all_words_found) THEN all_words ELSE share > 0 END"
+            "), keyword_leg AS ("
+            " SELECT embedding_id, coverage, distance,"
+            " row_number() OVER (ORDER BY coverage DESC, distance, embedding_id) AS rank"
+            " FROM (SELECT embedding_id, max(coverage) AS coverage, min(distance) AS distance FROM ("
+            "  SELECT * FROM all_word_hits"
+            "  UNION ALL SELECT * FROM any_word_hits WHERE NOT (SELECT found FROM all_words_found)"
+            "  UNION ALL SELECT * FROM vector_text_hits"
+            " ) AS hits GROUP BY embedding_id ORDER BY 2 DESC, 3, 1 LIMIT {legs_limit}) AS text_hits"
+            "), fused AS ("
+            " SELECT r.embedding_id, r.distance, {wv} * greatest(1 - r.distance, 0) / ({c} + 1 + ("
+            "  SELECT count(*) FROM vector_leg AS v WHERE v.distance < r.distance - {tie}))"
+            "  + coalesce((SELECT {wk} * k.coverage / ({c} + k.rank) FROM keyword_leg AS k"
+            "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
+            " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
+            "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
+            " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
+            ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
+            " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
+        ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit,
+                 tie=p.add(v["similarity_tie"], "float8"),
+                 wv=p.add(v["vector_weight"], "float8"), wk=p.add(v["keyword_weight"], "float8"), c=c,
+                 limit=p.add(v["limit"]),
+                 cols=columns, q=q)
+        return query, p.values
+
+    values = {"query_vector": query_vector, "query_text": query_text, "limit": limit, "fetch_k": fetch_k,
+              "config": config, "rrf_k": rrf_k, "vector_weight": vector_weight, "keyword_weight": keyword_weight,
+              "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below}
+    return _per_shape("hybrid", (use_index, counted, with_embedding), filter, values, compose)
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
-            config: str, text_candidates: int, with_embedding: bool = False) -> Query:
+            config: str, text_candidates: int, with_embedding: bool = False,
+            max_distance: float | None = None) -> Query:
     """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
 
-    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds.
+    It ranks up to ``max(text_candidates, limit)`` of the rows the text index finds; ``max_distance`` keeps
+    only rows within that cosine distance of the query vector. Rows also carry what ranks them:
+    ``word_coverage`` (the share of the query's words the row holds) first, then ``text_score``.
     """
     p = Params()
     q = p.add(query_vector)
     rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    text_ctes = _text_ctes(p, query_text, config, compile_filter(filter, p), max(text_candidates, limit),
+    where = compile_filter(filter, p)
+    if max_distance is not None:
+        # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k exist.
+        where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(max_distance, "float8"))
+    text_ctes = _text_ctes(p, query_text, config, where, max(text_candidates, limit),
                            rank.format,
                            skip_common=False)
     columns = _joined_columns(with_embedding)
     query = sql.SQL(
-        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance FROM ("
+        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
+        " k.coverage AS word_coverage, k.score AS text_score FROM ("
         " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
         " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
         ") AS k JOIN document_embeddings AS d USING (embedding_id)"
@@ -279,35 +383,21 @@ def by_ids(ids: Sequence[UUID]) -> Query:
         _RESULT_COLUMNS, p.add(list(ids), "uuid[]")), p.values
 
 
-def delete_ids(ids: Sequence[UUID]) -> Query:
-    """Return a DELETE of the rows with the given ids."""
-    p = Params()
-    return sql.SQL("DELETE FROM document_embeddings WHERE embedding_id = ANY({})").format(
-        p.add(list(ids), "uuid[]")), p.values
-
-
-def delete_matching(filter: Mapping[str, Any]) -> Query:
-    """Return a DELETE of the rows a metadata filter matches."""
-    p = Params()
-    return sql.SQL("DELETE FROM document_embeddings WHERE {}").format(compile_filter(filter, p)), p.values
-
-
-def delete_source(source_type: str, source_id: str | None) -> Query:
-    """Return a DELETE of one source's rows (all rows of the type when ``source_id`` is None)."""
-    p = Params()
-    query = sql.SQL("DELETE FROM document_embeddings WHERE source_type = {}").format(p.add(source_type))
-    if source_id is not None:
-        query += sql.SQL(" AND source_id = {}").format(p.add(source_id))
-    return query, p.values
-
-
 def capabilities() -> Query:
-    """Return a SELECT of the pgvector version and the method and options of the vector index, if any."""
+    """Return a SELECT of pgvector's version, the vector index (method, options, comment), rows, invalid indexes.
+
+    The row estimate is the planner's (``reltuples``); the comment is where a rebuild records its training rows.
+    """
     return sql.SQL(
         "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector_version, "
-        "idx.amname AS index_method, idx.reloptions AS index_options "
+        "idx.amname AS index_method, idx.reloptions AS index_options, "
+        "obj_description(idx.oid, 'pg_class') AS index_comment, "
+        "(SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('document_embeddings')) AS table_rows, "
+        "ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass('document_embeddings') AND NOT i.indisvalid ORDER BY 1)"
+        " AS invalid_indexes "
         "FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
-        " SELECT am.amname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " SELECT c.oid, am.amname, c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
         " JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = to_regclass('document_embeddings')"
         " AND am.amname IN ('ivfflat', 'hnsw') AND i.indisvalid ORDER BY c.relname LIMIT 1"
         ") AS idx ON TRUE"

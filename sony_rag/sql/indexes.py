@@ -76,6 +76,11 @@ def create_vector_index(name: str, method: IndexMethod, *, lists: int | None = N
     return query, {}
 
 
+def comment_index(name: str, comment: str) -> Query:
+    """Return a COMMENT ON INDEX for one of the managed index names (a utility statement: the text is a literal)."""
+    return sql.SQL("COMMENT ON INDEX {} IS {}").format(_index(name), sql.Literal(comment)), {}
+
+
 def drop_index(name: str, *, concurrently: bool = False) -> Query:
     """Return a DROP INDEX IF EXISTS of one of the managed index names."""
     return sql.SQL("DROP INDEX {}IF EXISTS {}").format(

@@ -49,15 +49,6 @@ def update(session_id: UUID, *, user_agent: str | None, current_page: str | None
         sql.SQL(", ").join(assignments), p.add(session_id), _COLUMNS), p.values
 
 
-def touch(session_id: UUID, current_page: str | None) -> Query:
-    """Return an UPDATE marking activity (and the page, when known), returning the id if the session exists."""
-    p = Params()
-    return sql.SQL(
-        "UPDATE chat_sessions SET updated_at = NOW(), current_page = COALESCE({}, current_page) "
-        "WHERE session_id = {} RETURNING session_id"
-    ).format(p.add(current_page, "text"), p.add(session_id)), p.values
-
-
 def delete(session_id: UUID) -> Query:
     """Return a DELETE of one session (its messages and selections cascade)."""
     p = Params()
@@ -69,6 +60,26 @@ def prune(older_than: timedelta) -> Query:
     p = Params()
     return sql.SQL("DELETE FROM chat_sessions WHERE updated_at < NOW() - {}").format(
         p.add(older_than, "interval")), p.values
+
+
+def prune_candidates(older_than: timedelta) -> Query:
+    """Return a SELECT of the sessions idle for longer than ``older_than``, with their message and selection counts."""
+    p = Params()
+    return sql.SQL(
+        "SELECT s.session_id, s.created_at, s.updated_at, s.current_page,"
+        " (SELECT count(*) FROM chat_messages m WHERE m.session_id = s.session_id) AS message_count,"
+        " (SELECT count(*) FROM user_text_selections t WHERE t.session_id = s.session_id) AS selection_count"
+        " FROM chat_sessions s WHERE s.updated_at < NOW() - {} ORDER BY s.updated_at, s.session_id"
+    ).format(p.add(older_than, "interval")), p.values
+
+
+def prune_listed(older_than: timedelta, session_ids: list[UUID]) -> Query:
+    """Return a DELETE of the listed sessions that are still idle for longer than ``older_than``."""
+    # Both conditions: a session shown to the user and confirmed, but active again since, stays.
+    p = Params()
+    return sql.SQL(
+        "DELETE FROM chat_sessions WHERE session_id = ANY({}) AND updated_at < NOW() - {}"
+    ).format(p.add(session_ids, "uuid[]"), p.add(older_than, "interval")), p.values
 
 
 def recent(limit: int) -> Query:

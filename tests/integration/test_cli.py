@@ -203,7 +203,8 @@ def test_search_modes_find_codes(loaded: Cli) -> None:
 def test_search_json_shape_and_order(loaded: Cli) -> None:
     hits = loaded.json("search", "oak dining table", "--k", "4", "--mode", "vector")
     assert len(hits) == 4
-    assert set(hits[0]) == {"similarity", "source_type", "source_id", "title", "content", "metadata", "embedding_id"}
+    assert set(hits[0]) == {"rank", "score", "ranked_by", "similarity", "source_type", "source_id", "title",
+                            "content", "metadata", "embedding_id"}
     similarities = [hit["similarity"] for hit in hits]
     assert similarities == sorted(similarities, reverse=True)
     assert hits[0]["source_id"] == "ekeby-oak-dining-table"
@@ -284,14 +285,14 @@ def test_sessions_show_errors(cli: Cli) -> None:
 
 def test_prune_deletes_idle_sessions(loaded: Cli, db: Database) -> None:
     loaded("chat", stdin="hello\n")
-    assert loaded.json("prune", "--older-than", "30d") == {"deleted": 0, "older_than": "30d"}
+    assert loaded.json("prune", "--older-than", "30d", "--yes") == {"deleted": 0, "older_than": "30d"}
     with db.pool().connection() as conn:
         conn.execute("ALTER TABLE chat_sessions DISABLE TRIGGER update_chat_sessions_updated_at")
         try:
             conn.execute("UPDATE chat_sessions SET updated_at = NOW() - interval '40 days'")
         finally:
             conn.execute("ALTER TABLE chat_sessions ENABLE TRIGGER update_chat_sessions_updated_at")
-    code, out, _ = loaded("prune", "--older-than", "30d")
+    code, out, _ = loaded("prune", "--older-than", "30d", "--yes")
     assert code == EXIT_OK and "deleted 1 session(s)" in out
     assert count_rows(db, "chat_messages") == 0
     assert loaded("prune", "--older-than", "soon")[0] == EXIT_USAGE
@@ -308,6 +309,9 @@ def test_stats(loaded: Cli) -> None:
     assert any(row["index"] == "idx_document_embeddings_vector" for row in data["indexes"])
     code, out, _ = loaded("stats")
     assert code == EXIT_OK and "document_embeddings / product" in out and "pgvector" in out
+    # Index problems (a stale IVFFlat index, an invalid one) are printed with the command that fixes them.
+    assert ("warning:" in out) == bool(data["index_problems"])
+    assert all(problem["fix"] in out for problem in data["index_problems"])
 
 
 def test_index_rebuild(loaded: Cli) -> None:
@@ -326,11 +330,13 @@ def test_index_rebuild(loaded: Cli) -> None:
 # -- as a process ------------------------------------------------------------------------------------------
 
 
-def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m sony_rag`` with ``args`` and return the finished process."""
+def run_process(*args: str, env: dict[str, str] | None = None,
+                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m sony_rag`` with ``args`` (and ``input_text`` on stdin) and return the finished process."""
     environment = {**os.environ, "SONY_RAG_EMBEDDINGS": "fake", **(env or {})}
     return subprocess.run([sys.executable, "-m", "sony_rag", *args], capture_output=True, text=True, timeout=120,
-                          env=environment, check=False)
+                          env=environment, check=False, input=input_text,
+                          stdin=None if input_text is not None else subprocess.DEVNULL)
 
 
 def test_unreachable_database_exits_3() -> None:
@@ -367,3 +373,217 @@ def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest
         get_settings.cache_clear()
     err = capsys.readouterr().err
     assert "invalid settings" in err and "pool_max_size" in err
+
+
+# -- startup: light imports, arguments checked before anything heavy ------------------------------------------
+
+HEAVY = ["rich", "langchain.agents", "langgraph", "sentence_transformers", "torch", "transformers"]
+
+
+def loaded_modules(code: str) -> list[str]:
+    """Return which of HEAVY (and psycopg, pydantic, LangChain, numpy) a fresh interpreter holds after ``code``."""
+    watched = [*HEAVY, "psycopg", "pydantic", "langchain_core", "numpy"]
+    done = subprocess.run([sys.executable, "-c", f"import sys, json\n{code}\n"
+                           f"print(json.dumps([m for m in {watched!r} if m in sys.modules]))"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_import_sony_rag_loads_nothing_heavy() -> None:
+    assert loaded_modules("import sony_rag") == []
+    # The library's classes bring the database driver and LangChain's core, never the agent, rich or a model.
+    used = loaded_modules("from sony_rag import Database, SonyVectorStore, SonyChatMessageHistory, get_chat_history")
+    assert not set(used) & set(HEAVY), used
+
+
+def test_help_and_version_load_nothing_heavy() -> None:
+    for argv in (["--help"], ["--version"], ["search", "--help"]):
+        code = ("import contextlib, io\nfrom sony_rag.cli import main\n"
+                f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0")
+        assert loaded_modules(code) == [], argv
+
+
+def test_search_help_states_the_range_of_k() -> None:
+    done = run_process("search", "--help")
+    assert done.returncode == EXIT_OK and "how many results, 1-1000" in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "sofa", "--k", "0"], "argument --k: must be an integer from 1 to 1000, got '0'"),
+    (["search", "sofa", "--k", "1001"], "argument --k: must be an integer from 1 to 1000"),
+    (["search", "sofa", "--threshold", "2"], "argument --threshold: must be a cosine similarity from -1 to 1"),
+    (["search", "sofa", "--threshold", "nan"], "argument --threshold: must be a cosine similarity"),
+    (["search", "   "], "the query is empty"),
+    (["ingest", "/nonexistent/catalog.jsonl"], "no such file or directory: /nonexistent/catalog.jsonl"),
+    (["prune", "--older-than", "1m"], "'m' is ambiguous in '1m' (minutes or months?): write 'min'"),
+    (["prune", "--older-than", "-5d"], "age must be positive, got '-5d'"),
+    (["prune", "--older-than", "0d"], "age must be greater than zero"),
+    (["prune", "--older-than", "30"], "has no unit"),
+    (["prune", "--older-than", "30d"], "refusing to delete without confirmation"),
+    (["sessions", "show", "nope"], "a session id is a UUID"),
+    (["chat", "--session", "nope"], "a session id is a UUID"),
+    (["sessions", "list", "--limit", "0"], "must be an integer of at least 1"),
+    (["index", "rebuild", "--lists", "0"], "must be an integer from 1 to 32768"),
+    (["index", "rebuild", "--hnsw", "--lists", "4"], "--lists applies to IVFFlat only"),
+])
+def test_arguments_are_refused_before_connecting_or_loading_a_model(argv: list[str], message: str) -> None:
+    # Checked after connecting this would exit 3 (nothing listens on port 9); after loading the model, the
+    # real model would load first or its absence be the complaint.
+    done = run_process("--embeddings", "local", *argv,
+                       env={"DATABASE_URL": "postgresql://u@127.0.0.1:9/x", "SONY_RAG_CONNECT_RETRIES": "0"})
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert message in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+
+
+# -- user text is text, never markup -----------------------------------------------------------------------------
+
+
+def test_markup_in_queries_chunks_and_messages_is_printed_as_typed(cli: Cli, database_url: str,
+                                                                   tmp_path: Path) -> None:
+    notes = tmp_path / "care [b].md"
+    notes.write_text("# Sofa care\n\nBrush the [bold]velvet sofa[/bold] weekly :sofa: [/] and [link=x]air it[/link]."
+                     "\n", encoding="utf-8")
+    assert cli.json("ingest", str(notes), "--source-type", "page_content")["written"] == 1
+    env = {"DATABASE_URL": database_url, "COLUMNS": "400"}  # one table row per line
+    for mode in ("hybrid", "keyword", "vector"):
+        done = run_process("search", "sofa [/] [bold]", "--mode", mode, env=env)
+        assert done.returncode == EXIT_OK and "Traceback" not in done.stderr, done.stderr
+        text = " ".join(done.stdout.split())
+        assert "'sofa [/] [bold]'" in text, text
+        assert "[bold]velvet sofa[/bold]" in text and ":sofa: [/]" in text and "[link=x]" in text, text
+    chat = run_process("chat", "--page", "/p/[red]x[/red]", input_text="is the [/] sofa :sofa: in stock?\n", env=env)
+    assert chat.returncode == EXIT_OK, chat.stderr
+    session_id = chat.stdout.split("session ", 1)[1].split(" ", 1)[0]
+    shown = run_process("sessions", "show", session_id, env=env)
+    assert shown.returncode == EXIT_OK and "is the [/] sofa :sofa: in stock?" in shown.stdout
+    assert "/p/[red]x[/red]" in shown.stdout
+    listed = run_process("sessions", "list", env=env)
+    assert "/p/[red]x[/red]" in listed.stdout
+
+
+# -- search shows the score that ranks, and the similarity beside it ---------------------------------------------
+
+
+def test_hybrid_and_keyword_results_show_their_ranking_score_and_similarity(loaded: Cli) -> None:
+    by_vector = {hit["embedding_id"]: hit["similarity"]
+                 for hit in loaded.json("search", "velvet sofa", "--mode", "vector", "--k", "200")}
+    hybrid = loaded.json("search", "velvet sofa", "--mode", "hybrid", "--k", "8")
+    assert {hit["ranked_by"] for hit in hybrid} == {"fused"}
+    assert [hit["rank"] for hit in hybrid] == list(range(1, len(hybrid) + 1))
+    scores = [hit["score"] for hit in hybrid]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+    for hit in hybrid:  # the similarity column is the chunk's cosine similarity, whatever ranked it
+        assert hit["similarity"] == pytest.approx(by_vector[hit["embedding_id"]], abs=1e-6)
+
+    keyword = loaded.json("search", "velvet sofa", "--mode", "keyword", "--k", "8")
+    assert keyword and {hit["ranked_by"] for hit in keyword} == {"text"}
+    order = [(hit["word_coverage"], hit["score"]) for hit in keyword]
+    assert order == sorted(order, reverse=True)
+    for hit in keyword:
+        assert hit["similarity"] == pytest.approx(by_vector[hit["embedding_id"]], abs=1e-6)
+
+    vector = loaded.json("search", "velvet sofa", "--mode", "vector", "--k", "3")
+    assert all(hit["ranked_by"] == "similarity" and hit["score"] == hit["similarity"] for hit in vector)
+
+    code, out, _ = loaded("search", "velvet sofa", "--mode", "hybrid", "--k", "3")
+    assert code == EXIT_OK and "ranked by fused score" in out and "fused score" in out and "similarity" in out
+    code, out, _ = loaded("search", "velvet sofa", "--mode", "keyword", "--k", "3")
+    assert code == EXIT_OK and "ranked by text score" in out and "words" in out and "similarity" in out
+
+
+# -- prune: units, dry run, confirmation -------------------------------------------------------------------------
+
+
+def idle_for(db: Database, days: int, session_ids: list[str]) -> None:
+    """Make the given sessions look idle for ``days`` days (the updated_at trigger paused meanwhile)."""
+    with db.pool().connection() as conn:
+        conn.execute("ALTER TABLE chat_sessions DISABLE TRIGGER update_chat_sessions_updated_at")
+        try:
+            conn.execute("UPDATE chat_sessions SET updated_at = NOW() - make_interval(days => %s) "
+                         "WHERE session_id = ANY(%s::uuid[])", (days, session_ids))
+        finally:
+            conn.execute("ALTER TABLE chat_sessions ENABLE TRIGGER update_chat_sessions_updated_at")
+
+
+def new_sessions(cli: Cli, count: int) -> list[str]:
+    """Return the ids of ``count`` chat sessions with one question each."""
+    ids = []
+    for _ in range(count):
+        code, out, err = cli("chat", stdin="hello\n")
+        assert code == EXIT_OK, err
+        ids.append(out.split("session ", 1)[1].split(" ", 1)[0])
+    return ids
+
+
+def test_prune_dry_run_lists_what_would_go_and_deletes_nothing(loaded: Cli, db: Database) -> None:
+    old, recent = new_sessions(loaded, 2)
+    with db.pool().connection() as conn:
+        conn.execute("INSERT INTO user_text_selections (session_id, selected_text) VALUES (%s, 'oak'), (%s, 'ash')",
+                     (old, old))
+    idle_for(db, 40, [old])
+    messages = count_rows(db, "chat_messages")
+    preview = loaded.json("prune", "--older-than", "30d", "--dry-run")
+    assert preview["dry_run"] is True and preview["older_than"] == "30d"
+    assert [str(row["session_id"]) for row in preview["sessions"]] == [old]
+    assert preview["sessions"][0]["message_count"] >= 2 and preview["sessions"][0]["selection_count"] == 2
+    assert preview["would_delete"]["sessions"] == 1 and preview["would_delete"]["selections"] == 2
+    code, out, _ = loaded("prune", "--older-than", "30d", "--dry-run")
+    assert code == EXIT_OK and "would delete 1 session(s)" in " ".join(out.split()) and old in out
+    assert recent not in out
+    assert count_rows(db, "chat_sessions") == 2 and count_rows(db, "chat_messages") == messages
+
+
+def test_prune_without_a_terminal_needs_yes(loaded: Cli, db: Database, database_url: str) -> None:
+    (old,) = new_sessions(loaded, 1)
+    idle_for(db, 40, [old])
+    done = run_process("prune", "--older-than", "30d", env={"DATABASE_URL": database_url})
+    assert done.returncode == EXIT_USAGE and "pass --yes" in done.stderr
+    assert count_rows(db, "chat_sessions") == 1
+    done = run_process("prune", "--older-than", "30d", "--yes", env={"DATABASE_URL": database_url})
+    assert done.returncode == EXIT_OK and "deleted 1 session(s)" in done.stdout
+    assert count_rows(db, "chat_sessions") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_prune_on_a_terminal_asks_first(loaded: Cli, db: Database, database_url: str) -> None:
+    old, recent = new_sessions(loaded, 2)
+    idle_for(db, 40, [old])
+    for answer, deleted in (("n", 0), ("", 0), ("y", 1)):
+        done = run_on_terminal(["prune", "--older-than", "4w"], f"{answer}\n", database_url)
+        assert done.returncode == EXIT_OK, done.stderr
+        assert "delete these 1 session(s)? [y/N]" in done.stdout and old in done.stdout
+        if deleted:
+            assert "deleted 1 session(s)" in done.stdout
+        else:
+            assert "cancelled: nothing was deleted" in done.stdout
+        assert count_rows(db, "chat_sessions") == 2 - deleted
+    with db.pool().connection() as conn:
+        assert [str(row[0]) for row in conn.execute("SELECT session_id FROM chat_sessions")] == [recent]
+
+
+def run_on_terminal(args: list[str], typed: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    """Run ``sony-rag`` with a pseudo-terminal as its standard input, typing ``typed``."""
+    leader, follower = os.openpty()
+    env = {**os.environ, "SONY_RAG_EMBEDDINGS": "fake", "DATABASE_URL": database_url}
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "sony_rag", *args], stdin=follower,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        os.close(follower)
+        os.write(leader, typed.encode())
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(leader)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_a_confirmed_prune_spares_sessions_active_since_the_preview(loaded: Cli, db: Database) -> None:
+    from sony_rag import commands
+
+    old, other = new_sessions(loaded, 2)
+    idle_for(db, 40, [old, other])
+    listed = commands.prune_preview(db, "30d")
+    assert {str(row["session_id"]) for row in listed} == {old, other}
+    loaded("chat", "--session", other, stdin="still there?\n")  # active again after the preview
+    assert commands.prune(db, "30d", only=[row["session_id"] for row in listed]) == 1
+    with db.pool().connection() as conn:
+        assert [str(row[0]) for row in conn.execute("SELECT session_id FROM chat_sessions")] == [other]

@@ -21,6 +21,7 @@ from sony_rag.indexes import (
     arebuild_vector_index,
     avector_index_stats,
     ivfflat_build_memory,
+    rebuild_if_stale,
     rebuild_vector_index,
     vector_index_stats,
 )
@@ -208,6 +209,11 @@ def test_concurrent_rebuild_without_an_existing_index_creates_it(idb: Database) 
 # -- memory ------------------------------------------------------------------------------------------
 
 
+def build_memory(db: Database, rows: int, lists: int) -> int:
+    """Return the k-means memory the connected server's pgvector version checks (its arithmetic changed in 0.7)."""
+    return ivfflat_build_memory(rows, lists, pgvector_version=db.capabilities().pgvector_version)
+
+
 def test_memory_estimate_agrees_with_pgvector(idb: Database, database_url: str) -> None:
     load(idb, unit_vectors(1200, seed=12))
     with psycopg.connect(database_url) as conn:  # a transaction: nothing is kept
@@ -217,12 +223,15 @@ def test_memory_estimate_agrees_with_pgvector(idb: Database, database_url: str) 
                          "WITH (lists = 1000)")
     reported_mb = int(str(raised.value).split("memory required is ")[1].split(" MB")[0])
     # pgvector prints the requirement as whole MB rounded down, plus one.
-    assert reported_mb == ivfflat_build_memory(1200, 1000) // MIB + 1
+    assert reported_mb == build_memory(idb, 1200, 1000) // MIB + 1
 
 
 def test_memory_estimate_matches_the_field_note() -> None:
     # FIELD-NOTES: 384-d, lists=500 on 500k rows needs ~88 MB (pgvector: "memory required is 88 MB").
     assert ivfflat_build_memory(500_000, 500) // MIB + 1 == 88
+    # pgvector 0.7 added a float aggregate of the new centers (lists x dimensions) to the same check.
+    assert ivfflat_build_memory(500_000, 500, pgvector_version=(0, 8, 1)) - ivfflat_build_memory(500_000, 500) \
+        == 4 * 500 * 384
     assert ivfflat_build_memory(50, 100) == 0  # fewer rows than lists: no k-means, nothing checked
 
 
@@ -238,7 +247,7 @@ def load_more_than_memory_allows(db: Database, seed: int) -> tuple[int, int]:
     """Load 1,200 rows, whose IVFFlat build with 1,000 lists needs more than the server's maintenance_work_mem;
     return (bytes needed, bytes the server gives), or skip when the server gives enough."""
     load(db, unit_vectors(1200, seed=seed))
-    needed, current = ivfflat_build_memory(1200, 1000), maintenance_work_mem(db)
+    needed, current = build_memory(db, 1200, 1000), maintenance_work_mem(db)
     if current >= needed:
         pytest.skip("this server's maintenance_work_mem already covers the build")
     return needed, current
@@ -300,7 +309,8 @@ def test_stats_report_rows_indexes_and_the_vector_index(idb: Database) -> None:
     store(idb).similarity_search_by_vector(unit_vectors(1, seed=15)[0].tolist(), k=3)
     stats = vector_index_stats(idb)
     assert set(stats) == {"pgvector_version", "tables", "document_embeddings_by_source_type", "vector_index",
-                          "indexes"}
+                          "index_problems", "indexes"}
+    assert stats["index_problems"] == [] and stats["vector_index"]["trained_rows"] == 30
     assert stats["tables"]["document_embeddings"] == 30
     assert set(stats["tables"]) == {"chat_sessions", "chat_messages", "document_embeddings", "user_text_selections"}
     assert stats["document_embeddings_by_source_type"] == {"faq": 10, "product": 20}
@@ -314,3 +324,48 @@ def test_stats_report_rows_indexes_and_the_vector_index(idb: Database) -> None:
     scans = [row["idx_scan"] for row in stats["indexes"]]
     assert scans == sorted(scans, reverse=True)
     assert asyncio.run(avector_index_stats(idb))["tables"] == stats["tables"]
+
+
+# -- index health ------------------------------------------------------------------------------------
+
+
+def test_stats_report_an_ivfflat_index_trained_on_far_fewer_rows_and_ingest_rebuilds_it(idb: Database) -> None:
+    with idb.pool().connection() as conn:  # as migrated: 100 lists built on the empty table
+        conn.execute(f"DROP INDEX {VECTOR_INDEX}")
+        conn.execute(f"CREATE INDEX {VECTOR_INDEX} ON document_embeddings USING ivfflat "
+                     "(embedding vector_cosine_ops) WITH (lists = 100)")
+    idb.forget_capabilities()
+    load(idb, unit_vectors(152, seed=21))
+    problems = vector_index_stats(idb)["index_problems"]
+    assert [p["kind"] for p in problems] == ["stale_ivfflat"]
+    assert "152" in problems[0]["message"] and problems[0]["fix"] == "sony-rag index rebuild"
+
+    said: list[str] = []
+    report = rebuild_if_stale(idb, log=said.append)
+    assert report is not None and (report.lists, report.rows) == (1, 152)
+    assert len(said) == 1 and "152 rows" in said[0]
+    stats = vector_index_stats(idb)
+    assert stats["index_problems"] == [] and stats["vector_index"]["trained_rows"] == 152
+    assert rebuild_if_stale(idb, log=said.append) is None  # trained on what the table holds: left alone
+    load(idb, unit_vectors(200, seed=22), start=152)  # the table more than doubles
+    assert rebuild_if_stale(idb, log=said.append) is not None
+
+
+def test_stats_report_an_index_left_invalid_by_a_failed_concurrent_build(idb: Database, database_url: str) -> None:
+    load(idb, unit_vectors(20, seed=23))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A unique index over duplicate values fails after CREATE INDEX CONCURRENTLY registered it: left INVALID.
+        conn.execute("INSERT INTO document_embeddings (source_type, source_id, content_chunk, embedding) "
+                     "SELECT source_type, source_id, content_chunk, embedding FROM document_embeddings LIMIT 1")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY idx_document_embeddings_vector_rebuild "
+                         "ON document_embeddings (source_id)")
+    try:
+        problems = vector_index_stats(idb)["index_problems"]
+        assert [p["kind"] for p in problems if p["kind"] == "invalid_index"] == ["invalid_index"]
+        assert "idx_document_embeddings_vector_rebuild" in problems[-1]["message"]
+        rebuild_vector_index(idb)  # the fix the report names drops the leftover first
+        assert [p for p in vector_index_stats(idb)["index_problems"] if p["kind"] == "invalid_index"] == []
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP INDEX IF EXISTS idx_document_embeddings_vector_rebuild")

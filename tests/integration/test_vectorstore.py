@@ -174,6 +174,20 @@ def test_upsert_replaces_and_delete(store: SonyVectorStore, call: Callable[..., 
         call(store, "delete")
 
 
+def test_delete_with_ids_and_filter_deletes_only_rows_matching_both(store: SonyVectorStore,
+                                                                      call: Callable[..., Any]) -> None:
+    load(store, call)
+    # langchain-postgres's reading: the rows that match the ids AND the filter (here none of them).
+    assert call(store, "delete", ["p1", "f1"], filter={"source_type": "policy"}) is True
+    assert {doc.id for doc in call(store, "similarity_search", "axis:1", k=10)} == {"p1", "p2", "p3", "f1", "s1"}
+    # p1 matches both, f1 only the ids, p2 only the filter: p1 alone goes.
+    call(store, "delete", ["p1", "f1"], filter={"source_type": "product"})
+    assert {doc.id for doc in call(store, "similarity_search", "axis:1", k=10)} == {"p2", "p3", "f1", "s1"}
+    # An empty id list selects nothing, whatever the filter.
+    call(store, "delete", [], filter={"source_type": "product"})
+    assert {doc.id for doc in call(store, "similarity_search", "axis:1", k=10)} == {"p2", "p3", "f1", "s1"}
+
+
 def test_uuid_ids_map_to_embedding_id(store: SonyVectorStore, call: Callable[..., Any], db: Database) -> None:
     given = "0b7f0c56-2f4e-4bde-9f55-3a3b1f0f7e11"
     call(store, "add_texts", ["axis:2"], ids=[given])

@@ -152,3 +152,101 @@ class FaultServer:
                 with contextlib.suppress(Exception):
                     self._pg_ctl("-w", "-m", "immediate", "stop")
             self._server.cleanup()
+
+
+class OutageProxy:
+    """A loopback TCP port in front of the fault server's unix socket that can play an outage.
+
+    Up, it forwards each connection to the server. Down, it cuts every forwarded connection and accepts new
+    ones without ever answering: what a client sees while a Neon compute is unreachable or waking (the
+    attempt ends only by its connect timeout). Back up, it drops the silent ones (their clients retry) and
+    forwards again.
+    """
+
+    def __init__(self, socket_path: str) -> None:
+        """Listen on a free loopback port, forwarding to ``socket_path``; call ``close`` when done."""
+        import socket
+
+        self._socket_path = socket_path
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(256)
+        self._listener.settimeout(0.05)
+        self.port = int(self._listener.getsockname()[1])
+        self._up = True
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="outage-proxy")
+        self._thread.start()
+
+    def url(self, dbname: str) -> str:
+        """Return a URL (no TLS, no password) that reaches ``dbname`` through the proxy."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}?sslmode=disable&gssencmode=disable"
+
+    def down(self) -> None:
+        """Start the outage: cut every open connection; new ones hang unanswered."""
+        with self._lock:
+            self._up = False
+            self._cut_all()
+
+    def up(self) -> None:
+        """End the outage: drop the unanswered connections and forward new ones again."""
+        with self._lock:
+            self._up = True
+            self._cut_all()
+
+    def _cut_all(self) -> None:
+        import socket
+
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self._open.clear()
+
+    def _serve(self) -> None:
+        import socket
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._open.append(client)
+                if not self._up:
+                    continue  # held open and never answered
+                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    server.connect(self._socket_path)
+                except OSError:
+                    client.close()
+                    continue
+                self._open.append(server)
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: object, target: object) -> None:
+        import socket
+
+        assert isinstance(source, socket.socket) and isinstance(target, socket.socket)
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop listening and cut every connection."""
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+        with self._lock:
+            self._cut_all()

@@ -37,7 +37,7 @@ from sony_rag.sql import Query
 from sony_rag.sql import sessions as session_sql
 from sony_rag.vectorstore import SonyVectorStore
 
-from .support import FAULT_DATABASE, FaultServer, pooler_pass
+from .support import FAULT_DATABASE, FaultServer, OutageProxy, pooler_pass
 
 # -- test-only plans: a statement that takes a while, tagged so that the test can find its backend ---------
 
@@ -386,14 +386,33 @@ async def test_a_server_that_does_not_answer_fails_within_the_connect_timeout(mo
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_server_that_comes_up_late_is_waited_for(fault_server: FaultServer, mode: str) -> None:
-    fault_server.stop()
-    starter = threading.Timer(1.0, fault_server.start)
+    # Unreachable the way a waking compute is (attempts time out), not refused: that is retried with backoff.
+    proxy = OutageProxy(str(fault_server.socket_dir / ".s.PGSQL.5432"))
+    proxy.down()
+    starter = threading.Timer(1.0, proxy.up)
     starter.start()
     try:
-        async with _database(fault_server, connect_retries=8, connect_backoff=0.2) as db:
+        db = Database(proxy.url(FAULT_DATABASE), settings=test_settings(
+            connect_retries=8, connect_backoff=0.2, connect_timeout=2.0, transaction_pooler=False))
+        async with db:
             assert await _run(db, mode, slow_count(0, _tag())) >= 0
     finally:
         starter.join()
+        proxy.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_stopped_local_server_fails_at_once(fault_server: FaultServer, mode: str) -> None:
+    # Its socket file is gone: no compute is waking here, so no backoff (8 retries from 0.2 s would take 10 s).
+    # Directly: through PgBouncer a stopped server looks like a waking one (its login retry errors), retried.
+    fault_server.stop()
+    started = time.monotonic()
+    db = Database(fault_server.direct_url, settings=test_settings(connect_retries=8, connect_backoff=0.2,
+                                                                  transaction_pooler=False))
+    async with db:
+        with pytest.raises(DatabaseUnavailableError):
+            await _run(db, mode, slow_count(0, _tag()))
+    assert time.monotonic() - started < 1.0
 
 
 # -- a transaction-mode pooler -----------------------------------------------------------------------------

@@ -161,3 +161,36 @@ def test_an_unusable_chat_model_is_a_configuration_error() -> None:
 def test_a_missing_provider_package_is_named() -> None:
     with pytest.raises(ConfigurationError, match="provider's package"):
         chat_model("openai:gpt-4o-mini")
+
+
+HALLWYL = Document(page_content="Hallwyl 3-Seat Sofa (SX-1123), sofas.\nA generous three-seater in cream boucle.",
+                   metadata={"source_type": "product", "source_id": "hallwyl-3-seat-sofa",
+                             "title": "Hallwyl 3-Seat Sofa", "price": 1899.0, "currency": "USD"}, id="product-hallwyl")
+OSTERVIK = Document(page_content="Ostervik Sofa (SX-1150), sofas.\nA low two-seater in washed linen.",
+                    metadata={"source_type": "product", "source_id": "ostervik-sofa", "title": "Ostervik Sofa",
+                              "price": 1249.5, "currency": "USD"}, id="product-ostervik")
+FINAL_SALE = Document(page_content="Returns Policy\n- Clearance and final-sale items\n- Gift cards",
+                      metadata={"source_type": "policy", "source_id": "returns", "title": "Returns Policy",
+                                "section": "Items that can't be returned"}, id="policy-returns-3")
+
+
+def test_offline_answers_quote_each_passage_with_its_price() -> None:
+    text = compose_answer("Which is cheaper, Hallwyl or Ostervik?", [], [[HALLWYL, OSTERVIK]])
+    assert "Hallwyl 3-Seat Sofa (1,899.00 USD): " in text
+    assert "Ostervik Sofa (1,249.50 USD): " in text
+
+
+def test_offline_answers_quote_a_policy_line_under_its_section_heading() -> None:
+    text = compose_answer("Can I return gift cards?", [], [[FINAL_SALE]])
+    assert "1. Returns Policy › Items that can't be returned: Gift cards." in text
+
+
+def test_price_and_section_survive_the_prompt_round_trip() -> None:
+    prompt = format_documents([HALLWYL, FINAL_SALE])
+    assert prompt.splitlines()[0] == "[product:hallwyl-3-seat-sofa] Hallwyl 3-Seat Sofa | price: 1,899.00 USD"
+    parsed = parse_passages(prompt)
+    assert parsed[0].metadata == {"source_type": "product", "source_id": "hallwyl-3-seat-sofa",
+                                  "title": "Hallwyl 3-Seat Sofa", "price": "1,899.00 USD"}
+    assert parsed[1].metadata["section"] == "Items that can't be returned"
+    reply = OfflineAnswerer().invoke([SystemMessage(prompt), HumanMessage("How much is the Hallwyl?")])
+    assert "Hallwyl 3-Seat Sofa (1,899.00 USD): " in str(reply.content)

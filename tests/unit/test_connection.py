@@ -134,7 +134,7 @@ def test_connection_kwargs_never_carry_the_password() -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("30d", timedelta(days=30)),
     ("12h", timedelta(hours=12)),
-    ("45m", timedelta(minutes=45)),
+    ("45min", timedelta(minutes=45)),
     ("90s", timedelta(seconds=90)),
     ("2w", timedelta(weeks=2)),
     (" 1.5h ", timedelta(minutes=90)),

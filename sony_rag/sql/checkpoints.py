@@ -1,0 +1,316 @@
+"""SQL for LangGraph checkpoints: chat_checkpoints, chat_checkpoint_blobs, chat_checkpoint_writes, and the
+chat_messages rows that the root ``messages`` channel refers to (see ``sony_rag.checkpointer``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from sony_rag.sql import Params, Query
+
+_CHECKPOINT_COLUMNS = sql.SQL(
+    "c.session_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint, c.metadata, "
+    "s.metadata ->> 'langgraph_thread_id' AS thread_name"
+)
+
+
+def upsert_session(session_id: UUID, thread_name: str | None, current_page: str | None) -> Query:
+    """Return an INSERT of a thread's session that, when it exists, marks it active (and locks its row)."""
+    p = Params()
+    metadata = {"langgraph_thread_id": thread_name} if thread_name is not None else {}
+    return sql.SQL(
+        "INSERT INTO chat_sessions (session_id, current_page, metadata) VALUES ({}, {}, {}) "
+        "ON CONFLICT (session_id) DO UPDATE SET updated_at = NOW(), "
+        "current_page = COALESCE(EXCLUDED.current_page, chat_sessions.current_page)"
+    ).format(p.add(session_id, "uuid"), p.add(current_page, "text"), p.add(Jsonb(metadata))), p.values
+
+
+def touch_session(session_id: UUID, thread_name: str | None, current_page: str | None, channel: str) -> Query:
+    """Return ``upsert_session`` (which locks the session's row) and, in the same round trip, a SELECT of the
+    session's root-namespace pending writes to ``channel`` still stored as blobs."""
+    upsert, p = upsert_session(session_id, thread_name, current_page)
+    params = Params(dict(p))
+    return sql.SQL(
+        "WITH touched AS ({}) SELECT checkpoint_id, task_id, idx, type, blob FROM chat_checkpoint_writes "
+        "WHERE session_id = {} AND checkpoint_ns = '' AND channel = {} AND message_runs IS NULL "
+        "AND blob IS NOT NULL"
+    ).format(upsert, params.add(session_id, "uuid"), params.add(channel, "text")), params.values
+
+
+def message_keys(session_id: UUID) -> Query:
+    """Return a SELECT of every message row of a session in writing order: seq, message_key, and for rows
+    written without a key (by the history class) the message id they decode to (``adoptable``)."""
+    p = Params()
+    return sql.SQL(
+        "SELECT seq, message_key, CASE WHEN message_key IS NULL THEN "
+        "coalesce(metadata -> 'data' ->> 'id', message_id::text) END AS adoptable "
+        "FROM chat_messages WHERE session_id = {} ORDER BY seq"
+    ).format(p.add(session_id)), p.values
+
+
+def adopt_rows(session_id: UUID, seqs: Sequence[int], keys: Sequence[str]) -> Query:
+    """Return an UPDATE giving rows written without a key (``seqs``) the message keys of the agent's state."""
+    p = Params()
+    return sql.SQL(
+        "UPDATE chat_messages m SET message_key = a.message_key FROM unnest({}, {}) AS a(seq, message_key) "
+        "WHERE m.session_id = {} AND m.seq = a.seq AND m.message_key IS NULL"
+    ).format(p.add(list(seqs), "bigint[]"), p.add(list(keys), "text[]"), p.add(session_id, "uuid")), p.values
+
+
+def insert_messages(session_id: UUID, keys: Sequence[str], roles: Sequence[str], contents: Sequence[str],
+                    token_usages: Sequence[int | None], page_context: str | None,
+                    metadatas: Sequence[dict[str, Any]]) -> Query:
+    """Return one INSERT of messages in list order (``seq`` follows it) returning each row's key and seq."""
+    p = Params()
+    return sql.SQL(
+        "INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, metadata, message_key) "
+        "SELECT {}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
+        "FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, "
+        "position) ORDER BY m.position RETURNING message_key, seq"
+    ).format(
+        p.add(session_id, "uuid"), p.add(page_context, "text"), p.add(list(keys), "text[]"),
+        p.add(list(roles), "text[]"), p.add(list(contents), "text[]"), p.add(list(token_usages), "int[]"),
+        p.add([Jsonb(m) for m in metadatas], "jsonb[]"),
+    ), p.values
+
+
+def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, parent_id: str | None,
+                      checkpoint: dict[str, Any], metadata: dict[str, Any],
+                      blobs: Sequence[tuple[str, str, str, bytes | None]],
+                      compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str) -> Query:
+    """Return one statement storing new channel versions ``(channel, version, type, blob)`` and a checkpoint,
+    and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
+
+    A checkpoint stored again under its id is replaced; a channel version already stored is kept as it is.
+    """
+    p = Params()
+    channels, versions, types, data = (list(column) for column in zip(*blobs, strict=True)) if blobs \
+        else ([], [], [], [])
+    session = p.add(session_id, "uuid")
+    namespace = p.add(checkpoint_ns, "text")
+    ids, tasks, indexes, runs = (list(column) for column in zip(*compacted, strict=True)) if compacted \
+        else ([], [], [], [])
+    query = sql.SQL(
+        "WITH blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
+        "SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob "
+        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING), "
+        "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = u.runs::bigint[] "
+        "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {session} "
+        "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id "
+        "AND w.idx = u.idx) "
+        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+        "metadata) VALUES ({session}, {namespace}, {}, {}, {}, {}) "
+        "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
+        "metadata = EXCLUDED.metadata"
+    ).format(
+        p.add(channels, "text[]"), p.add(versions, "text[]"), p.add(types, "text[]"), p.add(data),
+        p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
+        p.add([_runs_text(r) for r in runs], "text[]"),
+        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Jsonb(checkpoint)), p.add(Jsonb(metadata)),
+        session=session, namespace=namespace,
+    )
+    return query, p.values
+
+
+def _runs_text(runs: list[int] | None) -> str | None:
+    return None if runs is None else "{" + ",".join(str(value) for value in runs) + "}"
+
+
+def insert_writes(session_id: UUID, thread_name: str | None, checkpoint_ns: str, checkpoint_id: str,
+                  task_id: str, task_path: str, writes: Sequence[tuple[int, str, str, bytes | None, list[int] | None]],
+                  *, replace: bool) -> Query:
+    """Return an INSERT of pending writes ``(idx, channel, type, blob, runs)``; ``replace`` overwrites same idx.
+
+    The thread's session is created when missing, without touching an existing one: LangGraph writes a step's
+    tasks from several threads at once, beside the put that locks the session's row. (An INSERT ... ON CONFLICT
+    alone would wait for that put to commit; NOT EXISTS reads the committed row and does not.)
+    """
+    p = Params()
+    metadata = {"langgraph_thread_id": thread_name} if thread_name is not None else {}
+    indexes, channels, types, data, runs = (list(column) for column in zip(*writes, strict=True))
+    conflict = (sql.SQL("DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, "
+                        "message_runs = EXCLUDED.message_runs") if replace else sql.SQL("DO NOTHING"))
+    session = p.add(session_id, "uuid")
+    return sql.SQL(
+        "WITH session AS (INSERT INTO chat_sessions (session_id, metadata) SELECT {session}, {} "
+        "WHERE NOT EXISTS (SELECT 1 FROM chat_sessions WHERE session_id = {session}) "
+        "ON CONFLICT (session_id) DO NOTHING) "
+        "INSERT INTO chat_checkpoint_writes (session_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, "
+        "channel, type, blob, message_runs) SELECT {session}, {}, {}, {}, {}, w.idx, w.channel, w.type, w.blob, "
+        "w.runs::bigint[] FROM unnest({}, {}, {}, {}::bytea[], {}) AS w(idx, channel, type, blob, runs) "
+        "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id, task_id, idx) {}"
+    ).format(
+        p.add(Jsonb(metadata)), p.add(checkpoint_ns, "text"), p.add(checkpoint_id, "text"),
+        p.add(task_id, "text"), p.add(task_path, "text"), p.add(indexes, "int[]"), p.add(channels, "text[]"),
+        p.add(types, "text[]"), p.add(data), p.add([_runs_text(r) for r in runs], "text[]"), conflict,
+        session=session,
+    ), p.values
+
+
+def select_checkpoints(session_id: UUID | None, checkpoint_ns: str | None, checkpoint_id: str | None,
+                       metadata_filter: Mapping[str, Any] | None, before: str | None, limit: int | None) -> Query:
+    """Return a SELECT of checkpoints matching every given condition, newest (highest id) first."""
+    p = Params()
+    conditions: list[sql.Composable] = []
+    if session_id is not None:
+        conditions.append(sql.SQL("c.session_id = {}").format(p.add(session_id, "uuid")))
+    if checkpoint_ns is not None:
+        conditions.append(sql.SQL("c.checkpoint_ns = {}").format(p.add(checkpoint_ns, "text")))
+    if checkpoint_id is not None:
+        conditions.append(sql.SQL("c.checkpoint_id = {}").format(p.add(checkpoint_id, "text")))
+    if metadata_filter:
+        conditions.append(sql.SQL("c.metadata @> {}").format(p.add(Jsonb(dict(metadata_filter)))))
+    if before is not None:
+        conditions.append(sql.SQL("c.checkpoint_id < {}").format(p.add(before, "text")))
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+    query = sql.SQL(
+        "SELECT {} FROM chat_checkpoints c JOIN chat_sessions s ON s.session_id = c.session_id{} "
+        "ORDER BY c.checkpoint_id DESC"
+    ).format(_CHECKPOINT_COLUMNS, where)
+    if limit is not None:
+        query += sql.SQL(" LIMIT {}").format(p.add(limit, "bigint"))
+    return query, p.values
+
+
+def select_blobs(keys: Sequence[tuple[UUID, str, str, str]]) -> Query:
+    """Return a SELECT of the channel versions ``(session_id, checkpoint_ns, channel, version)`` asked for."""
+    p = Params()
+    sessions, namespaces, channels, versions = (list(column) for column in zip(*keys, strict=True))
+    return sql.SQL(
+        "SELECT b.session_id, b.checkpoint_ns, b.channel, b.version, b.type, b.blob "
+        "FROM unnest({}, {}, {}, {}) AS k(session_id, checkpoint_ns, channel, version) "
+        "JOIN chat_checkpoint_blobs b USING (session_id, checkpoint_ns, channel, version)"
+    ).format(p.add(sessions, "uuid[]"), p.add(namespaces, "text[]"), p.add(channels, "text[]"),
+             p.add(versions, "text[]")), p.values
+
+
+def select_writes(keys: Sequence[tuple[UUID, str, str]]) -> Query:
+    """Return a SELECT of the pending writes of the checkpoints ``(session_id, checkpoint_ns, checkpoint_id)``."""
+    p = Params()
+    sessions, namespaces, ids = (list(column) for column in zip(*keys, strict=True))
+    return sql.SQL(
+        "SELECT w.session_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channel, w.type, "
+        "w.blob, w.message_runs FROM unnest({}, {}, {}) AS k(session_id, checkpoint_ns, checkpoint_id) "
+        "JOIN chat_checkpoint_writes w USING (session_id, checkpoint_ns, checkpoint_id) "
+        "ORDER BY w.task_path, w.task_id, w.idx"
+    ).format(p.add(sessions, "uuid[]"), p.add(namespaces, "text[]"), p.add(ids, "text[]")), p.values
+
+
+def select_runs(session_ids: Sequence[UUID], starts: Sequence[int], ends: Sequence[int]) -> Query:
+    """Return a SELECT of the message rows in each run ``(session, first seq, last seq)``, run by run, in order."""
+    p = Params()
+    return sql.SQL(
+        "SELECT r.run, m.seq, m.message_id, m.message_key, m.role, m.content, m.metadata "
+        "FROM unnest({}, {}, {}) WITH ORDINALITY AS r(session_id, first_seq, last_seq, run) "
+        "JOIN chat_messages m ON m.session_id = r.session_id AND m.seq BETWEEN r.first_seq AND r.last_seq "
+        "ORDER BY r.run, m.seq"
+    ).format(p.add(list(session_ids), "uuid[]"), p.add(list(starts), "bigint[]"),
+             p.add(list(ends), "bigint[]")), p.values
+
+
+def delete_session(session_id: UUID) -> Query:
+    """Return a DELETE of a thread's session: its messages, checkpoints, blobs and writes cascade."""
+    p = Params()
+    return sql.SQL("DELETE FROM chat_sessions WHERE session_id = {}").format(p.add(session_id, "uuid")), p.values
+
+
+def delete_sessions(session_ids: Sequence[UUID]) -> Query:
+    """Return a DELETE of several threads' sessions (everything of theirs cascades)."""
+    p = Params()
+    return sql.SQL("DELETE FROM chat_sessions WHERE session_id = ANY({})").format(
+        p.add(list(session_ids), "uuid[]")), p.values
+
+
+def delete_runs(run_ids: Sequence[str]) -> Query:
+    """Return one statement deleting the checkpoints made by the given runs and their pending writes."""
+    p = Params()
+    return sql.SQL(
+        "WITH gone AS (DELETE FROM chat_checkpoints WHERE metadata ->> 'run_id' = ANY({}) "
+        "RETURNING session_id, checkpoint_ns, checkpoint_id) "
+        "DELETE FROM chat_checkpoint_writes w USING gone WHERE w.session_id = gone.session_id "
+        "AND w.checkpoint_ns = gone.checkpoint_ns AND w.checkpoint_id = gone.checkpoint_id"
+    ).format(p.add(list(run_ids), "text[]")), p.values
+
+
+def keep_latest(session_ids: Sequence[UUID]) -> list[Query]:
+    """Return the statements that keep only the newest checkpoint per namespace of each session (and its data)."""
+    p = Params()
+    sessions = p.add(list(session_ids), "uuid[]")
+    checkpoints = sql.SQL(
+        "DELETE FROM chat_checkpoints c WHERE c.session_id = ANY({s}) AND c.checkpoint_id < "
+        "(SELECT max(n.checkpoint_id) FROM chat_checkpoints n WHERE n.session_id = c.session_id "
+        "AND n.checkpoint_ns = c.checkpoint_ns)"
+    ).format(s=sessions)
+    writes = sql.SQL(
+        "DELETE FROM chat_checkpoint_writes w WHERE w.session_id = ANY({s}) AND NOT EXISTS (SELECT 1 FROM "
+        "chat_checkpoints c WHERE c.session_id = w.session_id AND c.checkpoint_ns = w.checkpoint_ns "
+        "AND c.checkpoint_id = w.checkpoint_id)"
+    ).format(s=sessions)
+    # A channel version outlives the checkpoint that wrote it while a later checkpoint still points at it.
+    blobs = sql.SQL(
+        "DELETE FROM chat_checkpoint_blobs b WHERE b.session_id = ANY({s}) AND NOT EXISTS (SELECT 1 FROM "
+        "chat_checkpoints c WHERE c.session_id = b.session_id AND c.checkpoint_ns = b.checkpoint_ns "
+        "AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)"
+    ).format(s=sessions)
+    return [(checkpoints, p.values), (writes, p.values), (blobs, p.values)]
+
+
+def copy_messages(source: UUID, target: UUID) -> Query:
+    """Return an INSERT copying a session's message rows to another, in order, returning the new seqs in order."""
+    p = Params()
+    return sql.SQL(
+        "INSERT INTO chat_messages (session_id, role, content, created_at, token_usage, page_context, metadata, "
+        "message_key) SELECT {}, role, content, created_at, token_usage, page_context, metadata, message_key "
+        "FROM chat_messages WHERE session_id = {} ORDER BY seq RETURNING seq"
+    ).format(p.add(target, "uuid"), p.add(source, "uuid")), p.values
+
+
+def source_checkpoints(source: UUID) -> Query:
+    """Return a SELECT of every checkpoint of a session, for copying."""
+    p = Params()
+    return sql.SQL(
+        "SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata FROM chat_checkpoints "
+        "WHERE session_id = {}"
+    ).format(p.add(source, "uuid")), p.values
+
+
+def insert_checkpoints(target: UUID, rows: Sequence[Mapping[str, Any]]) -> Query:
+    """Return one INSERT of checkpoint rows (as ``source_checkpoints`` returns them) into a session."""
+    p = Params()
+    return sql.SQL(
+        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+        "metadata) SELECT {}, c.ns, c.id, c.parent, c.checkpoint, c.metadata FROM unnest({}, {}, {}, {}, {}) "
+        "AS c(ns, id, parent, checkpoint, metadata) ON CONFLICT DO NOTHING"
+    ).format(p.add(target, "uuid"), p.add([r["checkpoint_ns"] for r in rows], "text[]"),
+             p.add([r["checkpoint_id"] for r in rows], "text[]"),
+             p.add([r["parent_checkpoint_id"] for r in rows], "text[]"),
+             p.add([Jsonb(r["checkpoint"]) for r in rows], "jsonb[]"),
+             p.add([Jsonb(r["metadata"]) for r in rows], "jsonb[]")), p.values
+
+
+def copy_blobs_and_writes(source: UUID, target: UUID, old_seqs: Sequence[int],
+                          new_seqs: Sequence[int]) -> list[Query]:
+    """Return the statements copying a session's channel versions and writes, with message runs renumbered."""
+    p = Params()
+    src, dst = p.add(source, "uuid"), p.add(target, "uuid")
+    old, new = p.add(list(old_seqs), "bigint[]"), p.add(list(new_seqs), "bigint[]")
+    write_runs = sql.SQL(
+        "(SELECT array_agg(m.new_seq ORDER BY r.position) FROM unnest(w.message_runs) WITH ORDINALITY "
+        "AS r(seq, position) JOIN unnest({old}, {new}) AS m(old_seq, new_seq) ON m.old_seq = r.seq)"
+    ).format(old=old, new=new)
+    blobs = sql.SQL(
+        "INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
+        "SELECT {dst}, checkpoint_ns, channel, version, type, blob "
+        "FROM chat_checkpoint_blobs WHERE session_id = {src} ON CONFLICT DO NOTHING"
+    ).format(src=src, dst=dst)
+    writes = sql.SQL(
+        "INSERT INTO chat_checkpoint_writes (session_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, "
+        "blob, message_runs, task_path) SELECT {dst}, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, "
+        "w.channel, w.type, w.blob, {runs}, w.task_path FROM chat_checkpoint_writes w WHERE w.session_id = {src} "
+        "ON CONFLICT DO NOTHING"
+    ).format(src=src, dst=dst, runs=write_runs)
+    return [(blobs, p.values), (writes, p.values)]

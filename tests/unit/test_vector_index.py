@@ -1,0 +1,160 @@
+"""What sony-rag decides about the vector index without a database: settings per pgvector version, which
+filters are counted before a search, k-means memory per version, and index health."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from sony_rag import vector_index
+from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql.embeddings import hybrid, nearest
+from sony_rag.sql.filters import filter_kind
+from sony_rag.vector_index import (
+    EXACT_SCAN_ROWS,
+    MAX_EXACT_SCAN_ROWS,
+    METADATA_PROBE_ROWS,
+    Capabilities,
+    VectorIndex,
+    ann_settings,
+    capabilities_from_row,
+    exact_scan_bound,
+    index_problems,
+    ivfflat_build_memory,
+    parse_version,
+    trained_comment,
+    trained_rows_from_comment,
+    warn_once,
+)
+
+IVFFLAT = VectorIndex("ivfflat", lists=100, m=None, ef_construction=None, trained_rows=100_000)
+HNSW = VectorIndex("hnsw", lists=None, m=16, ef_construction=64)
+
+
+def caps(index: VectorIndex | None, version: tuple[int, ...] = (0, 8, 1), rows: int = 100_000) -> Capabilities:
+    return Capabilities(pgvector_version=version, vector_index=index, table_rows=rows)
+
+
+def test_pgvector_06_gets_no_iterative_scan_settings() -> None:
+    assert ann_settings(caps(IVFFLAT, (0, 6, 2)), 10) == {"ivfflat.probes": "20"}
+    assert ann_settings(caps(HNSW, (0, 6, 2)), 10) == {"hnsw.ef_search": "40"}
+
+
+def test_pgvector_08_hnsw_scans_in_strict_order_with_room_for_k_matches() -> None:
+    settings = ann_settings(caps(HNSW), 10, counted=True)
+    assert settings["hnsw.iterative_scan"] == "strict_order"
+    # The index answers only when >= EXACT_SCAN_ROWS of 100k rows match: 10 matches need ~500 tuples at that
+    # selectivity, so pgvector's default limit (20,000) stands; a larger k or table raises it.
+    assert int(settings["hnsw.max_scan_tuples"]) == 20_000
+    assert int(ann_settings(caps(HNSW, rows=1_000_000), 100, counted=True)["hnsw.max_scan_tuples"]) > 20_000
+    # Not counted (a metadata filter on a large table): the selectivity is unknown, pgvector's limits stand.
+    assert "hnsw.max_scan_tuples" not in ann_settings(caps(HNSW), 10)
+
+
+def test_pgvector_08_ivfflat_relaxed_order_probes_at_most_what_k_needs() -> None:
+    settings = ann_settings(caps(IVFFLAT), 10, counted=True)
+    assert settings["ivfflat.iterative_scan"] == "relaxed_order"
+    # At >= 2 % selectivity the first 20 of 100 lists hold about 400 matches: no need to probe further.
+    assert int(settings["ivfflat.max_probes"]) == 20
+    assert "ivfflat.max_probes" not in ann_settings(caps(IVFFLAT), 10)
+    assert ann_settings(caps(IVFFLAT), 10, probes=3)["ivfflat.probes"] == "3"
+
+
+def test_only_column_filters_are_counted_on_large_tables() -> None:
+    assert filter_kind({"source_type": "faq"}) == "columns"
+    assert filter_kind({"$or": [{"source_type": "faq"}, {"source_id": {"$like": "sku-%"}}]}) == "columns"
+    assert filter_kind({"source_type": "faq", "color": "red"}) == "metadata"
+    assert filter_kind(None) == filter_kind({}) == "none"
+    big, small = caps(HNSW), caps(HNSW, rows=METADATA_PROBE_ROWS)
+    assert exact_scan_bound(big, "columns") == EXACT_SCAN_ROWS
+    assert exact_scan_bound(big, "metadata") is None
+    assert exact_scan_bound(small, "metadata") == EXACT_SCAN_ROWS
+    # Unfiltered: counted only on a table smaller than the bound (or never analyzed), where scanning is exact.
+    assert exact_scan_bound(big, "none") is None and exact_scan_bound(small, "none") is None
+    assert exact_scan_bound(caps(HNSW, rows=-1), "none") == EXACT_SCAN_ROWS
+    assert exact_scan_bound(caps(None), "columns") is None  # no index: every search is exact
+
+
+def test_the_bound_rises_where_the_index_would_read_more_rows_than_an_exact_scan() -> None:
+    # IVFFlat probing 20 of 100 lists reads 20 % of 100k rows: up to 20,000 matches rank faster exactly.
+    assert exact_scan_bound(caps(IVFFLAT), "columns") == 20_000
+    assert exact_scan_bound(caps(IVFFLAT), "columns", probes=5) == 5_000
+    assert exact_scan_bound(caps(IVFFLAT, rows=10**7), "columns") == MAX_EXACT_SCAN_ROWS
+    # HNSW on pgvector 0.6 (no iterative scan) finds ~ selectivity x ef_search matches: below k / ef_search of
+    # the table it would come back short, so those are ranked exactly (up to the cap).
+    assert exact_scan_bound(caps(HNSW, (0, 6, 2)), "columns") == MAX_EXACT_SCAN_ROWS
+    assert exact_scan_bound(caps(HNSW, (0, 6, 2), rows=20_000), "columns") == 10_000
+
+
+def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
+    def text(query: object) -> str:
+        return str(query)
+
+    assert "choice" in text(nearest([1.0], 10, {"source_type": "faq"}, exact_below=2000)[0])
+    assert "choice" in text(nearest([1.0], 10, None, exact_below=2000)[0])
+    assert "choice" not in text(nearest([1.0], 10, None)[0])
+    assert "choice" not in text(nearest([1.0], 10, {"source_type": "faq"})[0])
+    assert "index_rows" not in text(nearest([1.0], 10, {"source_type": "faq"}, use_index=False)[0])
+    statement, params = hybrid([1.0], "oak", 4, 20, {"source_type": "faq"}, config="english", rrf_k=1.0,
+                               vector_weight=1.0, keyword_weight=0.4, text_candidates=200, similarity_tie=0.005,
+                               exact_below=2000)
+    assert "choice" in text(statement) and 2000 in params.values()
+
+
+def test_kmeans_memory_follows_the_version() -> None:
+    # pgvector 0.7 added the new centers' float aggregate (lists x dimensions) to the memory it checks.
+    assert ivfflat_build_memory(1200, 1000, pgvector_version=(0, 8, 1)) - ivfflat_build_memory(1200, 1000) \
+        == 4 * 1000 * 384
+    assert ivfflat_build_memory(50, 100, pgvector_version=(0, 8, 1)) == 0
+
+
+def test_capabilities_parse_the_catalog_row() -> None:
+    row = {"pgvector_version": "0.8.1", "index_method": "ivfflat", "index_options": ["lists=7"],
+           "index_comment": trained_comment(7000), "table_rows": 9000, "invalid_indexes": ["x_rebuild"]}
+    parsed = capabilities_from_row(row)
+    assert parsed.pgvector_version == (0, 8, 1) and parsed.iterative_scan
+    assert parsed.vector_index == VectorIndex("ivfflat", 7, None, None, trained_rows=7000)
+    assert (parsed.table_rows, parsed.invalid_indexes) == (9000, ("x_rebuild",))
+    assert parse_version(None) == (0,)
+    assert trained_rows_from_comment("made by hand") is None
+
+
+def test_index_health() -> None:
+    migrated = VectorIndex("ivfflat", 100, None, None)  # built on the empty table: no training recorded
+    problems = index_problems(migrated, 152)
+    assert [p.kind for p in problems] == ["stale_ivfflat"]
+    assert "152" in problems[0].message and problems[0].fix == "sony-rag index rebuild"
+    assert index_problems(VectorIndex("ivfflat", 1, None, None, trained_rows=152), 300) == []
+    assert [p.kind for p in index_problems(VectorIndex("ivfflat", 1, None, None, trained_rows=152), 305)] \
+        == ["stale_ivfflat"]
+    assert index_problems(HNSW, 10**6) == []
+    assert [p.kind for p in index_problems(HNSW, 10, ("idx_document_embeddings_vector_rebuild",))] \
+        == ["invalid_index"]
+
+
+def test_the_search_warning_comes_once_per_process(caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_index, "_warned", set())  # as in a fresh process
+    stale = Capabilities((0, 6, 2), VectorIndex("ivfflat", 100, None, None), table_rows=152)
+    with caplog.at_level(logging.WARNING, logger="sony_rag"):
+        warn_once(stale)
+        warn_once(stale)
+    assert sum("sony-rag index rebuild" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_statements_are_composed_once_per_shape_and_bind_each_calls_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    def plain(params: dict[str, object]) -> dict[str, object]:
+        return {name: getattr(value, "obj", value) for name, value in params.items()}  # Jsonb -> its object
+
+    first = nearest([1.0], 10, {"price": {"$between": [1, 5]}, "source_type": "faq"}, exact_below=2000)
+    second = nearest([2.0], 7, {"price": {"$between": [2, 9]}, "source_type": "policy"}, exact_below=2000)
+    assert first[0] is second[0]  # the same composed text, reused
+    monkeypatch.setattr(embedding_sql, "_SHAPES", {})  # compose the second call afresh
+    fresh = nearest([2.0], 7, {"price": {"$between": [2, 9]}, "source_type": "policy"}, exact_below=2000)
+    assert fresh[0] is not second[0] and str(fresh[0]) == str(second[0])
+    assert plain(fresh[1]) == plain(second[1])
+    assert {"lo": 2, "hi": 9} in plain(second[1]).values() and "policy" in plain(second[1]).values()
+    # Another shape (string bounds render another jsonpath type test) gets its own text.
+    other = nearest([1.0], 10, {"price": {"$between": ["a", "b"]}, "source_type": "faq"}, exact_below=2000)
+    assert '"string"' in str(other[0]) and '"string"' not in str(second[0])
