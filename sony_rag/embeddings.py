@@ -138,25 +138,13 @@ def fake_embeddings() -> HashedWordEmbeddings:
     return HashedWordEmbeddings(EMBEDDING_DIMENSIONS)
 
 
-class LocalEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 on numpy (``sony_rag.minilm``): sentence-transformers' unit vectors without torch.
+class _ModelEmbeddings(Embeddings):
+    """all-MiniLM-L6-v2 behind a loaded model: queries and async calls go through ``embed_documents``.
 
-    Safe to call from any number of threads at once (the model is read-only once loaded); the async methods
-    run in a worker thread, so an event loop is never blocked by the model.
+    The async methods run in a worker thread, so an event loop is never blocked by the model.
     """
 
     model_name: str = LOCAL_MODEL_NAME
-
-    def __init__(self, model: Any, batch_size: int = 64) -> None:
-        """Wrap a loaded ``sony_rag.minilm.MiniLM``; see ``local_embeddings()`` to load the packaged one."""
-        self._model = model
-        self.batch_size = batch_size
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Return the normalised 384-d vector of each text."""
-        if not texts:
-            return []
-        return self._model.encode(list(texts), batch_size=self.batch_size).tolist()  # type: ignore[no-any-return]
 
     def embed_query(self, text: str) -> list[float]:
         """Return the normalised 384-d vector of ``text``."""
@@ -171,10 +159,26 @@ class LocalEmbeddings(Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class SentenceTransformerEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 through sentence-transformers (the ``st`` extra, for a GPU); unit-length vectors."""
+class LocalEmbeddings(_ModelEmbeddings):
+    """all-MiniLM-L6-v2 on numpy (``sony_rag.minilm``): sentence-transformers' unit vectors without torch.
 
-    model_name: str = LOCAL_MODEL_NAME
+    Safe to call from any number of threads at once (the model is read-only once loaded).
+    """
+
+    def __init__(self, model: Any, batch_size: int = 64) -> None:
+        """Wrap a loaded ``sony_rag.minilm.MiniLM``; see ``local_embeddings()`` to load the packaged one."""
+        self._model = model
+        self.batch_size = batch_size
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return the normalised 384-d vector of each text."""
+        if not texts:
+            return []
+        return self._model.encode(list(texts), batch_size=self.batch_size).tolist()  # type: ignore[no-any-return]
+
+
+class SentenceTransformerEmbeddings(_ModelEmbeddings):
+    """all-MiniLM-L6-v2 through sentence-transformers (the ``st`` extra, for a GPU); unit-length vectors."""
 
     def __init__(self, model: Any, batch_size: int = 64) -> None:
         """Wrap a loaded ``SentenceTransformer``; see ``sentence_transformer_embeddings()`` to load it."""
@@ -190,18 +194,6 @@ class SentenceTransformerEmbeddings(Embeddings):
             vectors = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
                                          convert_to_numpy=True, show_progress_bar=False)
         return [[float(x) for x in row] for row in vectors]
-
-    def embed_query(self, text: str) -> list[float]:
-        """Return the normalised 384-d vector of ``text``."""
-        return self.embed_documents([text])[0]
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Return the normalised 384-d vector of each text, computed in a worker thread."""
-        return await asyncio.to_thread(self.embed_documents, texts)
-
-    async def aembed_query(self, text: str) -> list[float]:
-        """Return the normalised 384-d vector of ``text``, computed in a worker thread."""
-        return await asyncio.to_thread(self.embed_query, text)
 
 
 class LazyEmbeddings(Embeddings):
