@@ -466,6 +466,8 @@ def _ingest(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
         + (f", {len(report.errors)} bad record(s) skipped" if report.errors else "")
         + f"; {report.chunks_written} chunks written, {report.chunks_deleted} replaced, in {report.seconds:.2f} s"
         + (f" ({report.rows_per_second:,.0f} rows/s)" if report.chunks_written else ""))
+    if report.index_rebuilt:
+        say(out, report.index_rebuilt)
     return EXIT_OK
 
 

@@ -75,8 +75,10 @@ def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings,
     """
     from sony_rag.ingest import ingest_paths
 
+    # The command retrains an IVFFlat index that no longer describes the data (the migration's is built on an
+    # empty table): a newcomer's first ingest would otherwise leave 100 lists over a few hundred rows.
     return ingest_paths(db, paths, embeddings, source_type=source_type, on_error=on_error, progress=progress,
-                        reembed=reembed)
+                        reembed=reembed, rebuild_stale_index=True)
 
 
 # -- search ----------------------------------------------------------------------------------------------

@@ -134,6 +134,8 @@ class IngestReport:
     errors: list[RecordError] = field(default_factory=list)
     seconds: float = 0.0
     embedding_model: str = ""
+    # What ingest did to the vector index, when it rebuilt one trained on far fewer rows than the table now holds.
+    index_rebuilt: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -145,7 +147,8 @@ class IngestReport:
         return {"files": self.files, "sources": self.sources, "written": self.written, "unchanged": self.unchanged,
                 "chunks_written": self.chunks_written, "chunks_deleted": self.chunks_deleted,
                 "skipped": [error.as_dict() for error in self.errors], "seconds": round(self.seconds, 3),
-                "rows_per_second": round(self.rows_per_second, 1), "embedding_model": self.embedding_model}
+                "rows_per_second": round(self.rows_per_second, 1), "embedding_model": self.embedding_model,
+                "index_rebuilt": self.index_rebuilt}
 
 
 class Progress(Protocol):
@@ -510,12 +513,16 @@ def _content_hash(source: Source, model: str) -> str:
 
 def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddings, *,
                  source_type: str | None = None, on_error: OnError = "stop", batch_rows: int = BATCH_ROWS,
-                 progress: Progress | None = None, reembed: bool = False) -> IngestReport:
+                 progress: Progress | None = None, reembed: bool = False,
+                 rebuild_stale_index: bool = False) -> IngestReport:
     """Ingest files into ``document_embeddings`` (see the module docstring) and return what was done.
 
     ``embeddings`` is only asked for vectors when some source changed: pass ``get_embeddings()`` (loaded
     on first use) and an ingest that changes nothing never loads a model. ``reembed`` re-embeds every
     source of these files whatever its stored hash, and allows replacing chunks of another model.
+    ``rebuild_stale_index`` (``sony-rag ingest`` sets it): after writing, rebuild an IVFFlat index trained on
+    far fewer rows than the table then holds (the migration's, built on an empty table), sized for the data;
+    ``report.index_rebuilt`` says so.
 
     Raises BadRecordError (``on_error="stop"``), InvalidInputError for bad paths or options,
     EmbeddingModelMismatchError when the table holds another model's chunks (nothing is written),
@@ -547,6 +554,15 @@ def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddin
         report.written += len(batch)
         if progress is not None:
             progress.advance(len(rows))
+    if report.chunks_written and rebuild_stale_index:
+        # The migration builds the IVFFlat index on an empty table, so its centroids mean nothing until the
+        # data is in: the first ingest (and one that grows the table far past its training) retrains it.
+        from sony_rag.indexes import rebuild_if_stale
+
+        def note(line: str) -> None:
+            report.index_rebuilt = line
+
+        rebuild_if_stale(db, log=note)
     report.seconds = time.perf_counter() - started
     return report
 

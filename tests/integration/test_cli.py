@@ -314,6 +314,22 @@ def test_stats(loaded: Cli) -> None:
     assert all(problem["fix"] in out for problem in data["index_problems"])
 
 
+def test_the_first_ingest_retrains_the_migrations_ivfflat_index(cli: Cli, db: Database) -> None:
+    """The migration's IVFFlat index is built on an empty table; the first ingest retrains it for the data."""
+    with db.pool().connection() as conn:
+        conn.execute("DROP INDEX IF EXISTS idx_document_embeddings_vector")
+        conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                     "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 100)")
+    db.forget_capabilities()
+    first = cli.json("ingest", str(DATA))
+    assert first["index_rebuilt"] and "rebuilt the IVFFlat index" in first["index_rebuilt"]
+    stats = cli.json("stats")
+    assert stats["vector_index"]["method"] == "ivfflat" and stats["vector_index"]["lists"] < 100
+    assert stats["index_problems"] == []
+    again = cli.json("ingest", str(DATA))   # nothing changed: nothing written, nothing rebuilt
+    assert again["written"] == 0 and again["index_rebuilt"] is None
+
+
 def test_index_rebuild(loaded: Cli) -> None:
     report = loaded.json("index", "rebuild")
     assert report["method"] == "ivfflat" and report["lists"] >= 1 and report["rows"] > 100

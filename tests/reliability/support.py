@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 from conftest import test_settings  # tests/conftest.py, as the other test folders import it
 from pgbouncer import PgBouncer, pgbouncer_available, socket_dir_of  # tests/pgbouncer.py
@@ -151,7 +152,10 @@ class FaultServer:
                 # pgserver's own cleanup only stops the postmaster it started: after a restart that is gone.
                 with contextlib.suppress(Exception):
                     self._pg_ctl("-w", "-m", "immediate", "stop")
-            self._server.cleanup()
+            # pgserver's cleanup signals the postmaster it started; one that has just exited (stopped above,
+            # or by the test) makes psutil raise NoSuchProcess, with nothing left to stop.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._server.cleanup()
 
 
 class OutageProxy:
