@@ -89,4 +89,21 @@ def db(shared_db: Database) -> Iterator[Database]:
 def _truncate(db: Database) -> None:
     with db.pool().connection() as conn:
         conn.execute("TRUNCATE chat_sessions, chat_messages, document_embeddings, user_text_selections CASCADE")
-        db.forget_capabilities()
+    restore_migration_vector_index(db)
+
+
+def restore_migration_vector_index(db: Database) -> None:
+    """Put the vector index back as migration 001 makes it (IVFFlat, lists=100) when a test changed it.
+
+    ``sony-rag ingest`` retrains a stale IVFFlat index and ``index rebuild`` replaces it; the next test (and the
+    schema comparison, which reads the shared database behind a pooler) expects the migration's index.
+    """
+    with db.pool().connection() as conn:
+        row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_document_embeddings_vector'"
+                           ).fetchone()
+        definition = "" if row is None else str(row[0]).replace(" ", "")
+        if "USINGivfflat" not in definition or "lists='100'" not in definition:
+            conn.execute("DROP INDEX IF EXISTS idx_document_embeddings_vector")
+            conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                         "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 100)")
+    db.forget_capabilities()

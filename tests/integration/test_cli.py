@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import restore_migration_vector_index  # tests/conftest.py
 
 from sony_rag.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
 from sony_rag.connection import Database
@@ -316,11 +317,9 @@ def test_stats(loaded: Cli) -> None:
 
 def test_the_first_ingest_retrains_the_migrations_ivfflat_index(cli: Cli, db: Database) -> None:
     """The migration's IVFFlat index is built on an empty table; the first ingest retrains it for the data."""
-    with db.pool().connection() as conn:
-        conn.execute("DROP INDEX IF EXISTS idx_document_embeddings_vector")
-        conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
-                     "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 100)")
-    db.forget_capabilities()
+    with db.pool().connection() as conn:   # the index exactly as migration 001 builds it: on an empty table
+        conn.execute("DROP INDEX idx_document_embeddings_vector")
+    restore_migration_vector_index(db)
     first = cli.json("ingest", str(DATA))
     assert first["index_rebuilt"] and "rebuilt the IVFFlat index" in first["index_rebuilt"]
     stats = cli.json("stats")
