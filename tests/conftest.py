@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -57,6 +59,18 @@ def database_url(server_url: str) -> str:
     with Database(url, settings=test_settings()) as db:
         migrate(db)
     return url
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Return a caller that runs a method by name through the sync API, or its ``a``-prefixed async twin."""
+
+    def invoke(target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            return getattr(target, method)(*args, **kwargs)
+        return asyncio.run(getattr(target, "a" + method)(*args, **kwargs))
+
+    return invoke
 
 
 def test_settings(**overrides: object) -> Settings:

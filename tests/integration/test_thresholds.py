@@ -77,18 +77,6 @@ def skewed(db: Database) -> Iterator[SonyVectorStore]:
     rebuild_vector_index(db, lists=100)  # the migration's index, as the other tests expect
 
 
-@pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """Return a caller that runs a store method by name through the sync or the async API."""
-
-    def invoke(store: SonyVectorStore, method: str, *args: Any, **kwargs: Any) -> Any:
-        if request.param == "sync":
-            return getattr(store, method)(*args, **kwargs)
-        return asyncio.run(getattr(store, "a" + method)(*args, **kwargs))
-
-    return invoke
-
-
 EXPECTED = {"above0", "above1", "above2"}
 
 

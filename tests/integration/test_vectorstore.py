@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -42,18 +41,6 @@ class AxisEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         return self._one(text)
-
-
-@pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
-    """Return a caller that runs a store method by name through the sync or the async API."""
-
-    def invoke(store: SonyVectorStore, method: str, *args: Any, **kwargs: Any) -> Any:
-        if request.param == "sync":
-            return getattr(store, method)(*args, **kwargs)
-        return asyncio.run(getattr(store, "a" + method)(*args, **kwargs))
-
-    return invoke
 
 
 @pytest.fixture
