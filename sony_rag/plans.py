@@ -203,6 +203,23 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     return int(count)
 
 
+def _vector_plan_choice(capabilities: Capabilities, filter: Mapping[str, Any] | None, k: int, probes: int | None,
+                        ef_search: int | None) -> PlanGenerator[tuple[bool, int | None]]:
+    """Set the index's settings for a search of ``k`` rows; return (use the index, exact below how many rows).
+
+    The one choice behind search, MMR's candidates and hybrid's vector leg (see ``exact_scan_bound``).
+    """
+    use_index = capabilities.vector_index is not None
+    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=k, probes=probes)
+    if use_index:
+        # A forced custom plan: a generic cached plan would ignore how selective this call's filter is (one of
+        # the hybrid statement ran 5-40x slower at 100k rows).
+        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
+                                       counted=exact_below is not None),
+                        "plan_cache_mode": "force_custom_plan"})
+    return use_index, exact_below
+
+
 @plan(read_only=True, replica=True)
 def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, Any] | None,
            capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
@@ -215,13 +232,7 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
-    use_index = capabilities.vector_index is not None
-    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=k, probes=probes)
-    if use_index:
-        # A generic cached plan would ignore how selective this call's filter is.
-        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
-                                       counted=exact_below is not None),
-                        "plan_cache_mode": "force_custom_plan"})
+    use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search)
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
     rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, use_index=use_index,
@@ -262,13 +273,7 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
     """
     fetch_k = max(k, options.fetch_k)
-    use_index = capabilities.vector_index is not None
-    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=fetch_k, probes=probes)
-    if use_index:
-        # A forced custom plan, as in search: a generic plan of this statement ran 5-40x slower at 100k rows.
-        yield SetLocal({**ann_settings(capabilities, fetch_k, probes=probes, ef_search=ef_search,
-                                       counted=exact_below is not None),
-                        "plan_cache_mode": "force_custom_plan"})
+    use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, fetch_k, probes, ef_search)
     rows: list[Row] = yield fetch(embedding_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
