@@ -20,8 +20,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from benchmarks.common import Bench, Report, percentiles, run_standalone, why_not
-from sony_rag.database import create_chat_session, get_chat_history, insert_chat_message
 from sony_rag.message_codec import encode_message
+from sony_rag.operations import create_chat_session, get_chat_history, insert_chat_message
 from sony_rag.sql import messages as message_sql
 
 COLUMNS = ["contender", "operation", "ops", "p50 ms", "p95 ms", "vs peer"]

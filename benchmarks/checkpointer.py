@@ -25,7 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from benchmarks.common import Bench, Report, percentiles, run_standalone, why_not
 from sony_rag.checkpointer import SonyCheckpointer
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.migrate import migrate
 from sony_rag.settings import Settings
 

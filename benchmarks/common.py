@@ -32,7 +32,7 @@ from langchain_core.embeddings import Embeddings
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.indexes import IndexReport, rebuild_vector_index
 from sony_rag.migrate import migrate
 from sony_rag.settings import Settings

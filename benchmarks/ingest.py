@@ -25,7 +25,7 @@ from benchmarks.common import (
     why_not,
 )
 from sony_rag import SonyVectorStore
-from sony_rag.database import batch_insert_embeddings
+from sony_rag.operations import batch_insert_embeddings
 
 LC_V1_BATCH = 5_000  # one INSERT ... VALUES per call; 5 parameters a row must stay under Postgres's 65,535
 BARE_V1_TABLE = "bare psycopg binary COPY into PGVector's own table"

@@ -29,7 +29,7 @@ from benchmarks.common import (
     why_not,
 )
 from sony_rag import SonyVectorStore, plans
-from sony_rag.database import search_similar_embeddings
+from sony_rag.operations import search_similar_embeddings
 
 COLUMNS = ["index", "contender", "filter", "p50 ms", "p95 ms", "recall@10", "rows min", "rows mean", "x bare"]
 RESULT_COLUMNS = ("embedding_id, source_type, source_id, content_chunk, metadata, created_at, updated_at, "

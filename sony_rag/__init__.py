@@ -16,14 +16,14 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "SonyChatMessageHistory": "sony_rag.chat_history",
     "SonyCheckpointer": "sony_rag.checkpointer",
-    "Database": "sony_rag.connection",
+    "Database": "sony_rag.database",
     **dict.fromkeys([
         "batch_insert_embeddings", "close_db", "create_chat_session", "delete_chat_session",
         "delete_embeddings_by_source", "get_chat_history", "get_chat_session", "get_db", "get_session_selections",
         "get_write_position", "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection",
         "prune_chat_sessions",
         "search_similar_embeddings", "update_chat_session",
-    ], "sony_rag.database"),
+    ], "sony_rag.operations"),
     **dict.fromkeys([
         "ChecksumMismatchError", "ConfigurationError", "DatabaseError", "DatabaseUnavailableError",
         "InvalidEmbeddingError", "InvalidFilterError", "InvalidIdentifierError", "InvalidInputError",
@@ -38,26 +38,7 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:
     from sony_rag.chat_history import SonyChatMessageHistory
     from sony_rag.checkpointer import SonyCheckpointer
-    from sony_rag.connection import Database
-    from sony_rag.database import (
-        batch_insert_embeddings,
-        close_db,
-        create_chat_session,
-        delete_chat_session,
-        delete_embeddings_by_source,
-        get_chat_history,
-        get_chat_session,
-        get_db,
-        get_session_selections,
-        get_write_position,
-        init_db,
-        insert_chat_message,
-        insert_embedding,
-        insert_text_selection,
-        prune_chat_sessions,
-        search_similar_embeddings,
-        update_chat_session,
-    )
+    from sony_rag.database import Database
     from sony_rag.errors import (
         ChecksumMismatchError,
         ConfigurationError,
@@ -77,6 +58,25 @@ if TYPE_CHECKING:
         SchemaNotReadyError,
         SessionNotFoundError,
         SonyRagError,
+    )
+    from sony_rag.operations import (
+        batch_insert_embeddings,
+        close_db,
+        create_chat_session,
+        delete_chat_session,
+        delete_embeddings_by_source,
+        get_chat_history,
+        get_chat_session,
+        get_db,
+        get_session_selections,
+        get_write_position,
+        init_db,
+        insert_chat_message,
+        insert_embedding,
+        insert_text_selection,
+        prune_chat_sessions,
+        search_similar_embeddings,
+        update_chat_session,
     )
     from sony_rag.selections import SelectionAwareRetriever, arecord_selection, record_selection
     from sony_rag.settings import Settings, get_settings

@@ -12,11 +12,11 @@ from langchain_core.messages import BaseMessage
 
 from sony_rag import plans
 from sony_rag import validation as check
-from sony_rag.connection import Database
-from sony_rag.database import get_db
+from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.executor import Plan
 from sony_rag.message_codec import decode_message, encode_message
+from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
 
 

@@ -40,11 +40,11 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from sony_rag.connection import Database
-from sony_rag.database import get_db
+from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
 from sony_rag.executor import PlanGenerator, execute, fetch, plan
 from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
+from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
 
 __all__ = ["MESSAGES_CHANNEL", "SonyCheckpointer", "message_from_row", "session_id_for_thread"]

@@ -328,8 +328,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _dispatch(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from sony_rag.connection import Database
     from sony_rag.conninfo import normalize_url
+    from sony_rag.database import Database
 
     url = getattr(args, "database_url", None)
     # Settings and the URL are checked (ConfigurationError, exit 2) before any model loads or server starts.

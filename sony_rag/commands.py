@@ -16,10 +16,10 @@ from uuid import UUID
 
 from sony_rag import plans
 from sony_rag import validation as check
-from sony_rag.connection import Database
-from sony_rag.database import match_from_row
+from sony_rag.database import Database
 from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, SchemaNotReadyError, SessionNotFoundError
+from sony_rag.operations import match_from_row
 from sony_rag.types import EmbeddingMatch
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 import psycopg
 from psycopg import errors as pg_errors
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.errors import (
     DatabaseUnavailableError,
     IndexBuildError,
@@ -35,7 +35,7 @@ from sony_rag.errors import (
 )
 from sony_rag.executor import Atomic, Plan, PlanGenerator, SetLocal, adrive, drive, execute, fetch, plan
 from sony_rag.sql import Query
-from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql import documents as document_sql
 from sony_rag.sql import indexes as index_sql
 from sony_rag.vector_index import (
     DEFAULT_EF_SEARCH,
@@ -370,7 +370,7 @@ def _stats_plan() -> PlanGenerator[dict[str, Any]]:
     counts = yield fetch(index_sql.table_counts())
     by_type = yield fetch(index_sql.source_type_counts())
     usage = yield fetch(index_sql.index_usage())
-    capabilities = yield fetch(embedding_sql.capabilities())
+    capabilities = yield fetch(document_sql.capabilities())
     version = capabilities[0]["pgvector_version"]
     rows = int(counts[0]["document_embeddings"])
     index = None
@@ -415,7 +415,7 @@ async def avector_index_stats(db: Database) -> dict[str, Any]:
 @plan(read_only=True)
 def _staleness_plan() -> PlanGenerator[tuple[bool, int]]:
     rows = yield fetch(index_sql.build_facts())
-    capabilities = yield fetch(embedding_sql.capabilities())
+    capabilities = yield fetch(document_sql.capabilities())
     count = int(rows[0]["row_count"])
     return ivfflat_is_stale(vector_index_from_row(capabilities[0]), count), count
 

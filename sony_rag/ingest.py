@@ -66,7 +66,7 @@ from psycopg.types.json import Jsonb
 
 from sony_rag import plans
 from sony_rag import validation as check
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.embeddings import FAKE_MODEL_NAME, LOCAL_MODEL_NAME, embeddings_name
 from sony_rag.errors import BadRecordError, EmbeddingModelMismatchError, InvalidEmbeddingError, InvalidInputError
 from sony_rag.types import SOURCE_TYPES

@@ -24,10 +24,10 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql
 
 from sony_rag import schema
-from sony_rag.connection import Database
 from sony_rag.conninfo import normalize_url
+from sony_rag.database import Database
 from sony_rag.errors import ChecksumMismatchError, MigrationError, SonyRagError
-from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql import documents as document_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
@@ -263,10 +263,10 @@ def _round_trip(conn: psycopg.Connection[Any]) -> list[CheckResult]:
             vector = np.zeros(384, dtype=np.float32)
             vector[0] = 1.0
             embedding_id = uuid.uuid4()
-            with conn.cursor().copy(embedding_sql.copy_into_table()) as copy:
-                copy.set_types(list(embedding_sql.COPY_TYPES))
+            with conn.cursor().copy(document_sql.copy_into_table()) as copy:
+                copy.set_types(list(document_sql.COPY_TYPES))
                 copy.write_row((embedding_id, "policy", "check", "round trip", vector, Jsonb({}), None))
-            found = run(embedding_sql.exact_nearest(vector, 1, {"source_id": "check"}))
+            found = run(document_sql.exact_nearest(vector, 1, {"source_id": "check"}))
             record("vector search", bool(found) and found[0]["embedding_id"] == embedding_id
                    and abs(float(found[0]["distance"])) < 1e-6,
                    f"similarity {1 - float(found[0]['distance']):.3f}" if found else "no row found")

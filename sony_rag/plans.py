@@ -21,7 +21,7 @@ from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import Copy, PlanGenerator, SetLocal, execute, fetch, plan
 from sony_rag.settings import Settings
 from sony_rag.sql import deletes as delete_sql
-from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql import documents as document_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_EF_SEARCH", "MAX_EF_SEARCH", "MAX_PROBES", "ann_settings", "
 @plan(read_only=True)
 def read_capabilities() -> PlanGenerator[Capabilities]:
     """Read the pgvector version, the vector index's method, options and training, and index validity."""
-    rows = yield fetch(embedding_sql.capabilities())
+    rows = yield fetch(document_sql.capabilities())
     return capabilities_from_row(rows[0])
 
 
@@ -190,16 +190,16 @@ def insert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     ``rows`` may be a generator that validates as it goes: it is consumed once, while the server is already
     storing earlier rows, and an exception from it aborts the transaction (nothing is written).
     """
-    count = yield Copy(embedding_sql.copy_into_table(), embedding_sql.COPY_TYPES, rows)
+    count = yield Copy(document_sql.copy_into_table(), document_sql.COPY_TYPES, rows)
     return int(count)
 
 
 @plan(read_only=False)
 def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     """Insert rows or replace those whose ids exist, through COPY into a staging table; return the count."""
-    yield execute(embedding_sql.create_staging())
-    yield Copy(embedding_sql.copy_into_staging(), embedding_sql.COPY_TYPES, rows)
-    count = yield execute(embedding_sql.upsert_from_staging())
+    yield execute(document_sql.create_staging())
+    yield Copy(document_sql.copy_into_staging(), document_sql.COPY_TYPES, rows)
+    count = yield execute(document_sql.upsert_from_staging())
     return int(count)
 
 
@@ -226,7 +226,7 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
            probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``, in one statement.
 
-    The statement picks its plan (``sql.embeddings.nearest``): a filter matching fewer than
+    The statement picks its plan (``sql.documents.nearest``): a filter matching fewer than
     ``vector_index.exact_scan_bound`` rows is answered by an exact scan of those rows; otherwise the vector
     index answers, and when it finds fewer than ``k`` rows (an IVFFlat index trained on few rows, a filter
     starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
@@ -235,7 +235,7 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search)
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    rows: list[Row] = yield fetch(embedding_sql.nearest(query_vector, k, filter, use_index=use_index,
+    rows: list[Row] = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=use_index,
                                                         exact_below=exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding))
     return rows
@@ -274,7 +274,7 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     """
     fetch_k = max(k, options.fetch_k)
     use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, fetch_k, probes, ef_search)
-    rows: list[Row] = yield fetch(embedding_sql.hybrid(
+    rows: list[Row] = yield fetch(document_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
@@ -294,7 +294,7 @@ def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: in
     ``min_similarity`` keeps only rows at or above that cosine similarity (in the statement, before its limit).
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
-    rows = yield fetch(embedding_sql.keyword(query_vector, query_text, k, filter, config=options.config,
+    rows = yield fetch(document_sql.keyword(query_vector, query_text, k, filter, config=options.config,
                                              text_candidates=options.text_candidates,
                                              with_embedding=with_embedding, max_distance=max_distance))
     return rows  # type: ignore[no-any-return]
@@ -303,7 +303,7 @@ def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: in
 @plan(read_only=True, replica=True)
 def get_embeddings_by_ids(ids: Sequence[UUID]) -> PlanGenerator[list[Row]]:
     """Return the rows with the given ids (in no particular order)."""
-    rows = yield fetch(embedding_sql.by_ids(ids))
+    rows = yield fetch(document_sql.by_ids(ids))
     return rows  # type: ignore[no-any-return]
 
 
@@ -327,7 +327,7 @@ def source_states(sources: Sequence[tuple[str, str]]) -> PlanGenerator[dict[tupl
         by_type.setdefault(source_type, []).append(source_id)
     found: dict[tuple[str, str], Row] = {}
     for source_type, source_ids in sorted(by_type.items()):
-        rows = yield fetch(embedding_sql.source_states(source_type, source_ids))
+        rows = yield fetch(document_sql.source_states(source_type, source_ids))
         for row in rows:
             found[(source_type, row["source_id"])] = row
     return found
@@ -336,7 +336,7 @@ def source_states(sources: Sequence[tuple[str, str]]) -> PlanGenerator[dict[tupl
 @plan(read_only=True)
 def sources_of_other_models(model: str) -> PlanGenerator[list[Row]]:
     """Return ``{source_type, source_id, model, chunks}`` for each source stored with another embedding model."""
-    rows: list[Row] = yield fetch(embedding_sql.sources_of_other_models(model))
+    rows: list[Row] = yield fetch(document_sql.sources_of_other_models(model))
     return rows
 
 
@@ -347,15 +347,15 @@ def replace_sources(sources: Sequence[tuple[str, str]], rows: Sequence[Embedding
     One transaction: a source is never seen half-replaced. Advisory locks per source make two concurrent
     replacements of one source queue instead of both inserting.
     """
-    yield fetch(embedding_sql.lock_sources([f"sony-rag-source:{t}:{i}" for t, i in sources]))
+    yield fetch(document_sql.lock_sources([f"sony-rag-source:{t}:{i}" for t, i in sources]))
     by_type: dict[str, list[str]] = {}
     for source_type, source_id in sources:
         by_type.setdefault(source_type, []).append(source_id)
     deleted = 0
     for source_type, source_ids in sorted(by_type.items()):
-        deleted += yield execute(embedding_sql.delete_sources(source_type, source_ids))
+        deleted += yield execute(document_sql.delete_sources(source_type, source_ids))
     if rows:
-        yield Copy(embedding_sql.copy_into_table(), embedding_sql.COPY_TYPES, rows)
+        yield Copy(document_sql.copy_into_table(), document_sql.COPY_TYPES, rows)
     return deleted
 
 

@@ -41,7 +41,7 @@ from sony_rag.settings import Settings
 from sony_rag.sql import replicas as replica_sql
 
 if TYPE_CHECKING:
-    from sony_rag.connection import Database
+    from sony_rag.database import Database
 
 logger = logging.getLogger("sony_rag")
 T = TypeVar("T")

@@ -23,10 +23,10 @@ from pydantic import Field
 
 from sony_rag import plans
 from sony_rag import validation as check
-from sony_rag.connection import Database
-from sony_rag.database import get_db
+from sony_rag.database import Database
 from sony_rag.errors import InvalidEmbeddingError, InvalidInputError
 from sony_rag.executor import Plan
+from sony_rag.operations import get_db
 from sony_rag.vectorstore import SonyVectorStore
 
 DEFAULT_MAX_AGE = timedelta(minutes=30)

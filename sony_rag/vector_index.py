@@ -1,6 +1,6 @@
 """What sony-rag knows about the vector index, with no I/O: capabilities, ANN settings, sizing, health, plan choice.
 
-Everything here is a pure function of facts the server reported (``sql.embeddings.capabilities()`` and
+Everything here is a pure function of facts the server reported (``sql.documents.capabilities()`` and
 ``sql.indexes.build_facts()``), so it is tested without a database and shared by searches, rebuilds and ``stats``.
 """
 
@@ -100,7 +100,7 @@ def trained_comment(rows: int) -> str:
 
 
 def vector_index_from_row(row: Mapping[str, Any]) -> VectorIndex | None:
-    """Return the vector index described by a row of ``sql.embeddings.capabilities()``, or None if there is none."""
+    """Return the vector index described by a row of ``sql.documents.capabilities()``, or None if there is none."""
     method = row["index_method"]
     if not method:
         return None
@@ -115,7 +115,7 @@ def vector_index_from_row(row: Mapping[str, Any]) -> VectorIndex | None:
 
 
 def capabilities_from_row(row: Mapping[str, Any]) -> Capabilities:
-    """Return the Capabilities described by the row of ``sql.embeddings.capabilities()``."""
+    """Return the Capabilities described by the row of ``sql.documents.capabilities()``."""
     table_rows = row.get("table_rows")
     return Capabilities(pgvector_version=parse_version(row["pgvector_version"]),
                         vector_index=vector_index_from_row(row),

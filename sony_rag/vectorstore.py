@@ -17,10 +17,10 @@ from psycopg.types.json import Jsonb
 
 from sony_rag import plans
 from sony_rag import validation as check
-from sony_rag.connection import Capabilities, Database
-from sony_rag.database import get_db
+from sony_rag.database import Capabilities, Database
 from sony_rag.errors import InvalidEmbeddingError, InvalidIdentifierError, InvalidInputError
 from sony_rag.executor import Plan
+from sony_rag.operations import get_db
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import EMBEDDING_DIMENSIONS
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.migrate import migrate
 from sony_rag.settings import Settings
 

@@ -8,10 +8,10 @@ from uuid import uuid4
 import pytest
 
 from sony_rag import plans
-from sony_rag.connection import Database
-from sony_rag.database import create_chat_session, get_chat_history, get_chat_session
+from sony_rag.database import Database
 from sony_rag.errors import SessionNotFoundError
 from sony_rag.executor import PlanGenerator, fetch, plan
+from sony_rag.operations import create_chat_session, get_chat_history, get_chat_session
 from sony_rag.sql import sessions as session_sql
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import restore_migration_vector_index  # tests/conftest.py
 
 from sony_rag.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
-from sony_rag.connection import Database
+from sony_rag.database import Database
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 

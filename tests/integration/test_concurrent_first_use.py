@@ -8,7 +8,7 @@ import numpy as np
 from conftest import test_settings  # tests/conftest.py, as the other test folders import it
 
 from sony_rag import Database
-from sony_rag.database import search_similar_embeddings
+from sony_rag.operations import search_similar_embeddings
 
 
 async def test_sixteen_tasks_first_calls_at_once_all_succeed(database_url: str) -> None:

@@ -21,10 +21,24 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
 import sony_rag
-from sony_rag import database as api
+from sony_rag import operations as api
 from sony_rag import plans
-from sony_rag.connection import Database
-from sony_rag.database import (
+from sony_rag.database import Database
+from sony_rag.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    InvalidEmbeddingError,
+    InvalidFilterError,
+    InvalidIdentifierError,
+    InvalidInputError,
+    InvalidMetadataError,
+    InvalidRoleError,
+    InvalidSourceTypeError,
+    InvalidTextError,
+    SessionNotFoundError,
+    SonyRagError,
+)
+from sony_rag.operations import (
     batch_insert_embeddings,
     close_db,
     create_chat_session,
@@ -42,21 +56,7 @@ from sony_rag.database import (
     search_similar_embeddings,
     update_chat_session,
 )
-from sony_rag.errors import (
-    DatabaseError,
-    DatabaseUnavailableError,
-    InvalidEmbeddingError,
-    InvalidFilterError,
-    InvalidIdentifierError,
-    InvalidInputError,
-    InvalidMetadataError,
-    InvalidRoleError,
-    InvalidSourceTypeError,
-    InvalidTextError,
-    SessionNotFoundError,
-    SonyRagError,
-)
-from sony_rag.sql import embeddings as embedding_sql
+from sony_rag.sql import documents as document_sql
 
 DIM = 384
 Vec = npt.NDArray[np.float32]
@@ -747,7 +747,7 @@ def _first_step_count(db: Database, query: Vec, k: int, flt: dict[str, Any] | No
                       *, force_index: bool = False) -> tuple[int, str]:
     """Return how many rows the vector index's query alone finds, and its plan, with the search's settings."""
     caps = db.capabilities()
-    statement, params = embedding_sql.ann_nearest(query, k, flt)
+    statement, params = document_sql.ann_nearest(query, k, flt)
     with db.pool().connection() as conn, conn.transaction():
         settings = {**plans.ann_settings(caps, k), "plan_cache_mode": "force_custom_plan"}
         if force_index:  # PostgreSQL 18 plans a sequential scan of a small table that was never analyzed
@@ -919,7 +919,7 @@ async def default_database(database_url: str, db: Database, no_default: None) ->
 
 async def test_the_spec_section_runs_as_written_on_the_default_pool(default_database: Database,
                                                                     db: Database) -> None:
-    from sony_rag.database import (  # the spec's import, verbatim
+    from sony_rag.database import (  # the spec's import path, still served by sony_rag.database
         create_chat_session,
         get_chat_history,
         insert_chat_message,

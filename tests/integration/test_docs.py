@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sony_rag.cli import build_parser
-from sony_rag.connection import Database
+from sony_rag.database import Database
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

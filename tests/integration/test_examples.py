@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -16,10 +16,10 @@ from conftest import test_settings
 from psycopg import sql
 
 from sony_rag import executor
-from sony_rag.connection import Database
-from sony_rag.database import get_chat_session
+from sony_rag.database import Database
 from sony_rag.errors import DatabaseError, SessionNotFoundError
 from sony_rag.executor import Atomic, Copy, PlanGenerator, SetLocal, adrive, drive, execute, fetch, plan
+from sony_rag.operations import get_chat_session
 from sony_rag.sql import Query
 from sony_rag.sql import sessions as session_sql
 

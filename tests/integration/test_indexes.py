@@ -14,7 +14,6 @@ import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from sony_rag import Database, SonyVectorStore
-from sony_rag.database import batch_insert_embeddings, search_similar_embeddings
 from sony_rag.errors import IndexBuildError, InvalidInputError
 from sony_rag.indexes import (
     VECTOR_INDEX,
@@ -25,6 +24,7 @@ from sony_rag.indexes import (
     rebuild_vector_index,
     vector_index_stats,
 )
+from sony_rag.operations import batch_insert_embeddings, search_similar_embeddings
 
 MIB = 1024 * 1024
 MANAGED_NAMES = ("idx_document_embeddings_vector_rebuild", "idx_document_embeddings_vector_old")

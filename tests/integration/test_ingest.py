@@ -15,7 +15,7 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from sony_rag import plans
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.embeddings import FAKE_MODEL_NAME, LOCAL_MODEL_NAME, HashedWordEmbeddings, LazyEmbeddings, fake_embeddings
 from sony_rag.errors import (
     BadRecordError,
@@ -322,7 +322,7 @@ def test_reembed_with_the_same_model_re_embeds_unchanged_sources(db: Database) -
 
 def test_chunks_without_a_model_name_do_not_block_ingest(db: Database, tmp_path: Path) -> None:
     # Rows written through the vector store carry no embedding_model: ingest cannot tell, so it does not refuse.
-    from sony_rag.database import embedding_row
+    from sony_rag.operations import embedding_row
 
     vector = fake_embeddings().embed_query("stray")
     db.run(plans.insert_embeddings([embedding_row({"source_type": "faq", "source_id": "x", "content_chunk": "s",
@@ -382,7 +382,7 @@ def test_a_source_changed_by_hand_is_repaired(db: Database, tmp_path: Path) -> N
     extra = fake_embeddings().embed_query("stray")
     from psycopg.types.json import Jsonb
 
-    from sony_rag.database import embedding_row
+    from sony_rag.operations import embedding_row
 
     row = embedding_row({"source_type": "faq", "source_id": "a", "content_chunk": "stray", "embedding": extra,
                          "metadata": {"content_hash": stored(db)[0]["metadata"]["content_hash"]}})

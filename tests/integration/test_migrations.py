@@ -16,7 +16,7 @@ import pytest
 from conftest import test_settings
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.errors import ChecksumMismatchError, MigrationError
 from sony_rag.migrate import applied_migrations, available_migrations, check_database, main, migrate, run_cli
 

@@ -17,7 +17,7 @@ from sqlalchemy import CheckConstraint, Column, Engine, Index, MetaData, String,
 from sqlalchemy.dialects import postgresql
 
 from sony_rag import schema
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.migrate import migrate
 
 DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]

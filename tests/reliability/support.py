@@ -19,7 +19,7 @@ from conftest import test_settings  # tests/conftest.py, as the other test folde
 from pgbouncer import PgBouncer, pgbouncer_available, socket_dir_of  # tests/pgbouncer.py
 from psycopg.conninfo import make_conninfo
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.migrate import migrate
 
 FAULT_DATABASE = "sony_rag_faults"

@@ -19,9 +19,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from psycopg.conninfo import make_conninfo
 
 from sony_rag.chat_history import SonyChatMessageHistory
-from sony_rag.connection import Database
-from sony_rag.database import create_chat_session, get_chat_history, insert_chat_message
+from sony_rag.database import Database
 from sony_rag.migrate import available_migrations, check_database
+from sony_rag.operations import create_chat_session, get_chat_history, insert_chat_message
 from sony_rag.vectorstore import SonyVectorStore
 
 SESSIONS, MESSAGES = 50, 20

@@ -23,16 +23,16 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from pgbouncer import PgBouncer, pgbouncer_available
 from psycopg import sql
 
-from sony_rag.connection import Database
-from sony_rag.database import (
+from sony_rag.database import Database
+from sony_rag.errors import DatabaseError, DatabaseUnavailableError, QueryTimeoutError
+from sony_rag.executor import PlanGenerator, fetch, plan
+from sony_rag.operations import (
     create_chat_session,
     get_chat_history,
     get_chat_session,
     insert_chat_message,
     search_similar_embeddings,
 )
-from sony_rag.errors import DatabaseError, DatabaseUnavailableError, QueryTimeoutError
-from sony_rag.executor import PlanGenerator, fetch, plan
 from sony_rag.sql import Query
 from sony_rag.sql import sessions as session_sql
 from sony_rag.vectorstore import SonyVectorStore

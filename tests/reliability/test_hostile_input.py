@@ -25,8 +25,9 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.messages import AIMessage, HumanMessage
 
 from sony_rag.chat_history import SonyChatMessageHistory
-from sony_rag.connection import Database
-from sony_rag.database import (
+from sony_rag.database import Database
+from sony_rag.errors import InvalidInputError, NotFoundError, SonyRagError
+from sony_rag.operations import (
     batch_insert_embeddings,
     create_chat_session,
     delete_chat_session,
@@ -38,7 +39,6 @@ from sony_rag.database import (
     insert_text_selection,
     search_similar_embeddings,
 )
-from sony_rag.errors import InvalidInputError, NotFoundError, SonyRagError
 from sony_rag.types import ROLES
 from sony_rag.vectorstore import DOCUMENT_ID_NAMESPACE, SonyVectorStore
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import test_settings
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
-from sony_rag import connection
-from sony_rag.connection import Database
+from sony_rag import database as database_module
+from sony_rag.database import Database
 from sony_rag.errors import DatabaseUnavailableError
 from sony_rag.vectorstore import SonyVectorStore
 
@@ -114,7 +114,7 @@ async def test_connections_idle_longer_than_the_threshold_are_checked_first(
         fault_server: FaultServer, mode: str, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # With no idle time trusted, the pool's check finds the dead connections before a plan runs: no retry.
-    monkeypatch.setattr(connection, "_TRUSTED_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(database_module, "_TRUSTED_IDLE_SECONDS", 0.0)
     caplog.set_level(logging.WARNING, logger="sony_rag")
     tag = uuid.uuid4().hex
     async with _database(fault_server) as db:

@@ -21,9 +21,9 @@ import pytest
 from conftest import test_settings
 
 from sony_rag import plans
-from sony_rag.connection import Database
-from sony_rag.database import create_chat_session, get_chat_history
+from sony_rag.database import Database
 from sony_rag.errors import DatabaseUnavailableError
+from sony_rag.operations import create_chat_session, get_chat_history
 from sony_rag.retry import backoff_delays, retry_cycle_seconds
 
 from .support import FAULT_DATABASE, FaultServer, OutageProxy

@@ -16,7 +16,7 @@ from conftest import test_settings
 from pgbouncer import PgBouncer, pgbouncer_available
 from psycopg import sql
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.errors import SonyRagError
 from sony_rag.executor import PlanGenerator, SetLocal, fetch, plan
 

@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sony_rag import plans
-from sony_rag.connection import Database
-from sony_rag.database import get_chat_session
+from sony_rag.database import Database
 from sony_rag.errors import ConfigurationError, SonyRagError
+from sony_rag.operations import get_chat_session
 
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "100"))
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from conftest import test_settings  # tests/conftest.py
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.migrate import migrate
 
 DATABASE = "sony_rag_replicas"

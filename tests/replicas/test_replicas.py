@@ -16,10 +16,10 @@ import pytest
 from conftest import test_settings  # tests/conftest.py
 from langchain_core.messages import AIMessage, HumanMessage
 
-from sony_rag import database as api
+from sony_rag import operations as api
 from sony_rag import plans
 from sony_rag.chat_history import SonyChatMessageHistory
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.embeddings import fake_embeddings
 from sony_rag.errors import DatabaseUnavailableError, InvalidInputError
 from sony_rag.vectorstore import SonyVectorStore

@@ -12,7 +12,7 @@ import pytest
 from conftest import test_settings  # tests/conftest.py
 from psycopg import sql
 
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.executor import AfterCommit, PlanGenerator, SetLocal, Together, fetch, plan
 from sony_rag.replicas import parse_position
 from sony_rag.sql import replicas as replica_sql

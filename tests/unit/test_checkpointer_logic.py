@@ -9,7 +9,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from sony_rag.checkpointer import SonyCheckpointer, message_from_row, message_key, runs_of, session_id_for_thread
-from sony_rag.connection import Database
+from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
 from sony_rag.message_codec import encode_message
 

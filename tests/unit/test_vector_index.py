@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from sony_rag import vector_index
-from sony_rag.sql import embeddings as embedding_sql
-from sony_rag.sql.embeddings import hybrid, nearest
+from sony_rag.sql import documents as document_sql
+from sony_rag.sql.documents import hybrid, nearest
 from sony_rag.sql.filters import filter_kind
 from sony_rag.vector_index import (
     EXACT_SCAN_ROWS,
@@ -150,7 +150,7 @@ def test_statements_are_composed_once_per_shape_and_bind_each_calls_values(monke
     first = nearest([1.0], 10, {"price": {"$between": [1, 5]}, "source_type": "faq"}, exact_below=2000)
     second = nearest([2.0], 7, {"price": {"$between": [2, 9]}, "source_type": "policy"}, exact_below=2000)
     assert first[0] is second[0]  # the same composed text, reused
-    monkeypatch.setattr(embedding_sql, "_SHAPES", {})  # compose the second call afresh
+    monkeypatch.setattr(document_sql, "_SHAPES", {})  # compose the second call afresh
     fresh = nearest([2.0], 7, {"price": {"$between": [2, 9]}, "source_type": "policy"}, exact_below=2000)
     assert fresh[0] is not second[0] and str(fresh[0]) == str(second[0])
     assert plain(fresh[1]) == plain(second[1])

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from sony_rag.connection import Database, describe_conninfo, is_transaction_pooler
-from sony_rag.database import parse_age
+from sony_rag.database import Database, describe_conninfo, is_transaction_pooler
 from sony_rag.errors import InvalidInputError
+from sony_rag.operations import parse_age
 from sony_rag.settings import Settings
 
 SECRET = "s3cr3t-P4ss"

@@ -1,0 +1,299 @@
+"""The documented async database operations (DATABASE.md, "Using Database Operations").
+
+Each function takes an optional ``db``; without one it uses the process-wide default ``Database``, opened
+lazily (or by ``init_db``) and closed by ``close_db``. Results are plain dicts keyed by column name.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from sony_rag import plans
+from sony_rag import validation as check
+from sony_rag.database import Database
+from sony_rag.durations import parse_age
+from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
+from sony_rag.replicas import observe_position, write_position
+from sony_rag.sql.filters import validate_filter
+from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
+
+_default_lock = threading.Lock()
+_default_db: Database | None = None
+
+
+def init_db(url: str | None = None) -> Database:
+    """Return the process-wide default Database, creating it for ``url`` (or the settings) if needed."""
+    global _default_db
+    with _default_lock:
+        if _default_db is None:
+            _default_db = Database(url)
+        return _default_db
+
+
+def get_db(db: Database | None = None) -> Database:
+    """Return ``db`` if given, else the process-wide default Database (created on first use)."""
+    return db if db is not None else init_db()
+
+
+async def close_db() -> None:
+    """Close the process-wide default Database's pools (a later call opens a new one)."""
+    global _default_db
+    with _default_lock:
+        db, _default_db = _default_db, None
+    if db is not None:
+        await db.aclose()
+
+
+# -- chat sessions -------------------------------------------------------------------------------------
+
+
+async def create_chat_session(user_agent: str | None = None, current_page: str | None = None,
+                              metadata: Mapping[str, Any] | None = None, *, session_id: UUID | str | None = None,
+                              db: Database | None = None) -> UUID:
+    """Create a chat session and return its id; raises InvalidInputError for bad input."""
+    new_id = check.as_uuid(session_id, "session_id") if session_id is not None else uuid.uuid4()
+    row = await get_db(db).arun(plans.create_session(
+        new_id, check.text(user_agent, "user_agent", optional=True),
+        check.text(current_page, "current_page", optional=True), check.metadata(metadata)))
+    assert row is not None
+    return row["session_id"]  # type: ignore[no-any-return]
+
+
+async def get_chat_session(session_id: UUID | str, *, db: Database | None = None) -> ChatSession | None:
+    """Return the session's row, or None when it does not exist; raises InvalidIdentifierError for a bad id."""
+    row = await get_db(db).arun(plans.get_session(check.as_uuid(session_id, "session_id")))
+    return row  # type: ignore[return-value]
+
+
+async def update_chat_session(session_id: UUID | str, current_page: str | None = None,
+                              metadata: Mapping[str, Any] | None = None, *, user_agent: str | None = None,
+                              db: Database | None = None) -> ChatSession:
+    """Update the given fields (metadata merged key by key) and return the row; raises SessionNotFoundError."""
+    row = await get_db(db).arun(plans.update_session(
+        check.as_uuid(session_id, "session_id"), check.text(user_agent, "user_agent", optional=True),
+        check.text(current_page, "current_page", optional=True),
+        None if metadata is None else check.metadata(metadata)))
+    return row  # type: ignore[return-value]
+
+
+async def delete_chat_session(session_id: UUID | str, *, db: Database | None = None) -> bool:
+    """Delete a session with its messages and selections; return False when it did not exist."""
+    return await get_db(db).arun(plans.delete_session(check.as_uuid(session_id, "session_id")))
+
+
+async def prune_chat_sessions(older_than: timedelta | str, *, db: Database | None = None) -> int:
+    """Delete sessions idle for longer than ``older_than`` (a timedelta or "30d", "12h", "90min"); return the count."""
+    return await get_db(db).arun(plans.prune_sessions(parse_age(older_than)))
+
+
+# -- chat messages -------------------------------------------------------------------------------------
+
+
+async def insert_chat_message(session_id: UUID | str, role: str, content: str, page_context: str | None = None,
+                              token_usage: int | None = None, metadata: Mapping[str, Any] | None = None, *,
+                              db: Database | None = None) -> UUID:
+    """Append a message to a session and return its id; raises SessionNotFoundError or InvalidInputError."""
+    if token_usage is not None and (isinstance(token_usage, bool) or not isinstance(token_usage, int)
+                                    or not 0 <= token_usage < 2**31):
+        raise InvalidInputError(f"token_usage must be a non-negative 32-bit int, got {token_usage!r}")
+    message_id = uuid.uuid4()
+    await get_db(db).arun(plans.add_messages(
+        check.as_uuid(session_id, "session_id"), [message_id], [check.role(role)],
+        [check.required_text(content, "content")], [token_usage],
+        check.text(page_context, "page_context", optional=True), [check.metadata(metadata)]))
+    return message_id
+
+
+async def get_chat_history(session_id: UUID | str, limit: int | None = 50, *, min_position: str | None = None,
+                           db: Database | None = None) -> list[ChatMessage]:
+    """Return the session's newest ``limit`` messages (all when None), oldest first, in insertion order.
+
+    With read replicas the read sees every write of the session made through ``db``, and every write up to
+    ``min_position`` (from ``get_write_position``, e.g. in another process); raises InvalidInputError.
+    """
+    database, session = get_db(db), check.as_uuid(session_id, "session_id")
+    count = _limit(limit, True)
+    if min_position is not None:
+        observe_position(database, session, min_position)
+    rows = await database.arun(plans.history(session, count))
+    return rows  # type: ignore[return-value]
+
+
+def get_write_position(session_id: UUID | str, *, db: Database | None = None) -> str | None:
+    """Return the WAL position (``16/B374D848``) a read must see to include this process's writes to the session.
+
+    None without read replicas, or when ``db`` wrote nothing to the session lately. Pass it as ``min_position``.
+    """
+    return write_position(get_db(db), check.as_uuid(session_id, "session_id"))
+
+
+# -- embeddings ----------------------------------------------------------------------------------------
+
+
+async def insert_embedding(source_type: str, source_id: str | None, content_chunk: str, embedding: Any,
+                           metadata: Mapping[str, Any] | None = None, *, db: Database | None = None) -> UUID:
+    """Store one chunk with its 384-d embedding and return its id; raises InvalidInputError subclasses."""
+    ids = await batch_insert_embeddings(
+        [{"source_type": source_type, "source_id": source_id, "content_chunk": content_chunk,
+          "embedding": embedding, "metadata": metadata}], db=db)
+    return ids[0]
+
+
+async def batch_insert_embeddings(embeddings_data: Iterable[Mapping[str, Any] | EmbeddingInput], *,
+                                  db: Database | None = None) -> list[UUID]:
+    """Store many chunks in one transaction through binary COPY and return their ids in input order.
+
+    Every item is checked; a bad one raises InvalidInputError naming it and nothing is written.
+    """
+    items = list(embeddings_data)
+    ids = [uuid.uuid4() for _ in items]
+    if items:
+        # Items are checked as they stream into the COPY, so the checks overlap the server's work; a bad
+        # item aborts the COPY and its transaction.
+        rows = (embedding_row(item, index, embedding_id=ids[index]) for index, item in enumerate(items))
+        await get_db(db).arun(plans.insert_embeddings(rows))
+    return ids
+
+
+def embedding_row(item: Mapping[str, Any], index: int = 0, *, embedding_id: UUID | None = None,
+                  document_id: str | None = None) -> plans.EmbeddingRow:
+    """Return one validated COPY row for document_embeddings; raises InvalidInputError naming item ``index``."""
+    if not isinstance(item, Mapping):
+        raise InvalidInputError(f"item {index} must be a dict, got {type(item).__name__}")
+    unknown = set(item) - {"source_type", "source_id", "content_chunk", "embedding", "metadata"}
+    if unknown:
+        raise InvalidInputError(f"item {index} has unknown keys {sorted(unknown)}")
+    for key in ("source_type", "content_chunk", "embedding"):
+        if key not in item:
+            raise InvalidInputError(f"item {index} is missing {key!r}")
+    try:
+        source_type = check.source_type(item["source_type"])
+    except InvalidSourceTypeError as error:
+        raise InvalidSourceTypeError(f"item {index} {error}") from None
+    return (
+        embedding_id or uuid.uuid4(),
+        source_type,
+        check.text(item.get("source_id"), f"item {index} source_id", optional=True),
+        check.required_text(item["content_chunk"], f"item {index} content_chunk"),
+        check.vector(item["embedding"], f"item {index} embedding"),
+        Jsonb(check.metadata(item.get("metadata"), f"item {index} metadata")),
+        document_id,
+    )
+
+
+async def search_similar_embeddings(query_embedding: Any, source_type: str | None = None, limit: int = 5,
+                                    similarity_threshold: float | None = None, *,
+                                    filter: Mapping[str, Any] | None = None, query_text: str | None = None,
+                                    db: Database | None = None) -> list[EmbeddingMatch]:
+    """Return up to ``limit`` chunks by cosine similarity, highest first, at or above the threshold.
+
+    Exact count: never fewer than ``limit`` when that many rows match, whatever the index. ``filter`` takes
+    the metadata filter grammar. With ``query_text`` the ranking is hybrid (vector and full-text search fused
+    by reciprocal rank fusion) and ``similarity`` is still each row's cosine similarity.
+    Raises InvalidEmbeddingError, InvalidSourceTypeError, InvalidFilterError or InvalidTextError.
+    """
+    database = get_db(db)
+    vector = check.vector(query_embedding, "query_embedding")
+    count = _limit(limit, False) or 1
+    combined = _combined_filter(source_type, filter)
+    threshold = _threshold(similarity_threshold)
+    capabilities = await database.acapabilities()
+    if query_text is None:
+        search_plan = plans.search(vector, count, combined, capabilities, min_similarity=threshold)
+    else:
+        options = plans.HybridOptions.from_settings(database.settings)
+        search_plan = plans.hybrid_search(vector, check.required_text(query_text, "query_text"), count, combined,
+                                          capabilities, options, min_similarity=threshold)
+    rows = await database.arun(search_plan)
+    return [match_from_row(row) for row in rows]
+
+
+def match_from_row(row: Mapping[str, Any]) -> EmbeddingMatch:
+    """Return the documented search result for a row carrying ``distance``."""
+    return EmbeddingMatch(
+        embedding_id=row["embedding_id"], source_type=row["source_type"], source_id=row["source_id"],
+        content_chunk=row["content_chunk"], metadata=row["metadata"], created_at=row["created_at"],
+        updated_at=row["updated_at"], similarity=1.0 - float(row["distance"]),
+    )
+
+
+def _combined_filter(source_type: str | None, filter: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    parts: list[Mapping[str, Any]] = []
+    if source_type is not None:
+        parts.append({"source_type": check.source_type(source_type)})
+    if filter:
+        validate_filter(filter)
+        parts.append(filter)
+    if not parts:
+        return None
+    return dict(parts[0]) if len(parts) == 1 else {"$and": parts}
+
+
+def _threshold(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= float(value) <= 1.0:
+        raise InvalidInputError(f"similarity_threshold must be a number in [-1, 1], got {value!r}")
+    return float(value)
+
+
+def _limit(value: int | None, allow_none: bool) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"limit must be a positive integer, got {value!r}")
+    return value
+
+
+async def delete_embeddings_by_source(source_type: str, source_id: str | None = None, *,
+                                      db: Database | None = None) -> int:
+    """Delete the chunks of this type AND this source id (every chunk of the type when None); return how many."""
+    return await get_db(db).arun(plans.delete_embeddings(
+        source=(check.source_type(source_type), check.text(source_id, "source_id", optional=True))))
+
+
+# -- text selections -----------------------------------------------------------------------------------
+
+
+async def insert_text_selection(session_id: UUID | str, selected_text: str, page_url: str | None = None,
+                                embedding: Any | None = None, metadata: Mapping[str, Any] | None = None, *,
+                                db: Database | None = None) -> UUID:
+    """Record a shopper's text selection and return its id; raises SessionNotFoundError or InvalidInputError."""
+    return await get_db(db).arun(plans.insert_selection(
+        check.as_uuid(session_id, "session_id"), check.required_text(selected_text, "selected_text"),
+        check.text(page_url, "page_url", optional=True),
+        None if embedding is None else check.vector(embedding), check.metadata(metadata)))
+
+
+async def get_session_selections(session_id: UUID | str, limit: int = 10, *,
+                                 db: Database | None = None) -> list[TextSelection]:
+    """Return the session's newest ``limit`` selections, newest first."""
+    rows = await get_db(db).arun(plans.recent_selections(check.as_uuid(session_id, "session_id"),
+                                                         _limit(limit, False) or 10))
+    return [selection_from_row(row) for row in rows]
+
+
+def selection_from_row(row: Mapping[str, Any]) -> TextSelection:
+    """Return the documented selection dict for a row (embedding as a list of floats)."""
+    vector = row["embedding"]
+    if vector is not None:
+        vector = [float(x) for x in (vector.to_numpy() if hasattr(vector, "to_numpy") else vector)]
+    return TextSelection(
+        selection_id=row["selection_id"], session_id=row["session_id"], selected_text=row["selected_text"],
+        page_url=row["page_url"], created_at=row["created_at"], embedding=vector, metadata=row["metadata"],
+    )
+
+
+__all__: Sequence[str] = [
+    "batch_insert_embeddings", "close_db", "create_chat_session", "delete_chat_session",
+    "delete_embeddings_by_source", "get_chat_history", "get_chat_session", "get_db", "get_session_selections",
+    "get_write_position", "init_db", "insert_chat_message", "insert_embedding", "insert_text_selection",
+    "prune_chat_sessions", "search_similar_embeddings", "update_chat_session",
+]
