@@ -24,13 +24,13 @@ from sony_rag.types import EmbeddingMatch
 
 if TYPE_CHECKING:
     # Each command imports what only it needs when it runs: `sony-rag stats` should not wait for LangChain's
-    # language-model machinery, nor `search` for SQLAlchemy's (the migrations' schema).
+    # language-model machinery, nor `search` for the migration runner's.
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
 
     from sony_rag.ingest import IngestReport, OnError, Progress
-    from sony_rag.migrate import CheckResult
+    from sony_rag.schema_check import CheckResult
 
 # -- migrate ---------------------------------------------------------------------------------------------
 
@@ -55,8 +55,8 @@ class MigrateOutcome:
 
 def migrate(db: Database, *, test: bool = False, log: Callable[[str], None] = lambda line: None) -> MigrateOutcome:
     """Apply pending migrations (and, with ``test``, check the database); raises MigrationError."""
-    from sony_rag.migrate import check_database
     from sony_rag.migrate import migrate as apply_migrations
+    from sony_rag.schema_check import check_database
 
     outcome = MigrateOutcome(applied=apply_migrations(db, log=log))
     if test:

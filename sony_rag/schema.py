@@ -1,176 +1,179 @@
-"""SQLAlchemy Core description of the tables that ``migrations/`` creates, for applications using SQLAlchemy.
+"""The tables that ``migrations/`` creates, in plain Python and in PostgreSQL's own spelling of each part.
 
-The migration files are the source of truth; a test reflects a migrated database and fails when this
-description differs from it, and ``sony-rag migrate --test`` checks a live database against it.
+The migration files are the source of truth. This description is what ``sony-rag migrate --test`` compares a
+live database with, and a test migrates an empty database, reads its catalog and fails when the two differ in
+anything (a column, type, nullability, default, identity, index, key, check or trigger), so a migration that
+changes the schema must change this file too. Types are ``format_type`` spellings, defaults ``pg_get_expr``,
+indexes and foreign keys the text PostgreSQL prints for them: ``migrate --test`` compares strings.
 """
 
 from __future__ import annotations
 
-from pgvector.sqlalchemy import Vector
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    Computed,
-    DateTime,
-    ForeignKey,
-    Identity,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    func,
-    text,
-)
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
+from dataclasses import dataclass, field
 
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
-metadata = MetaData()
+__all__ = ["TABLES", "Column", "Index", "Table", "table"]
 
 
-def _timestamp(name: str) -> Column[object]:
-    return Column(name, DateTime(timezone=True), nullable=False, server_default=func.now())
+@dataclass(frozen=True)
+class Column:
+    """One column: its ``format_type`` type, nullability, default expression, identity or generation expression."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    default: str | None = None
+    identity: str | None = None  # "always" or "by default"
+    generated: str | None = None  # the expression of a stored generated column
 
 
-def _jsonb(name: str = "metadata") -> Column[object]:
-    return Column(name, JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+@dataclass(frozen=True)
+class Index:
+    """One index (primary keys aside): unique or not, and ``pg_get_indexdef`` from ``USING`` on."""
+
+    name: str
+    definition: str
+    unique: bool = False
 
 
-chat_sessions = Table(
-    "chat_sessions", metadata,
-    Column("session_id", UUID(as_uuid=True), primary_key=True, server_default=func.gen_random_uuid()),
-    _timestamp("created_at"),
-    _timestamp("updated_at"),
-    Column("user_agent", Text),
-    Column("current_page", Text),
-    _jsonb(),
-    Index("idx_chat_sessions_created_at", "created_at"),
-    Index("idx_chat_sessions_updated_at", "updated_at"),
+@dataclass(frozen=True)
+class Table:
+    """One table: columns in order, primary key, foreign keys (``pg_get_constraintdef``), checks, indexes, triggers."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    foreign_keys: dict[str, str] = field(default_factory=dict)
+    checks: tuple[str, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    triggers: tuple[str, ...] = ()
+
+
+_NOW = "now()"
+_EMPTY_JSON = "'{}'::jsonb"
+_VECTOR = f"vector({EMBEDDING_DIMENSIONS})"
+_TIMESTAMP = "timestamp with time zone"
+_CASCADE_TO_SESSION = "FOREIGN KEY (session_id) REFERENCES chat_sessions(session_id) ON DELETE CASCADE"
+
+
+def _id(name: str) -> Column:
+    return Column(name, "uuid", nullable=False, default="gen_random_uuid()")
+
+
+def _timestamp(name: str) -> Column:
+    return Column(name, _TIMESTAMP, nullable=False, default=_NOW)
+
+
+def _metadata() -> Column:
+    return Column("metadata", "jsonb", nullable=False, default=_EMPTY_JSON)
+
+
+def _btree(name: str, *columns: str, unique: bool = False) -> Index:
+    return Index(name, f"USING btree ({', '.join(columns)})", unique=unique)
+
+
+CHAT_SESSIONS = Table(
+    "chat_sessions",
+    (_id("session_id"), _timestamp("created_at"), _timestamp("updated_at"), Column("user_agent", "text"),
+     Column("current_page", "text"), _metadata()),
+    primary_key=("session_id",),
+    indexes=(_btree("idx_chat_sessions_created_at", "created_at"),
+             _btree("idx_chat_sessions_updated_at", "updated_at")),
+    triggers=("update_chat_sessions_updated_at",),
 )
 
-chat_messages = Table(
-    "chat_messages", metadata,
-    Column("message_id", UUID(as_uuid=True), primary_key=True, server_default=func.gen_random_uuid()),
-    Column("session_id", UUID(as_uuid=True),
-           ForeignKey("chat_sessions.session_id", ondelete="CASCADE", name="chat_messages_session_id_fkey"),
-           nullable=False),
-    Column("role", String(20), nullable=False),
-    Column("content", Text, nullable=False),
-    _timestamp("created_at"),
-    Column("token_usage", Integer),
-    Column("page_context", Text),
-    _jsonb(),
-    Column("seq", BigInteger, Identity(always=True), nullable=False),
-    Column("message_key", Text),
-    CheckConstraint("role IN ('user', 'assistant', 'system')", name="chat_messages_role_check"),
-    Index("idx_chat_messages_session_id", "session_id"),
-    Index("idx_chat_messages_role", "role"),
-    Index("idx_chat_messages_session_seq", "session_id", "seq"),
-    Index("idx_chat_messages_session_key", "session_id", "message_key", unique=True),
+CHAT_MESSAGES = Table(
+    "chat_messages",
+    (_id("message_id"), Column("session_id", "uuid", nullable=False),
+     Column("role", "character varying(20)", nullable=False), Column("content", "text", nullable=False),
+     _timestamp("created_at"), Column("token_usage", "integer"), Column("page_context", "text"), _metadata(),
+     Column("seq", "bigint", nullable=False, identity="always"),  # 002
+     Column("message_key", "text")),  # 004
+    primary_key=("message_id",),
+    foreign_keys={"chat_messages_session_id_fkey": _CASCADE_TO_SESSION},
+    checks=("chat_messages_role_check",),
+    indexes=(_btree("idx_chat_messages_session_id", "session_id"), _btree("idx_chat_messages_role", "role"),
+             _btree("idx_chat_messages_session_seq", "session_id", "seq"),
+             _btree("idx_chat_messages_session_key", "session_id", "message_key", unique=True)),
 )
 
-document_embeddings = Table(
-    "document_embeddings", metadata,
-    Column("embedding_id", UUID(as_uuid=True), primary_key=True, server_default=func.gen_random_uuid()),
-    Column("source_type", String(50), nullable=False),
-    Column("source_id", Text),
-    Column("content_chunk", Text, nullable=False),
-    Column("embedding", Vector(EMBEDDING_DIMENSIONS), nullable=False),
-    _jsonb(),
-    _timestamp("created_at"),
-    _timestamp("updated_at"),
-    Column("document_id", Text),
-    Column("search_vector", TSVECTOR,
-           Computed("to_tsvector('english'::regconfig, content_chunk || ' ' || coalesce(source_id, ''))")),
-    CheckConstraint("source_type IN ('product', 'page_content', 'faq', 'policy')",
-                    name="document_embeddings_source_type_check"),
-    Index("idx_document_embeddings_vector", "embedding", postgresql_using="ivfflat",
-          postgresql_with={"lists": 100}, postgresql_ops={"embedding": "vector_cosine_ops"}),
-    Index("idx_document_embeddings_source_type", "source_type"),
-    Index("idx_document_embeddings_source_id", "source_id"),
-    Index("idx_document_embeddings_source", "source_type", "source_id"),
-    Index("idx_document_embeddings_search_vector", "search_vector", postgresql_using="gin"),
+DOCUMENT_EMBEDDINGS = Table(
+    "document_embeddings",
+    (_id("embedding_id"), Column("source_type", "character varying(50)", nullable=False),
+     Column("source_id", "text"), Column("content_chunk", "text", nullable=False),
+     Column("embedding", _VECTOR, nullable=False), _metadata(), _timestamp("created_at"),
+     _timestamp("updated_at"),
+     Column("document_id", "text"),  # 002
+     Column("search_vector", "tsvector",  # 003
+            generated="to_tsvector('english'::regconfig, ((content_chunk || ' '::text) || COALESCE(source_id, "
+                      "''::text)))")),
+    primary_key=("embedding_id",),
+    checks=("document_embeddings_source_type_check",),
+    indexes=(Index("idx_document_embeddings_vector",
+                   "USING ivfflat (embedding vector_cosine_ops) WITH (lists='100')"),
+             _btree("idx_document_embeddings_source_type", "source_type"),
+             _btree("idx_document_embeddings_source_id", "source_id"),
+             _btree("idx_document_embeddings_source", "source_type", "source_id"),
+             Index("idx_document_embeddings_search_vector", "USING gin (search_vector)")),
+    triggers=("update_document_embeddings_updated_at",),
 )
 
-user_text_selections = Table(
-    "user_text_selections", metadata,
-    Column("selection_id", UUID(as_uuid=True), primary_key=True, server_default=func.gen_random_uuid()),
-    Column("session_id", UUID(as_uuid=True),
-           ForeignKey("chat_sessions.session_id", ondelete="CASCADE",
-                      name="user_text_selections_session_id_fkey"),
-           nullable=False),
-    Column("selected_text", Text, nullable=False),
-    Column("page_url", Text),
-    _timestamp("created_at"),
-    Column("embedding", Vector(EMBEDDING_DIMENSIONS)),
-    _jsonb(),
-    Index("idx_user_text_selections_session_id", "session_id"),
-    Index("idx_user_text_selections_page_url", "page_url"),
-    Index("idx_user_text_selections_session_created", "session_id", "created_at"),
+USER_TEXT_SELECTIONS = Table(
+    "user_text_selections",
+    (_id("selection_id"), Column("session_id", "uuid", nullable=False),
+     Column("selected_text", "text", nullable=False), Column("page_url", "text"), _timestamp("created_at"),
+     Column("embedding", _VECTOR), _metadata()),
+    primary_key=("selection_id",),
+    foreign_keys={"user_text_selections_session_id_fkey": _CASCADE_TO_SESSION},
+    indexes=(_btree("idx_user_text_selections_session_id", "session_id"),
+             _btree("idx_user_text_selections_page_url", "page_url"),
+             _btree("idx_user_text_selections_session_created", "session_id", "created_at")),  # 002
 )
 
 
-
-def _session_key(table: str) -> Column[object]:
-    return Column("session_id", UUID(as_uuid=True),
-                  ForeignKey("chat_sessions.session_id", ondelete="CASCADE", name=f"{table}_session_id_fkey"),
-                  primary_key=True)
-
-
-def _namespace() -> Column[object]:
-    return Column("checkpoint_ns", Text, primary_key=True, server_default=text("''::text"))
+def _checkpoint_key() -> tuple[Column, Column]:
+    return Column("session_id", "uuid", nullable=False), Column("checkpoint_ns", "text", nullable=False,
+                                                                default="''::text")
 
 
 # LangGraph checkpoints of SonyCheckpointer (migration 004): a thread is a chat session.
-chat_checkpoints = Table(
-    "chat_checkpoints", metadata,
-    _session_key("chat_checkpoints"),
-    _namespace(),
-    Column("checkpoint_id", Text, primary_key=True),
-    Column("parent_checkpoint_id", Text),
-    Column("checkpoint", JSONB, nullable=False),
-    _jsonb(),
+CHAT_CHECKPOINTS = Table(
+    "chat_checkpoints",
+    (*_checkpoint_key(), Column("checkpoint_id", "text", nullable=False), Column("parent_checkpoint_id", "text"),
+     Column("checkpoint", "jsonb", nullable=False), _metadata()),
+    primary_key=("session_id", "checkpoint_ns", "checkpoint_id"),
+    foreign_keys={"chat_checkpoints_session_id_fkey": _CASCADE_TO_SESSION},
 )
 
-chat_checkpoint_blobs = Table(
-    "chat_checkpoint_blobs", metadata,
-    _session_key("chat_checkpoint_blobs"),
-    _namespace(),
-    Column("channel", Text, primary_key=True),
-    Column("version", Text, primary_key=True),
-    Column("type", Text, nullable=False),
-    Column("blob", LargeBinary),
+CHAT_CHECKPOINT_BLOBS = Table(
+    "chat_checkpoint_blobs",
+    (*_checkpoint_key(), Column("channel", "text", nullable=False), Column("version", "text", nullable=False),
+     Column("type", "text", nullable=False), Column("blob", "bytea")),
+    primary_key=("session_id", "checkpoint_ns", "channel", "version"),
+    foreign_keys={"chat_checkpoint_blobs_session_id_fkey": _CASCADE_TO_SESSION},
 )
 
-chat_checkpoint_writes = Table(
-    "chat_checkpoint_writes", metadata,
-    _session_key("chat_checkpoint_writes"),
-    _namespace(),
-    Column("checkpoint_id", Text, primary_key=True),
-    Column("task_id", Text, primary_key=True),
-    Column("idx", Integer, primary_key=True),
-    Column("channel", Text, nullable=False),
-    Column("type", Text, nullable=False),
-    Column("blob", LargeBinary),
-    Column("message_runs", ARRAY(BigInteger)),
-    Column("task_path", Text, nullable=False, server_default=text("''::text")),
-    Index("idx_chat_checkpoint_writes_pending_messages", "session_id",
-          postgresql_where=text("checkpoint_ns = '' AND channel = 'messages' AND message_runs IS NULL "
-                                "AND blob IS NOT NULL")),
+CHAT_CHECKPOINT_WRITES = Table(
+    "chat_checkpoint_writes",
+    (*_checkpoint_key(), Column("checkpoint_id", "text", nullable=False), Column("task_id", "text", nullable=False),
+     Column("idx", "integer", nullable=False), Column("channel", "text", nullable=False),
+     Column("type", "text", nullable=False), Column("blob", "bytea"), Column("message_runs", "bigint[]"),
+     Column("task_path", "text", nullable=False, default="''::text")),
+    primary_key=("session_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+    foreign_keys={"chat_checkpoint_writes_session_id_fkey": _CASCADE_TO_SESSION},
+    indexes=(Index("idx_chat_checkpoint_writes_pending_messages",
+                   "USING btree (session_id) WHERE ((checkpoint_ns = ''::text) AND (channel = 'messages'::text) "
+                   "AND (message_runs IS NULL) AND (blob IS NOT NULL))"),),
 )
 
-# Tables whose updated_at a trigger keeps current, with the trigger's name.
-UPDATED_AT_TRIGGERS = {
-    "chat_sessions": "update_chat_sessions_updated_at",
-    "document_embeddings": "update_document_embeddings_updated_at",
-}
+TABLES: tuple[Table, ...] = (CHAT_SESSIONS, CHAT_MESSAGES, DOCUMENT_EMBEDDINGS, USER_TEXT_SELECTIONS,
+                             CHAT_CHECKPOINTS, CHAT_CHECKPOINT_BLOBS, CHAT_CHECKPOINT_WRITES)
 
-TABLES = (chat_sessions, chat_messages, document_embeddings, user_text_selections, chat_checkpoints,
-          chat_checkpoint_blobs, chat_checkpoint_writes)
 
-__all__ = ["TABLES", "UPDATED_AT_TRIGGERS", "chat_checkpoint_blobs", "chat_checkpoint_writes", "chat_checkpoints",
-           "chat_messages", "chat_sessions", "document_embeddings", "metadata", "user_text_selections"]
+def table(name: str) -> Table:
+    """Return the description of one table; raises KeyError for a name the migrations do not create."""
+    for candidate in TABLES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)

@@ -10,11 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import restore_migration_vector_index, test_settings
 from psycopg.conninfo import make_conninfo
 
 from sony_rag.database import Database
 from sony_rag.migrate import migrate
-from sony_rag.settings import Settings
 
 TEST_DATABASE = "sony_rag_test"
 
@@ -62,26 +62,21 @@ def database_url(server_url: str) -> str:
 
 
 @pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run a test once through the sync API ("sync") and once through its async twin ("async")."""
+    return str(request.param)
+
+
+@pytest.fixture
+def call(mode: str) -> Callable[..., Any]:
     """Return a caller that runs a method by name through the sync API, or its ``a``-prefixed async twin."""
 
     def invoke(target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        if request.param == "sync":
+        if mode == "sync":
             return getattr(target, method)(*args, **kwargs)
         return asyncio.run(getattr(target, "a" + method)(*args, **kwargs))
 
     return invoke
-
-
-def test_settings(**overrides: object) -> Settings:
-    """Return Settings for tests: small pools, quick retries, the environment's pooler flag."""
-    values: dict[str, object] = {"pool_min_size": 1, "pool_max_size": 8, "connect_retries": 2,
-                                 "connect_backoff": 0.05, "pool_timeout": 10.0, "embeddings": "fake"}
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-test_settings.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
@@ -104,20 +99,3 @@ def _truncate(db: Database) -> None:
     with db.pool().connection() as conn:
         conn.execute("TRUNCATE chat_sessions, chat_messages, document_embeddings, user_text_selections CASCADE")
     restore_migration_vector_index(db)
-
-
-def restore_migration_vector_index(db: Database) -> None:
-    """Put the vector index back as migration 001 makes it (IVFFlat, lists=100) when a test changed it.
-
-    ``sony-rag ingest`` retrains a stale IVFFlat index and ``index rebuild`` replaces it; the next test (and the
-    schema comparison, which reads the shared database behind a pooler) expects the migration's index.
-    """
-    with db.pool().connection() as conn:
-        row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_document_embeddings_vector'"
-                           ).fetchone()
-        definition = "" if row is None else str(row[0]).replace(" ", "")
-        if "USINGivfflat" not in definition or "lists='100'" not in definition:
-            conn.execute("DROP INDEX IF EXISTS idx_document_embeddings_vector")
-            conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
-                         "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 100)")
-    db.forget_capabilities()

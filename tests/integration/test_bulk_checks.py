@@ -4,7 +4,6 @@ reads back exactly."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -20,17 +19,15 @@ DIM = 384
 ROWS = 2500  # more than one chunk of the bulk check
 
 
-@pytest.fixture(params=["sync", "async"])
-def add(request: pytest.FixtureRequest, db: Database) -> Callable[..., list[str]]:
+@pytest.fixture
+def add(call: Callable[..., Any], db: Database) -> Callable[..., list[str]]:
     """Return a function that calls add_embeddings through the sync or the async API."""
     store = SonyVectorStore(DeterministicFakeEmbedding(size=DIM), db, source_type="product")
 
-    def call(texts: list[str], embeddings: Any, metadatas: list[dict[str, Any]] | None = None) -> list[str]:
-        if request.param == "sync":
-            return store.add_embeddings(texts, embeddings, metadatas)
-        return asyncio.run(store.aadd_embeddings(texts, embeddings, metadatas))
+    def run(texts: list[str], embeddings: Any, metadatas: list[dict[str, Any]] | None = None) -> list[str]:
+        return list(call(store, "add_embeddings", texts, embeddings, metadatas))
 
-    return call
+    return run
 
 
 def _vectors(count: int, seed: int = 3) -> npt.NDArray[np.float32]:

@@ -57,12 +57,6 @@ def _codec_cases() -> list[BaseMessage]:
 RICH_MESSAGES = _codec_cases()
 
 
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run a test once through the sync methods and once through their async twins."""
-    return str(request.param)
-
-
 async def read(history: SonyChatMessageHistory, mode: str) -> list[BaseMessage]:
     """Return the history's messages through ``messages`` or ``aget_messages``."""
     return history.messages if mode == "sync" else await history.aget_messages()

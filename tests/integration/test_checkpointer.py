@@ -97,12 +97,6 @@ def _agent_model(turns: int) -> GenericFakeChatModel:
     return _ToolCallingFake(messages=iter(replies))
 
 
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run a test once with the sync methods and once with the async ones."""
-    return str(request.param)
-
-
 async def _invoke(graph: Any, mode: str, payload: Any, config: RunnableConfig) -> Any:
     if mode == "sync":
         return graph.invoke(payload, config)

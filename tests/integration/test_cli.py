@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import restore_migration_vector_index  # tests/conftest.py
+from helpers import restore_migration_vector_index
 
 from sony_rag.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
 from sony_rag.database import Database

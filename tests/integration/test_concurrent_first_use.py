@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from conftest import test_settings  # tests/conftest.py, as the other test folders import it
+from helpers import test_settings
 
 from sony_rag import Database
 from sony_rag.operations import search_similar_embeddings

@@ -1048,7 +1048,7 @@ def test_every_documented_function_is_exported_from_the_package() -> None:
 
 
 def test_unreachable_server_error_does_not_reveal_the_password() -> None:
-    from conftest import test_settings
+    from helpers import test_settings
 
     db = Database("postgresql://app:hunter2-secret@127.0.0.1:1/shop", settings=test_settings(connect_retries=1))
     with pytest.raises(DatabaseUnavailableError) as raised:

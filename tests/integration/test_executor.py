@@ -12,7 +12,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from psycopg import sql
 
 from sony_rag import executor
@@ -92,12 +92,6 @@ def atomic_pair(first: UUID, second: UUID, settings: dict[str, str]) -> PlanGene
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run a test once through the sync executor and once through the async one."""
-    return str(request.param)
 
 
 @pytest.fixture

@@ -52,14 +52,12 @@ DOCS = [
 ]
 
 
-@pytest.fixture(params=["sync", "async"])
-def search(request: pytest.FixtureRequest) -> Callable[..., list[Any]]:
+@pytest.fixture
+def search(call: Callable[..., Any]) -> Callable[..., list[Any]]:
     """Return a function running similarity_search through the sync or the async API."""
 
     def run(store: SonyVectorStore, query: str, **kwargs: Any) -> list[Any]:
-        if request.param == "sync":
-            return store.similarity_search(query, **kwargs)
-        return asyncio.run(store.asimilarity_search(query, **kwargs))
+        return list(call(store, "similarity_search", query, **kwargs))
 
     return run
 

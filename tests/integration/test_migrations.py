@@ -1,8 +1,10 @@
 """The migration runner on fresh databases: applies every file once, records checksums, is idempotent and
-safe to run twice at once, refuses edited files, and ``--test`` reports a damaged schema check by check."""
+safe to run twice at once, refuses edited files, and ``sony-rag migrate --test`` reports a damaged schema check by
+check. ``python -m sony_rag.migrate`` is the same command: the subprocess tests run it under that name."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,12 +15,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sony_rag.cli import EXIT_FAILED
+from sony_rag.cli import main as cli_main
 from sony_rag.database import Database
 from sony_rag.errors import ChecksumMismatchError, MigrationError
-from sony_rag.migrate import applied_migrations, available_migrations, check_database, main, migrate, run_cli
+from sony_rag.migrate import applied_migrations, available_migrations, migrate
+from sony_rag.schema_check import check_database
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("TEST_DATABASE_URL")),
@@ -49,6 +54,11 @@ def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple
 def recorded(url: str) -> list[tuple[object, ...]]:
     """Return (version, name, checksum) of every recorded migration, in order."""
     return sql(url, "SELECT version, name, checksum FROM sony_rag_migrations ORDER BY version")
+
+
+def main(arguments: list[str]) -> int:
+    """Run ``sony-rag migrate`` with ``arguments`` in this process and return its exit code."""
+    return cli_main(["migrate", *arguments])
 
 
 def test_there_are_numbered_migrations_starting_with_the_documented_schema() -> None:
@@ -122,6 +132,7 @@ def test_two_concurrent_runners_apply_everything_exactly_once(fresh_url: str) ->
     assert [row[0] for row in recorded(fresh_url)] == ALL_VERSIONS
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_concurrent_processes_apply_everything_exactly_once(fresh_url: str) -> None:
     command = [sys.executable, "-m", "sony_rag.migrate", "--database-url", fresh_url]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -153,11 +164,12 @@ def test_a_changed_checksum_is_refused_and_nothing_is_applied(fresh_url: str) ->
     assert [row[0] for row in recorded(fresh_url)] == ALL_VERSIONS[:-1]
 
 
-def test_a_changed_checksum_makes_the_command_exit_2(fresh_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_changed_checksum_makes_the_command_exit_1(fresh_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     with Database(fresh_url, settings=test_settings()) as db:
         migrate(db)
     sql(fresh_url, "UPDATE sony_rag_migrations SET checksum = 'edited' WHERE version = %s", (ALL_VERSIONS[0],))
-    assert run_cli(Database(fresh_url, settings=test_settings()), test=True) == 2
+    # An inconsistent migration history is exit 1 (docs/cli.md, "Exit codes"), like a failed check.
+    assert main(["--test", "--database-url", fresh_url]) == EXIT_FAILED == 1
     assert "changed after it was applied" in capsys.readouterr().err
 
 
@@ -183,7 +195,7 @@ def test_migrate_test_on_a_good_database_passes_every_check(fresh_url: str,
     checks = [line for line in out.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert checks and all(line.startswith("PASS") for line in checks), out
     for expected in ("extension vector", "table chat_messages columns", "table document_embeddings indexes",
-                     "table chat_messages constraints", "table chat_sessions updated_at trigger",
+                     "table chat_messages constraints", "table chat_sessions triggers",
                      "round trip: vector search", "round trip: cascade delete", "round trip: rolled back"):
         assert any(expected in line for line in checks), expected
     assert f"{len(checks)} passed, 0 failed" in out
@@ -202,18 +214,25 @@ DAMAGE = [
     ("DROP INDEX idx_document_embeddings_vector; CREATE INDEX idx_document_embeddings_vector ON "
      "document_embeddings USING ivfflat (embedding vector_l2_ops) WITH (lists = 100)",
      "table document_embeddings indexes", "cosine"),
-    ("DROP TRIGGER update_chat_sessions_updated_at ON chat_sessions", "table chat_sessions updated_at trigger",
-     "update_chat_sessions_updated_at"),
+    ("DROP TRIGGER update_chat_sessions_updated_at ON chat_sessions", "table chat_sessions triggers",
+     "missing: update_chat_sessions_updated_at"),
     ("ALTER TABLE chat_messages ALTER COLUMN role TYPE TEXT", "table chat_messages columns", "column role is text"),
     ("ALTER TABLE document_embeddings ALTER COLUMN content_chunk DROP NOT NULL",
      "table document_embeddings columns", "content_chunk"),
     ("ALTER TABLE user_text_selections DROP COLUMN page_url", "table user_text_selections columns",
-     "column page_url missing"),
+     "missing: column page_url"),
     ("ALTER TABLE chat_messages DROP CONSTRAINT chat_messages_role_check", "table chat_messages constraints",
      "chat_messages_role_check"),
     ("ALTER TABLE user_text_selections DROP CONSTRAINT user_text_selections_session_id_fkey, ADD CONSTRAINT "
      "user_text_selections_session_id_fkey FOREIGN KEY (session_id) REFERENCES chat_sessions (session_id)",
-     "table user_text_selections constraints", "does not cascade"),
+     "table user_text_selections constraints", "expected FOREIGN KEY (session_id) REFERENCES "
+     "chat_sessions(session_id) ON DELETE CASCADE"),
+    ("ALTER TABLE chat_sessions ALTER COLUMN metadata DROP DEFAULT", "table chat_sessions columns",
+     "column metadata default is None, expected '{}'::jsonb"),
+    ("ALTER TABLE chat_messages ALTER COLUMN seq DROP IDENTITY", "table chat_messages columns",
+     "column seq identity is None, expected always"),
+    ("DROP INDEX idx_chat_messages_session_key; CREATE INDEX idx_chat_messages_session_key ON chat_messages "
+     "(session_id, message_key)", "table chat_messages indexes", "expected UNIQUE USING btree"),
     ("DROP TABLE user_text_selections", "table user_text_selections", "missing"),
 ]
 
@@ -242,12 +261,25 @@ def test_check_database_results_are_data(fresh_url: str) -> None:
     assert str(failed[0]).startswith("FAIL  table chat_sessions indexes: missing:")
 
 
+def test_what_a_team_added_is_reported_without_failing(fresh_url: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with Database(fresh_url, settings=test_settings()) as db:
+        migrate(db)
+    sql(fresh_url, "CREATE INDEX idx_shop_brand ON document_embeddings ((metadata->>'brand'))")
+    sql(fresh_url, "ALTER TABLE chat_sessions ADD COLUMN locale TEXT")
+    assert main(["--test", "--database-url", fresh_url]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  table document_embeddings indexes: 5 indexes as described; also idx_shop_brand" in out
+    assert "PASS  table chat_sessions columns: 6 columns with the expected types; also column locale" in out
+
+
 def test_migrate_test_on_an_empty_database_migrates_first(fresh_url: str) -> None:
     with Database(fresh_url, settings=test_settings()) as db, db.connect() as conn:
         assert applied_migrations(conn) == {}
     assert main(["--test", "--database-url", fresh_url]) == 0
 
 
+@pytest.mark.slow  # subprocesses
 def test_python_dash_m_migrate_test_in_a_subprocess(fresh_url: str) -> None:
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "SONY_RAG_DATABASE_URL")}
     done = subprocess.run([sys.executable, "-m", "sony_rag.migrate", "--test", "--database-url", fresh_url],
@@ -264,6 +296,12 @@ def test_python_dash_m_migrate_test_in_a_subprocess(fresh_url: str) -> None:
                              capture_output=True, text=True, timeout=120, env=env)
     assert damaged.returncode == 1
     assert "FAIL  table chat_messages indexes: missing: idx_chat_messages_role" in damaged.stdout
+
+    # The alias takes every option of `sony-rag migrate`, --json included.
+    as_json = subprocess.run([sys.executable, "-m", "sony_rag.migrate", "--test", "--json", "--database-url",
+                              fresh_url], capture_output=True, text=True, timeout=120, env=env)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["ok"] is False
 
 
 def test_the_command_never_prints_a_password(fresh_url: str, capsys: pytest.CaptureFixture[str]) -> None:

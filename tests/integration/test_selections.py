@@ -80,12 +80,6 @@ class KeywordBagEmbeddings(Embeddings):
         return [self.embed_query(text) for text in texts]
 
 
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run a test once through the sync methods and once through their async twins."""
-    return str(request.param)
-
-
 @pytest.fixture
 def store(db: Database) -> SonyVectorStore:
     """Return a store holding the four-document corpus, embedded with keyword bags, searched exactly."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import psycopg
-from conftest import test_settings  # tests/conftest.py, as the other test folders import it
+from helpers import test_settings
 from pgbouncer import PgBouncer, pgbouncer_available, socket_dir_of  # tests/pgbouncer.py
 from psycopg.conninfo import make_conninfo
 

@@ -13,15 +13,16 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from psycopg.conninfo import make_conninfo
 
 from sony_rag.chat_history import SonyChatMessageHistory
 from sony_rag.database import Database
-from sony_rag.migrate import available_migrations, check_database
+from sony_rag.migrate import available_migrations
 from sony_rag.operations import create_chat_session, get_chat_history, insert_chat_message
+from sony_rag.schema_check import check_database
 from sony_rag.vectorstore import SonyVectorStore
 
 SESSIONS, MESSAGES = 50, 20

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import numpy as np
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from pgbouncer import PgBouncer, pgbouncer_available
 from psycopg import sql

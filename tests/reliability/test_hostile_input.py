@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.embeddings import DeterministicFakeEmbedding

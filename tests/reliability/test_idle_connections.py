@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from sony_rag import database as database_module
@@ -25,12 +25,6 @@ from .support import FAULT_DATABASE, FaultServer, pooler_pass
 # The fault tests' fixtures: a private server for this module, started again before a test if one left it down.
 fault_server = test_faults.fault_server
 server_up = test_faults.server_up
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run a test through the sync API and through the async one."""
-    return str(request.param)
 
 
 def _database(server: FaultServer) -> Database:

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 
 from sony_rag import plans
 from sony_rag.database import Database

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import test_settings
+from helpers import test_settings
 from pgbouncer import PgBouncer, pgbouncer_available
 from psycopg import sql
 

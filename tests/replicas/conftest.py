@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import test_settings  # tests/conftest.py
+from helpers import test_settings
 
 from sony_rag.database import Database
 from sony_rag.migrate import migrate

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from conftest import test_settings  # tests/conftest.py
+from helpers import test_settings
 from langchain_core.messages import AIMessage, HumanMessage
 
 from sony_rag import operations as api

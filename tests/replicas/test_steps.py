@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import test_settings  # tests/conftest.py
+from helpers import test_settings
 from psycopg import sql
 
 from sony_rag.database import Database
