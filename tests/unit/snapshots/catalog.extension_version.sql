@@ -1,0 +1,2 @@
+SELECT extversion FROM pg_extension WHERE extname = 'vector'
+-- params: none

@@ -1,0 +1,2 @@
+WITH touched AS (INSERT INTO chat_sessions (session_id, current_page, metadata) VALUES (%(p0)s::uuid, %(p1)s::text, %(p2)s) ON CONFLICT (session_id) DO UPDATE SET updated_at = NOW(), current_page = COALESCE(EXCLUDED.current_page, chat_sessions.current_page)) SELECT checkpoint_id, task_id, idx, type, blob FROM chat_checkpoint_writes WHERE session_id = %(p3)s::uuid AND checkpoint_ns = '' AND channel = %(p4)s::text AND message_runs IS NULL AND blob IS NOT NULL
+-- params: p0, p1, p2, p3, p4

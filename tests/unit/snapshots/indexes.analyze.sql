@@ -1,0 +1,2 @@
+ANALYZE document_embeddings
+-- params: none

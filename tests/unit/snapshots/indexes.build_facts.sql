@@ -1,0 +1,2 @@
+SELECT (SELECT count(*) FROM document_embeddings) AS row_count, pg_size_bytes(current_setting('maintenance_work_mem')) AS maintenance_work_mem, (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS pgvector_version, ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid  WHERE i.indrelid = to_regclass('document_embeddings') AND c.relname = ANY(%(p0)s::text[])) AS indexes
+-- params: p0

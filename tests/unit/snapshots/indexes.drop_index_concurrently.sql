@@ -1,0 +1,2 @@
+DROP INDEX CONCURRENTLY IF EXISTS "idx_document_embeddings_vector"
+-- params: none

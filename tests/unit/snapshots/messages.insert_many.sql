@@ -1,0 +1,2 @@
+INSERT INTO chat_messages (message_id, session_id, role, content, token_usage, page_context, metadata) SELECT m.message_id, %(p0)s::uuid, m.role, m.content, m.token_usage, m.page_context, m.metadata FROM unnest(%(p1)s::uuid[], %(p2)s::text[], %(p3)s::text[], %(p4)s::int[], %(p5)s::text[], %(p6)s::jsonb[]) WITH ORDINALITY AS m(message_id, role, content, token_usage, page_context, metadata, position) ORDER BY m.position
+-- params: p0, p1, p2, p3, p4, p5, p6

@@ -1,0 +1,2 @@
+SELECT version, checksum FROM sony_rag_migrations ORDER BY version
+-- params: none
