@@ -19,7 +19,8 @@ from sony_rag.migrate import migrate
 TEST_DATABASE = "sony_rag_test"
 
 # Whole folders and files whose tests start servers, subprocesses or large batches: `pytest -m "not slow"` skips them
-# for a quick loop; CI runs everything.
+# for a quick loop; CI runs everything. A slow test elsewhere carries @pytest.mark.slow itself (the real embedding
+# model, a subprocess).
 SLOW_PLACES = ("tests/reliability/", "tests/replicas/", "test_examples.py", "test_cli.py", "test_docs.py")
 
 

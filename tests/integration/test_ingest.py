@@ -361,6 +361,7 @@ def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow  # subprocesses loading the real model
 def test_cli_refuses_mixing_models_and_reembed_replaces(db: Database, database_url: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "faq.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
     assert run_cli(database_url, "--embeddings", "fake", "ingest", str(path)).returncode == 0

@@ -202,6 +202,7 @@ def test_local_vectors_match_sentence_transformers(case: dict[str, Any]) -> None
 
 
 @needs_local
+@pytest.mark.slow  # the real model: batches, threads or a subprocess
 def test_local_vectors_match_in_one_batch_of_mixed_lengths() -> None:
     # One call: sorting by length and padding per batch must not change any text's vector.
     cases = REFERENCE["cases"]
@@ -236,6 +237,7 @@ def test_local_model_loads_offline_and_gives_normalised_384_d_vectors() -> None:
 
 
 @needs_local
+@pytest.mark.slow  # the real model: batches, threads or a subprocess
 def test_local_model_loads_without_torch_or_transformers() -> None:
     code = ("import sys; from sony_rag.embeddings import local_embeddings; local_embeddings().embed_query('x'); "
             "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
@@ -244,6 +246,7 @@ def test_local_model_loads_without_torch_or_transformers() -> None:
 
 
 @needs_local
+@pytest.mark.slow  # the real model: batches, threads or a subprocess
 def test_concurrent_threads_get_the_same_vectors() -> None:
     model = local_embeddings()
     texts = [case["text"] for case in REFERENCE["cases"] if case["tokens_untruncated"] < 40]
@@ -255,6 +258,7 @@ def test_concurrent_threads_get_the_same_vectors() -> None:
 
 
 @needs_local
+@pytest.mark.slow  # the real model: batches, threads or a subprocess
 async def test_async_embedding_leaves_the_event_loop_free() -> None:
     model = local_embeddings()
     texts = [REFERENCE["cases"][13]["text"]] * 8  # 8 texts of 256 tokens: a few hundred ms of work
