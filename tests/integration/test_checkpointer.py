@@ -53,7 +53,6 @@ class _SyncDriven(SonyCheckpointer):
         self.prune(thread_ids, strategy=strategy)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_conformance_suite_passes_every_capability(db: Database, mode: str) -> None:
     saver_class = _SyncDriven if mode == "sync" else SonyCheckpointer
 

@@ -267,7 +267,6 @@ def test_build_needing_more_memory_than_allowed_raises_and_changes_nothing(idb: 
     assert maintenance_work_mem(idb) == current  # SET LOCAL: pooled connections keep their setting
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_concurrent_build_raises_maintenance_work_mem_on_its_own_connection_only(idb: Database, mode: str) -> None:
     needed, current = load_more_than_memory_allows(idb, seed=14)
 

@@ -62,7 +62,6 @@ def _messages(number: int) -> list[BaseMessage]:
             for index in range(MESSAGES)]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_fifty_sessions_of_twenty_messages_through_the_chat_history(db: Database, mode: str) -> None:
     session_ids = [str(UUID(int=random.getrandbits(128), version=4)) for _ in range(SESSIONS)]
 

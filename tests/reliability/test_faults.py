@@ -111,7 +111,6 @@ async def _run(db: Database, mode: str, plan_: Any) -> Any:
 # -- connections lost in the middle of a call --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_read_cut_off_midway_is_retried_once(fault_server: FaultServer, mode: str) -> None:
     async with _database(fault_server) as db:
         session_id = await create_chat_session(db=db)
@@ -123,7 +122,6 @@ async def test_a_read_cut_off_midway_is_retried_once(fault_server: FaultServer, 
         assert await get_chat_session(session_id, db=db) is not None
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_read_cut_off_twice_raises_database_unavailable(fault_server: FaultServer, mode: str) -> None:
     async with _database(fault_server) as db:
         tag = _tag()
@@ -134,7 +132,6 @@ async def test_a_read_cut_off_twice_raises_database_unavailable(fault_server: Fa
         assert await _run(db, mode, slow_count(0, _tag())) >= 0  # and the pool still serves
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_write_cut_off_midway_raises_and_writes_nothing(fault_server: FaultServer, mode: str) -> None:
     async with _database(fault_server) as db:
         first, second, tag = uuid.uuid4(), uuid.uuid4(), _tag()
@@ -160,7 +157,6 @@ class _StallingMetadata(dict[str, Any]):
         return super().items()
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_bulk_write_cut_off_during_copy_raises_and_writes_nothing(fault_server: FaultServer,
                                                                           mode: str) -> None:
     rng = np.random.default_rng(7)
@@ -356,7 +352,6 @@ def test_connecting_retries_a_bounded_number_of_times(caplog: pytest.LogCaptureF
     _assert_no_secret(caught.value, "secretpw", caplog.text)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_closed_port_gives_a_clear_error_without_the_password(
         mode: str, caplog: pytest.LogCaptureFixture) -> None:
     db = Database("postgresql://u:secretpw@127.0.0.1:1/db",
@@ -371,7 +366,6 @@ async def test_a_closed_port_gives_a_clear_error_without_the_password(
     _assert_no_secret(caught.value, "secretpw", caplog.text)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_server_that_does_not_answer_fails_within_the_connect_timeout(mode: str) -> None:
     with _CountingListener(silent=True) as listener:
         db = Database(f"postgresql://u:pw@127.0.0.1:{listener.port}/db?sslmode=disable",
@@ -384,7 +378,6 @@ async def test_a_server_that_does_not_answer_fails_within_the_connect_timeout(mo
         assert listener.accepted == 1  # one attempt, ended by the connect timeout rather than waiting forever
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_server_that_comes_up_late_is_waited_for(fault_server: FaultServer, mode: str) -> None:
     # Unreachable the way a waking compute is (attempts time out), not refused: that is retried with backoff.
     proxy = OutageProxy(str(fault_server.socket_dir / ".s.PGSQL.5432"))
@@ -401,7 +394,6 @@ async def test_a_server_that_comes_up_late_is_waited_for(fault_server: FaultServ
         proxy.close()
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_stopped_local_server_fails_at_once(fault_server: FaultServer, mode: str) -> None:
     # Its socket file is gone: no compute is waking here, so no backoff (8 retries from 0.2 s would take 10 s).
     # Directly: through PgBouncer a stopped server looks like a waking one (its login retry errors), retried.

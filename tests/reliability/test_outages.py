@@ -128,7 +128,6 @@ def _report(label: str, results: list[tuple[float, BaseException | None]]) -> fl
     return seconds[-1]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("pool", ["open", "never opened"])
 def test_concurrent_calls_during_an_outage_fail_together_within_one_retry_cycle(
         proxy: OutageProxy, mode: str, pool: str) -> None:
@@ -161,7 +160,6 @@ def test_concurrent_calls_during_an_outage_fail_together_within_one_retry_cycle(
         db.close()
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_the_first_call_after_recovery_succeeds_within_one_backoff_step(proxy: OutageProxy, mode: str) -> None:
     db = _database(proxy.url(FAULT_DATABASE))
     try:
@@ -202,7 +200,6 @@ def test_the_first_call_after_recovery_succeeds_within_one_backoff_step(proxy: O
         db.close()
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("where", ["127.0.0.1:1", "localhost:1", "a missing socket folder"])
 def test_a_refused_local_connection_fails_at_once(tmp_path: Path, mode: str, where: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:

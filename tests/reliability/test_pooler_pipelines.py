@@ -66,7 +66,6 @@ async def flush_delaying_proxy(port: int) -> AsyncIterator[int]:
 
 
 @pytest.mark.skipif(not pgbouncer_available(), reason="needs Debian's pgbouncer (apt-get install -y pgbouncer)")
-@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_reads_with_settings_leave_no_server_connection_linked_to_an_idle_client(fault_server: FaultServer,
                                                                                       mode: str) -> None:
     with PgBouncer(fault_server.socket_dir, pool_size=1, settings={"query_wait_timeout": "2"}) as bouncer:

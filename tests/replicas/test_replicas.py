@@ -103,7 +103,6 @@ def test_a_search_right_after_an_insert_sees_it_even_on_a_delayed_replica(cluste
     assert rows and rows[0]["source_id"] == "p3"
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_history_reads_after_writes_are_never_stale_on_a_delayed_replica(cluster: Cluster, replicated: Database,
                                                                          mode: str) -> None:
     cluster.set_apply_delay(150)

@@ -42,7 +42,6 @@ def create_then_position(session_id: uuid.UUID, url: str) -> PlanGenerator[tuple
     return int(hidden[0]) if hidden else -1, str(rows[0]["position"])
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_after_commit_runs_its_statement_once_the_write_is_committed(database: Database, database_url: str,
                                                                      mode: str) -> None:
     session = uuid.uuid4()
@@ -71,7 +70,6 @@ def commit_in_a_read() -> PlanGenerator[None]:
     yield AfterCommit(fetch(replica_sql.write_position()))
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_after_commit_is_refused_outside_the_end_of_a_write(database: Database, mode: str) -> None:
     with pytest.raises(TypeError, match="last step"):
         run(database, step_after_the_commit(), mode)
@@ -88,7 +86,6 @@ def two_together() -> PlanGenerator[list[list[dict[str, Any]]]]:
     return results  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_together_returns_each_statements_rows_in_order_with_the_plans_settings(database: Database,
                                                                                 mode: str) -> None:
     first, second = run(database, two_together(), mode)
