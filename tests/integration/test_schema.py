@@ -39,7 +39,8 @@ def migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def live(migrated_url: str) -> dict[str, schema.Table]:
     """Return every table of the public schema as ``read_table`` reads it from the catalog."""
-    with psycopg.connect(migrated_url) as conn:
+    # No prepared statements: the pooled CI pass reads this database through PgBouncer in transaction mode.
+    with psycopg.connect(migrated_url, prepare_threshold=None) as conn:
         names = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
         tables = {name: read_table(conn, name) for name in names}
     return {name: table for name, table in tables.items() if table is not None}
