@@ -183,7 +183,7 @@ def test_bad_records_are_reported_with_file_and_line(tmp_path: Path) -> None:
     found = {error.line: error.message for error in errors}
     assert set(found) == {3, 4, 5, 6, 7, 8}
     assert "invalid JSON" in found[3]
-    assert "expected a product" in found[4]
+    assert "expected one of: FAQ entry (question, answer), product (name, description)" in found[4]
     assert "missing id" in found[5]
     assert "duplicate faq source_id 'ok-1'" in found[6] and f"{path}:1" in found[6]
     assert "expected a JSON object" in found[7]
