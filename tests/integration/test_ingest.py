@@ -24,7 +24,15 @@ from sony_rag.errors import (
     InvalidInputError,
     InvalidSourceTypeError,
 )
-from sony_rag.ingest import expand_paths, infer_source_type, ingest_paths, read_sources
+from sony_rag.ingest import (
+    RecordShape,
+    expand_paths,
+    infer_source_type,
+    ingest_paths,
+    read_sources,
+    record_metadata,
+    registered_shapes,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 
@@ -132,6 +140,29 @@ def test_csv_and_generic_records(tmp_path: Path) -> None:
     note = by_key[("page_content", "n1")]
     assert note.metadatas[0]["lang"] == "en" and note.metadatas[0]["author"] == "team"
     assert by_key[("faq", "7")].chunks == ["Numbers are fine as ids."]
+
+
+def test_record_shapes_come_from_installed_packages(tmp_path: Path) -> None:
+    from sony_shop.records import FAQ, PRODUCT
+
+    assert registered_shapes() == (FAQ, PRODUCT)  # the shop's entry points in pyproject.toml
+    path = write_jsonl(tmp_path / "export.jsonl", [
+        {"id": "p1", "name": "Lamp", "description": "A lamp.", "source_type": "product"},
+        {"id": "r1", "rating": 5, "review": "Lovely sofa.", "source_type": "page_content"},
+    ])
+    # The library alone reads the generic form only: a product is a bad record that says what is expected.
+    sources, errors, _ = read_sources([path], "model", shapes=())
+    assert sources == [] and [error.line for error in errors] == [1, 2]
+    assert errors[0].message == "expected one of: generic record (text or content)"
+
+    review = RecordShape("review", ("review", "rating"),
+                         lambda record: (f"{record['rating']}/5: {record['review']}",
+                                         record_metadata(record, ("review",))), source_type="page_content")
+    sources, errors, _ = read_sources([path], "model", shapes=[review, PRODUCT])
+    assert errors == []
+    assert [(source.key, source.chunks) for source in sources] == [
+        (("product", "p1"), ["Lamp.\nA lamp."]), (("page_content", "r1"), ["5/5: Lovely sofa."])]
+    assert sources[1].metadatas[0]["rating"] == 5
 
 
 def test_explicit_source_type_wins_and_is_checked(tmp_path: Path) -> None:
