@@ -92,6 +92,8 @@ _FILE_PREFIXES: Final = (("product", "product"), ("faq", "faq"))
 _FOLDERS: Final = {"policies": "policy", "policy": "policy", "pages": "page_content", "page_content": "page_content",
                    "products": "product", "faq": "faq", "faqs": "faq"}
 SHAPES_GROUP: Final = "sony_rag.record_shapes"
+_NO_SHAPES_HINT: Final = (f"no record shape is installed under the entry points {SHAPES_GROUP}, which an editable "
+                          "install registers when `pip install -e .` runs")
 
 
 @dataclass(frozen=True)
@@ -372,7 +374,9 @@ def _record_source(path: Path, line: int, record: dict[str, Any], source_type: s
             text, metadata = _generic(record)
         else:
             forms = [described.describe() for described in shapes] + ["generic record (text or content)"]
-            raise InvalidInputError(f"expected one of: {', '.join(forms)}")
+            # An editable install registers entry points only when `pip install -e .` runs again.
+            hint = f"; {_NO_SHAPES_HINT}" if not shapes and not registered_shapes() else ""
+            raise InvalidInputError(f"expected one of: {', '.join(forms)}{hint}")
         kind = (source_type or record.get("source_type") or infer_source_type(path)
                 or (shape.source_type if shape is not None else None))
         if kind is None:

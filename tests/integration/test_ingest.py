@@ -165,6 +165,19 @@ def test_record_shapes_come_from_installed_packages(tmp_path: Path) -> None:
     assert sources[1].metadatas[0]["rating"] == 5
 
 
+def test_an_install_without_registered_shapes_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An editable install made before the shapes were entry points: the error says how to register them.
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda **_: [])
+    registered_shapes.cache_clear()
+    try:
+        _, [error], _ = read_sources([write_jsonl(tmp_path / "faq.jsonl", [{"id": "f", "question": "Q?",
+                                                                              "answer": "A."}])], "model")
+    finally:
+        registered_shapes.cache_clear()
+    assert error.message.startswith("expected one of: generic record (text or content); no record shape is installed")
+    assert "pip install -e ." in error.message
+
+
 def test_explicit_source_type_wins_and_is_checked(tmp_path: Path) -> None:
     notes = write_jsonl(tmp_path / "products.jsonl", [{"id": "a", "source_type": "faq", "text": "x y"}])
     [source], _, _ = read_sources([notes], "model", source_type="policy")
