@@ -428,6 +428,13 @@ def test_import_sony_rag_loads_nothing_heavy() -> None:
     assert not set(used) & set(HEAVY), used
 
 
+def test_the_shop_records_ingest_reads_need_no_agent() -> None:
+    # A core install (no shop extra) still ingests the sample catalog: the shapes import only the library.
+    used = loaded_modules("from sony_rag.ingest import registered_shapes\nimport sony_shop\n"
+                          "assert [shape.name for shape in registered_shapes()] == ['FAQ entry', 'product']")
+    assert not set(used) & set(HEAVY), used
+
+
 def test_the_library_never_imports_the_shop() -> None:
     import sony_rag
 
