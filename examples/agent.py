@@ -1,5 +1,6 @@
 """A shop assistant agent with memory: catalog, FAQ and policy search tools, history in Postgres.
 
+    pip install -e '.[embedded,local,shop]'      # the shop application's extra brings langchain's create_agent
     python examples/agent.py                      # a new conversation; prints its session id
     python examples/agent.py --session ID         # continue it: the agent remembers the first run
     python examples/agent.py --session ID "Is there a cheaper one?"
@@ -19,10 +20,10 @@ import warnings
 from pathlib import Path
 
 from sony_rag import Database, SonyVectorStore
-from sony_rag.agent import ShopAgent
 from sony_rag.embeddings import get_embeddings
 from sony_rag.ingest import ingest_paths
 from sony_rag.migrate import migrate
+from sony_shop import ShopAgent
 
 DATA = Path(__file__).resolve().parent / "data"
 FIRST_QUESTION = "Do you have a solid oak dining table that seats six?"

@@ -1,6 +1,6 @@
 """The whole system on one machine, offline: embedded Postgres, real embeddings, a catalog, an agent.
 
-    pip install -e '.[local,embedded]' && python examples/demo.py
+    pip install -e '.[embedded,local,shop]' && python examples/demo.py
 
 1. starts (or reuses) the embedded PostgreSQL with pgvector and creates the tables;
 2. ingests the sample catalog in examples/data (products, FAQ, policies, pages): chunked, embedded with
@@ -19,16 +19,13 @@ import uuid
 import warnings
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-from rich.panel import Panel
-
 from sony_rag import Database, SonyRagError, SonyVectorStore
-from sony_rag.agent import ShopAgent
 from sony_rag.cli import exit_code_for
+from sony_rag.console import Console
 from sony_rag.embeddings import embeddings_name, get_embeddings
 from sony_rag.ingest import ingest_paths
 from sony_rag.migrate import migrate
+from sony_shop import ShopAgent
 
 DATA = Path(__file__).resolve().parent / "data"
 QUESTIONS = (
@@ -43,11 +40,11 @@ def run(console: Console) -> None:
     with console.status("loading the embedding model"):
         embeddings = get_embeddings()
     with Database() as db:
-        console.print(f"[bold]1. database[/] {escape(db.description)}")
+        console.print(("1. database ", "bold"), db.description)
         applied = migrate(db)
         console.print(f"   tables: {'created (' + ', '.join(applied) + ')' if applied else 'up to date'}")
 
-        console.print(f"[bold]2. ingest[/] {DATA} with {embeddings_name(embeddings)}")
+        console.print(("2. ingest ", "bold"), f"{DATA} with {embeddings_name(embeddings)}")
         with console.status("chunking, embedding and writing the catalog"):
             report = ingest_paths(db, [DATA], embeddings)
         console.print(f"   {report.sources} sources in {len(report.files)} files: {report.written} written "
@@ -57,13 +54,17 @@ def run(console: Console) -> None:
         agent = ShopAgent(SonyVectorStore(embeddings, db), session_id, page_context="/demo",
                           user_agent="examples/demo.py")
         who = "the offline answerer (no chat model configured)" if agent.offline else type(agent.model).__name__
-        console.print(f"[bold]3. ask[/] the shop agent, answered by {who}; session {session_id}")
+        console.print(("3. ask ", "bold"), f"the shop agent, answered by {who}; session {session_id}")
         for question in QUESTIONS:
             reply = agent.ask(question)
-            console.print(Panel(escape(reply.text), title=f"[bold]you>[/] {escape(question)}", title_align="left",
-                                subtitle=f"sources retrieved: {len(reply.sources)}", subtitle_align="right"))
-        console.print(f"continue the conversation: [bold]sony-rag chat --session {session_id}[/]")
-        console.print("search yourself: [bold]sony-rag search \"walnut sideboard\" --source-type product[/]")
+            console.print()
+            console.print(("you> ", "bold"), question)
+            for line in reply.text.splitlines():
+                console.print("  ", line)
+            console.print(("  (sources retrieved: " + str(len(reply.sources)) + ")", "dim"))
+        console.print()
+        console.print("continue the conversation: ", (f"sony-rag chat --session {session_id}", "bold"))
+        console.print("search yourself: ", ('sony-rag search "walnut sideboard" --source-type product', "bold"))
 
 
 def main() -> int:
@@ -73,7 +74,7 @@ def main() -> int:
     try:
         run(console)
     except SonyRagError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}")
+        Console(stderr=True).print(("error: ", "bold red"), str(error))
         return exit_code_for(error)
     return 0
 

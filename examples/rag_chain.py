@@ -1,7 +1,7 @@
 """An LCEL RAG chain with memory (a one-node LangGraph graph with SonyCheckpointer) and selection-aware
 retrieval, all async.
 
-    python examples/rag_chain.py
+    pip install -e '.[embedded,local,shop]' && python examples/rag_chain.py   (langgraph, through the shop extra)
 
 A shopper on a sofa page highlights "Free shipping on orders over $500" and asks "Does this apply here?".
 ``SelectionAwareRetriever`` searches with the question blended with the session's newest selections, so
@@ -33,10 +33,10 @@ from sony_rag import (
     create_chat_session,
     get_chat_history,
 )
-from sony_rag.agent import chat_model, format_documents
 from sony_rag.embeddings import get_embeddings
 from sony_rag.ingest import ingest_paths
 from sony_rag.migrate import migrate
+from sony_shop.agent import chat_model, format_documents
 
 DATA = Path(__file__).resolve().parent / "data"
 PAGE = "/products/hallwyl-3-seat-sofa"

@@ -1,12 +1,14 @@
 """The ``sony-rag`` command: parsing and printing only; the work is in ``sony_rag.commands``.
 
-Human output by default (rich tables, a progress bar on a terminal), ``--json`` for scripts. Every
+Human output by default (plain-text tables, a progress line on a terminal: ``sony_rag.console``), ``--json``
+for scripts. Every
 ``SonyRagError`` becomes a one-line message on stderr and an exit code (see ``EXIT_CODES_HELP``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 from uuid import UUID
 
-# Only light modules here: `--help`, `--version` and every argument check run before rich, psycopg, pydantic,
+# Only light modules here: `--help`, `--version` and every argument check run before psycopg, pydantic,
 # LangChain or a model is imported (each command imports what it needs when it runs).
 from sony_rag.durations import AGE_HELP, parse_age
 from sony_rag.errors import (
@@ -37,7 +39,7 @@ from sony_rag.errors import (
 from sony_rag.types import SOURCE_TYPES
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from sony_rag.console import Console
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -61,6 +63,7 @@ _SOURCE_TYPES: Final = sorted(SOURCE_TYPES)
 MAX_K: Final = 1000
 _URL_PASSWORD: Final = re.compile(r"(://[^:/@\s]*:)[^\s]*@")
 MAX_LISTS: Final = 32_768  # pgvector's limit
+SHOP_INSTALL: Final = "pip install 'sony-rag[shop]'"
 
 
 # -- argument types: each refuses a bad value at parse time, with argparse's usage line and exit code 2 ----------
@@ -201,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print the results as JSON")
 
     sub = command(subparsers, "chat", "talk with the shop agent (reads lines until EOF or /quit)",
-                  "An interactive conversation with the agent; its memory is stored in the database. The session "
-                  "id is printed: resume with --session ID.")
+                  "An interactive conversation with the shop agent (pip install 'sony-rag[shop]'); its memory is "
+                  "stored in the database. The session id is printed: resume with --session ID.")
     sub.add_argument("--session", type=_session_id, metavar="ID",
                      help="resume this session (default: start a new one)")
     sub.add_argument("--page", metavar="URL", help="the page the shopper is on (stored with the session)")
@@ -260,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_arguments(args)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command == "chat" and importlib.util.find_spec("langchain") is None:
+        # The agent is the shop application, not the library: say what to install before anything starts.
+        print(f"error: sony-rag chat needs the shop application's extra: {SHOP_INSTALL}", file=sys.stderr)
+        return EXIT_USAGE
     out, err = consoles()
     try:
         return _dispatch(args, out, err)
@@ -288,20 +295,17 @@ def _attach_negative_ages(argv: Sequence[str]) -> list[str]:
 
 
 def consoles() -> tuple[Console, Console]:
-    """Return the stdout and stderr consoles: no markup, emoji codes or highlighting in any text printed."""
-    from rich.console import Console
+    """Return the stdout and stderr consoles: plain text, nothing in it read as markup or emoji codes."""
+    from sony_rag.console import Console
 
     # Queries, chunks, messages, ids and file names are the user's text: "[/]" or ":sofa:" in them is text.
-    # Our own styling goes through Text objects (see ``say``), never through markup.
-    options: dict[str, Any] = {"soft_wrap": True, "markup": False, "emoji": False, "highlight": False}
-    return Console(**options), Console(stderr=True, **options)
+    # Our own styling goes through (text, style) pairs (see ``say``), never through markup.
+    return Console(), Console(stderr=True)
 
 
 def say(console: Console, *parts: str | tuple[str, str]) -> None:
     """Print one line made of plain strings and (text, style) pairs; nothing in them is read as markup."""
-    from rich.text import Text
-
-    console.print(Text.assemble(*parts))
+    console.print(*parts)
 
 
 def exit_code_for(error: SonyRagError) -> int:
@@ -350,7 +354,7 @@ def _embeddings(args: argparse.Namespace, err: Console) -> Any:
 
 
 def _status(err: Console, message: str) -> AbstractContextManager[Any]:
-    return err.status(message) if err.is_terminal else nullcontext()
+    return err.status(message)
 
 
 def _print_json(value: Any, stream: IO[str] | None = None) -> None:
@@ -396,54 +400,10 @@ def _migrate(args: argparse.Namespace, db: Any, out: Console, err: Console) -> i
 
 
 def _progress_bar(console: Console) -> Any:
-    """Return a context manager drawing ingestion progress as a rich bar with rows per second."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.text import Text
+    """Return a context manager drawing ingestion progress on one line, with rows per second."""
+    from sony_rag.console import ProgressLine
 
-    class RateColumn(ProgressColumn):
-        """Rows per second of a task."""
-
-        def render(self, task: Task) -> Text:
-            """Return the task's speed as text."""
-            speed = task.finished_speed or task.speed
-            if not speed and task.completed and task.elapsed:
-                speed = task.completed / task.elapsed  # rich needs two samples for its own estimate
-            return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
-
-    class RichProgress:
-        """Draws ingestion progress (on a terminal only)."""
-
-        def __init__(self) -> None:
-            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                                      MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), console=console,
-                                      transient=False)
-            self._task: Any = None
-
-        def __enter__(self) -> RichProgress:
-            self._progress.start()
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self._progress.stop()
-
-        def start(self, total: int) -> None:
-            """Start the bar for ``total`` rows."""
-            self._task = self._progress.add_task("embedding + writing", total=total)
-
-        def advance(self, rows: int) -> None:
-            """Advance the bar by ``rows``."""
-            if self._task is not None:
-                self._progress.advance(self._task, rows)
-
-    return RichProgress()
+    return ProgressLine(console)
 
 
 def _ingest(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
@@ -477,10 +437,8 @@ _SCORE_COLUMN: Final = {"similarity": "similarity", "text": "text score", "fused
 
 
 def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    from rich.table import Table
-    from rich.text import Text
-
     from sony_rag import commands
+    from sony_rag.console import Table
 
     embeddings = _embeddings(args, err)
     hits = commands.search(db, args.query, embeddings=embeddings, source_type=args.source_type, k=args.k,
@@ -495,18 +453,17 @@ def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
         say(out, "no matches" + (f" at or above similarity {args.threshold}" if args.threshold is not None else ""))
         return EXIT_OK
     ranked_by = hits[0].ranked_by
-    table = Table(title=Text(f"{len(hits)} match(es) for {args.query!r}, ranked by {_SCORE_COLUMN[ranked_by]}"),
-                  title_justify="left", expand=False)
-    table.add_column("#", justify="right", no_wrap=True)
+    table = Table(title=f"{len(hits)} match(es) for {args.query!r}, ranked by {_SCORE_COLUMN[ranked_by]}")
+    table.add_column("#", justify="right")
     keyword = args.mode == "keyword"
     if keyword:
         # Keyword results rank by the share of the query's words a chunk holds, then by the text score.
-        table.add_column("words", justify="right", no_wrap=True)
+        table.add_column("words", justify="right")
     if ranked_by != "similarity":
-        table.add_column(_SCORE_COLUMN[ranked_by], justify="right", no_wrap=True)
-    table.add_column("similarity", justify="right", no_wrap=True)
+        table.add_column(_SCORE_COLUMN[ranked_by], justify="right")
+    table.add_column("similarity", justify="right")
     # The source heads its text in one column: a column of its own left the text a letter wide at 80 columns.
-    table.add_column("source and text", overflow="fold", max_width=90)
+    table.add_column("source and text", max_width=90)
     for hit in hits:
         match = hit.match
         cells = [str(hit.rank)]
@@ -516,9 +473,8 @@ def _search(args: argparse.Namespace, db: Any, out: Console, err: Console) -> in
             cells.append(f"{hit.score:.4f}")
         cells.append(f"{hit.similarity:.3f}")
         text = " ".join(match["content_chunk"].split())
-        table.add_row(*(Text(cell) for cell in cells),
-                      Text.assemble((f"{match['source_type']}:{match['source_id']}", "bold"), "\n", _clip(text, 240)))
-    out.print(table)
+        table.add_row(*cells, f"{match['source_type']}:{match['source_id']}\n{_clip(text, 240)}")
+    table.print(out)
     return EXIT_OK
 
 
@@ -530,15 +486,12 @@ def _clip(text: str, size: int) -> str:
 
 
 def _chat(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    from rich.text import Text
-
-    from sony_rag import commands
-    from sony_rag.agent import chat_model
+    from sony_shop.agent import chat_model
+    from sony_shop.chat import open_chat
 
     embeddings = _embeddings(args, err)
     model = chat_model(args.model) if args.model else None
-    conversation = commands.open_chat(db, embeddings=embeddings, session_id=args.session, page=args.page,
-                                      model=model)
+    conversation = open_chat(db, embeddings=embeddings, session_id=args.session, page=args.page, model=model)
     if not args.json:
         state = f"resumed, {conversation.earlier_messages} earlier messages" if conversation.resumed else "new"
         say(out, f"session {conversation.session_id} ({state}); resume with: sony-rag chat --session "
@@ -555,7 +508,7 @@ def _chat(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
             print(json.dumps({"session_id": conversation.session_id, "question": question, **reply.as_dict()},
                              default=_json_default, ensure_ascii=False), flush=True)
             continue
-        out.print(Text.assemble(("assistant> ", "bold cyan"), reply.text))
+        out.print(("assistant> ", "bold cyan"), reply.text)
     if not args.json:
         say(out, f"session {conversation.session_id} saved; resume with: sony-rag chat --session "
                  f"{conversation.session_id}")
@@ -563,11 +516,9 @@ def _chat(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
 
 
 def _questions(out: Console, *, interactive: bool) -> Iterator[str]:
-    from rich.text import Text
-
     while True:
         try:
-            line = out.input(Text("you> ", style="bold")) if interactive else sys.stdin.readline()
+            line = out.input(("you> ", "bold")) if interactive else sys.stdin.readline()
         except EOFError:
             return
         if not interactive and line == "":
@@ -581,10 +532,8 @@ def _questions(out: Console, *, interactive: bool) -> Iterator[str]:
 
 
 def _sessions(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    from rich.table import Table
-    from rich.text import Text
-
     from sony_rag import commands
+    from sony_rag.console import Table
 
     if args.sessions_command == "list":
         rows = commands.list_sessions(db, limit=args.limit)
@@ -594,15 +543,15 @@ def _sessions(args: argparse.Namespace, db: Any, out: Console, err: Console) -> 
         if not rows:
             say(out, "no sessions")
             return EXIT_OK
-        table = Table(title="chat sessions, most recently active first", title_justify="left")
-        table.add_column("session_id", no_wrap=True, min_width=36)
-        table.add_column("updated_at", no_wrap=True, min_width=19)
-        table.add_column("messages", justify="right", no_wrap=True)
-        table.add_column("current_page", overflow="fold")
+        table = Table(title="chat sessions, most recently active first")
+        table.add_column("session_id")
+        table.add_column("updated_at")
+        table.add_column("messages", justify="right")
+        table.add_column("current_page")
         for row in rows:
-            table.add_row(*(Text(cell) for cell in (str(row["session_id"]), _when(row["updated_at"]),
-                                                     str(row["message_count"]), row["current_page"] or "")))
-        out.print(table)
+            table.add_row(str(row["session_id"]), _when(row["updated_at"]), str(row["message_count"]),
+                          row["current_page"] or "")
+        table.print(out)
         return EXIT_OK
     transcript = commands.show_session(db, args.session_id, limit=args.limit)
     if args.json:
@@ -615,7 +564,7 @@ def _sessions(args: argparse.Namespace, db: Any, out: Console, err: Console) -> 
     for message in transcript.messages:
         style = {"human": "bold", "ai": "cyan", "tool": "dim"}.get(message["type"], "")
         label = {"human": "you", "ai": "assistant", "tool": "tool"}.get(message["type"], message["type"])
-        out.print(Text.assemble((f"[{_when(message['created_at'])}] {label}> ", style), message["text"]))
+        out.print((f"[{_when(message['created_at'])}] {label}> ", style), message["text"])
     return EXIT_OK
 
 
@@ -624,8 +573,6 @@ def _when(value: datetime) -> str:
 
 
 def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    from rich.text import Text
-
     from sony_rag import commands
 
     age: Age = args.older_than
@@ -639,7 +586,7 @@ def _prune(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
             say(out, f"no session has been idle for more than {age.text}: nothing to delete")
             return EXIT_OK
         _print_prune_preview(args, out, candidates, heading="would delete")
-        answer = out.input(Text(f"delete these {len(candidates)} session(s)? [y/N] ")).strip().lower()
+        answer = out.input(f"delete these {len(candidates)} session(s)? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
             say(out, "cancelled: nothing was deleted")
             return EXIT_OK
@@ -674,24 +621,22 @@ def _print_prune_preview(args: argparse.Namespace, out: Console, candidates: lis
 
 
 def _stats(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int:
-    from rich.table import Table
-    from rich.text import Text
-
     from sony_rag import commands
+    from sony_rag.console import Table
 
     data = commands.stats(db)
     if args.json:
         _print_json(data)
         return EXIT_OK
     say(out, f"database: {db.description}; pgvector {data.get('pgvector_version') or 'not installed'}")
-    tables = Table(title="rows", title_justify="left")
+    tables = Table(title="rows")
     tables.add_column("table")
     tables.add_column("rows", justify="right")
     for name, count in data.get("tables", {}).items():
-        tables.add_row(Text(name), f"{count:,}")
+        tables.add_row(name, f"{count:,}")
     for source_type, count in data.get("document_embeddings_by_source_type", {}).items():
-        tables.add_row(Text(f"  document_embeddings / {source_type}"), f"{count:,}")
-    out.print(tables)
+        tables.add_row(f"  document_embeddings / {source_type}", f"{count:,}")
+    tables.print(out)
     index = data.get("vector_index")
     if index:
         options = ", ".join(f"{key}={value}" for key, value in index.items()
@@ -701,13 +646,14 @@ def _stats(args: argparse.Namespace, db: Any, out: Console, err: Console) -> int
         say(out, "vector index: none (searches scan exactly)")
     for problem in data.get("index_problems", []):
         say(out, f"warning: {problem['message']}; fix: {problem['fix']}")
-    indexes = Table(title="indexes (the spec's monitoring query: scans since statistics were reset)",
-                    title_justify="left")
-    for name, justify in (("table", "left"), ("index", "left"), ("scans", "right"), ("size", "right")):
-        indexes.add_column(name, justify=justify)  # type: ignore[arg-type]
+    indexes = Table(title="indexes (the spec's monitoring query: scans since statistics were reset)")
+    indexes.add_column("table")
+    indexes.add_column("index")
+    indexes.add_column("scans", justify="right")
+    indexes.add_column("size", justify="right")
     for row in data.get("indexes", []):
-        indexes.add_row(Text(row["table"]), Text(row["index"]), f"{row['idx_scan']:,}", _size(row["size_bytes"]))
-    out.print(indexes)
+        indexes.add_row(row["table"], row["index"], f"{row['idx_scan']:,}", _size(row["size_bytes"]))
+    indexes.print(out)
     return EXIT_OK
 
 

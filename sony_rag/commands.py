@@ -6,7 +6,6 @@ these directly: ``commands.search(db, "oak table", embeddings=get_embeddings("fa
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     # Each command imports what only it needs when it runs: `sony-rag stats` should not wait for LangChain's
     # language-model machinery, nor `search` for the schema check's.
     from langchain_core.embeddings import Embeddings
-    from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
 
     from sony_rag.ingest import IngestReport, OnError, Progress
@@ -192,53 +190,6 @@ def model_mismatch(matches: Sequence[EmbeddingMatch | SearchHit], embeddings: Em
             "are meaningless; search with the same embeddings or run `sony-rag ingest` again")
 
 
-# -- chat ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Conversation:
-    """An open chat: the agent with its session; ``ask`` runs one turn and stores it."""
-
-    session_id: str
-    resumed: bool
-    earlier_messages: int
-    agent: Any  # sony_rag.agent.ShopAgent, imported lazily: the agent pulls in langchain's agent graph
-
-    @property
-    def offline(self) -> bool:
-        """Return True when the offline answerer writes the replies."""
-        return bool(self.agent.offline)
-
-    def ask(self, question: str) -> Any:
-        """Answer ``question`` and store the turn; return the ``AgentReply``."""
-        return self.agent.ask(question)
-
-
-def open_chat(db: Database, *, embeddings: Embeddings, session_id: str | None = None, page: str | None = None,
-              model: BaseChatModel | None = None, k: int = 4) -> Conversation:
-    """Return a conversation with the shop agent: a new session, or ``session_id`` resumed.
-
-    Raises InvalidIdentifierError for a malformed id and SessionNotFoundError for an unknown one.
-    """
-    from sony_rag.agent import ShopAgent
-    from sony_rag.vectorstore import SonyVectorStore
-
-    page = check.text(page, "page", optional=True)
-    earlier = 0
-    if session_id is not None:
-        existing = check.as_uuid(session_id, "session id")
-        if db.run(plans.get_session(existing)) is None:
-            raise SessionNotFoundError(f"chat session {existing} does not exist (omit --session to start one)")
-        earlier = len(db.run(plans.history(existing, None)))
-        chosen: UUID = existing
-    else:
-        chosen = uuid.uuid4()
-    agent = ShopAgent(SonyVectorStore(embeddings, db), chosen, model=model, k=k, page_context=page,
-                      user_agent="sony-rag chat")
-    return Conversation(session_id=str(chosen), resumed=session_id is not None, earlier_messages=earlier,
-                        agent=agent)
-
-
 # -- sessions --------------------------------------------------------------------------------------------
 
 
@@ -346,6 +297,6 @@ def rebuild_index(db: Database, *, lists: str = "auto", hnsw: bool = False,
     return report.as_dict()
 
 
-__all__ = ["Conversation", "MigrateOutcome", "SearchHit", "SessionTranscript", "describe_message", "ingest",
-           "list_sessions", "migrate", "model_mismatch", "open_chat", "prune", "prune_preview", "rebuild_index",
+__all__ = ["MigrateOutcome", "SearchHit", "SessionTranscript", "describe_message", "ingest",
+           "list_sessions", "migrate", "model_mismatch", "prune", "prune_preview", "rebuild_index",
            "search", "show_session", "stats"]

@@ -1,22 +1,23 @@
 """Ingestion of catalog files into ``document_embeddings``: read, chunk, embed, and replace by source.
 
-Formats (the layout of ``examples/data/``, whose README shows each):
+Formats:
 
-* **JSONL**, one record per line: a product (``id``, ``name``, ``description`` and any of ``sku``,
-  ``category``, ``materials``, ``dimensions``, ``price``, ``currency``), an FAQ entry (``id``, ``question``,
-  ``answer``), or the generic form ``{"source_id": ..., "text" | "content": ..., "metadata": {...}}``
-  (``id`` may stand for ``source_id``; a record may carry its own ``source_type``; other keys are kept in
-  the metadata). Blank lines are ignored.
+* **JSONL**, one record per line. The library reads the generic form ``{"source_id": ..., "text" | "content":
+  ..., "metadata": {...}}`` (``id`` may stand for ``source_id``; a record may carry its own ``source_type``;
+  other keys are kept in the metadata). Other forms are record shapes (``RecordShape``) that installed packages
+  register under the entry-point group ``sony_rag.record_shapes``: the shop application registers a product
+  (``name``, ``description``, ...) and an FAQ entry (``question``, ``answer``), the layout of
+  ``examples/data/`` (``sony_shop.records``). Blank lines are ignored.
 * **CSV** with a header row: each row is read as a record of the same forms (a ``metadata`` column holds a
-  JSON object; ``materials`` may be separated by ``;``; ``price`` and ``*_cm`` columns are read as numbers).
+  JSON object; a shape may convert its own columns, such as a product's ``price``).
 * **Markdown** (``.md``) and **text** (``.txt``) files: one source each, its id the file stem; Markdown
   is split at ``#``/``##``/``###`` headings first.
 
 Source type: ``--source-type`` if given, else the record's ``source_type``, else inferred from the path
 (a file named ``products*`` -> ``product``, ``faq*`` -> ``faq``, or a folder named ``policies`` ->
 ``policy``, ``pages`` -> ``page_content``, ``products`` -> ``product``, ``faq``/``faqs`` -> ``faq``),
-else from the record's shape (an FAQ entry -> ``faq``, a product -> ``product``); a generic record or a
-Markdown/text file that none of these place is a bad record.
+else from the record's shape (``RecordShape.source_type``); a generic record or a Markdown/text file that none
+of these place is a bad record.
 
 Chunks: ``RecursiveCharacterTextSplitter`` (800 characters, 100 overlap; MiniLM reads about 256 tokens).
 Each chunk's metadata is the record's metadata plus ``source_type``, ``source_id``, ``title``, ``chunk``,
@@ -51,11 +52,10 @@ import csv
 import functools
 import hashlib
 import json
-import math
 import shlex
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -68,7 +68,13 @@ from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.embeddings import FAKE_MODEL_NAME, LOCAL_MODEL_NAME, embeddings_name
-from sony_rag.errors import BadRecordError, EmbeddingModelMismatchError, InvalidEmbeddingError, InvalidInputError
+from sony_rag.errors import (
+    BadRecordError,
+    ConfigurationError,
+    EmbeddingModelMismatchError,
+    InvalidEmbeddingError,
+    InvalidInputError,
+)
 from sony_rag.types import SOURCE_TYPES
 
 OnError = Literal["skip", "stop"]
@@ -85,7 +91,49 @@ RESERVED_KEYS: Final = ("source_type", "source_id", "title", "chunk", "chunks", 
 _FILE_PREFIXES: Final = (("product", "product"), ("faq", "faq"))
 _FOLDERS: Final = {"policies": "policy", "policy": "policy", "pages": "page_content", "page_content": "page_content",
                    "products": "product", "faq": "faq", "faqs": "faq"}
-_PRODUCT_FIELDS: Final = ("sku", "name", "category", "materials", "dimensions", "price", "currency")
+SHAPES_GROUP: Final = "sony_rag.record_shapes"
+_NO_SHAPES_HINT: Final = (f"no record shape is installed under the entry points {SHAPES_GROUP}, which an editable "
+                          "install registers when `pip install -e .` runs")
+
+
+@dataclass(frozen=True)
+class RecordShape:
+    """A kind of record that ingest recognises by its keys and turns into a text and its metadata.
+
+    A record holding every one of ``keys`` has this shape; ``read(record)`` returns ``(text, metadata)`` or
+    raises InvalidInputError (a bad record). ``from_csv(record)`` first converts a CSV row's text values (numbers,
+    lists), raising InvalidInputError. ``source_type`` is the type implied when neither ``--source-type``, the
+    record nor its path names one. Register one under the entry-point group ``sony_rag.record_shapes``.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    read: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]
+    source_type: str | None = None
+    from_csv: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        """Return True when ``record`` holds every key of this shape."""
+        return all(key in record for key in self.keys)
+
+    def describe(self) -> str:
+        """Return the shape as a reader names it, e.g. ``product (name, description)``."""
+        return f"{self.name} ({', '.join(self.keys)})"
+
+
+@functools.cache
+def registered_shapes() -> tuple[RecordShape, ...]:
+    """Return the record shapes that installed packages register, by name; raises ConfigurationError for a bad one."""
+    from importlib.metadata import entry_points
+
+    shapes: list[RecordShape] = []
+    for point in entry_points(group=SHAPES_GROUP):
+        shape = point.load()
+        if not isinstance(shape, RecordShape):
+            raise ConfigurationError(f"the entry point {point.name} = {point.value} of {SHAPES_GROUP} is not a "
+                                     "RecordShape")
+        shapes.append(shape)
+    return tuple(sorted(shapes, key=lambda shape: shape.name.casefold()))
 
 
 @dataclass(frozen=True)
@@ -209,20 +257,22 @@ def infer_source_type(path: Path) -> str | None:
     return None
 
 
-def read_sources(paths: Sequence[str | Path], embedding_model: str, *, source_type: str | None = None
-                 ) -> tuple[list[Source], list[RecordError], list[Path]]:
+def read_sources(paths: Sequence[str | Path], embedding_model: str, *, source_type: str | None = None,
+                 shapes: Sequence[RecordShape] | None = None) -> tuple[list[Source], list[RecordError], list[Path]]:
     """Return the sources in ``paths`` (chunked, hashed), the bad records found, and the files read.
 
+    ``shapes`` are the record shapes besides the generic one, tried in order (default: ``registered_shapes()``).
     Raises InvalidInputError for a bad path or source type (not for bad records: those are returned).
     """
     if source_type is not None:
         check.source_type(source_type)
+    known = registered_shapes() if shapes is None else tuple(shapes)
     files = expand_paths(paths)
     sources: list[Source] = []
     errors: list[RecordError] = []
     seen: dict[tuple[str, str], str] = {}
     for path in files:
-        for item in _read_file(path, source_type, embedding_model):
+        for item in _read_file(path, source_type, embedding_model, known):
             if isinstance(item, RecordError):
                 errors.append(item)
                 continue
@@ -237,7 +287,8 @@ def read_sources(paths: Sequence[str | Path], embedding_model: str, *, source_ty
     return sources, errors, files
 
 
-def _read_file(path: Path, source_type: str | None, model: str) -> Iterator[Source | RecordError]:
+def _read_file(path: Path, source_type: str | None, model: str,
+               shapes: tuple[RecordShape, ...]) -> Iterator[Source | RecordError]:
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -252,22 +303,24 @@ def _read_file(path: Path, source_type: str | None, model: str) -> Iterator[Sour
     elif suffix == ".jsonl":
         for line_number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                yield _jsonl_record(path, line_number, line, source_type, model)
+                yield _jsonl_record(path, line_number, line, source_type, model, shapes)
     else:
-        yield from _csv_records(path, text, source_type, model)
+        yield from _csv_records(path, text, source_type, model, shapes)
 
 
-def _jsonl_record(path: Path, line: int, text: str, source_type: str | None, model: str) -> Source | RecordError:
+def _jsonl_record(path: Path, line: int, text: str, source_type: str | None, model: str,
+                  shapes: tuple[RecordShape, ...]) -> Source | RecordError:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
         return RecordError(str(path), line, f"invalid JSON: {error.msg} (column {error.colno})")
     if not isinstance(record, dict):
         return RecordError(str(path), line, f"expected a JSON object, got {type(record).__name__}")
-    return _record_source(path, line, record, source_type, model)
+    return _record_source(path, line, record, source_type, model, shapes)
 
 
-def _csv_records(path: Path, text: str, source_type: str | None, model: str) -> Iterator[Source | RecordError]:
+def _csv_records(path: Path, text: str, source_type: str | None, model: str,
+                 shapes: tuple[RecordShape, ...]) -> Iterator[Source | RecordError]:
     reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
     end_line = 1
     while True:
@@ -289,12 +342,12 @@ def _csv_records(path: Path, text: str, source_type: str | None, model: str) -> 
             yield RecordError(str(path), start_line, problem)
             continue
         if any(value not in ("", None) for value in record.values()):
-            yield _record_source(path, start_line, record, source_type, model)
+            yield _record_source(path, start_line, record, source_type, model, shapes, from_csv=True)
 
 
 def _csv_values(row: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
+    # Values stay text: a record shape converts its own columns (RecordShape.from_csv).
     record: dict[str, Any] = {}
-    dimensions: dict[str, float] = {}
     for key, value in row.items():
         key = key.strip()
         value = value.strip()
@@ -304,41 +357,28 @@ def _csv_values(row: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:
                     record["metadata"] = json.loads(value)
                 except json.JSONDecodeError as error:
                     return record, f"metadata column is not JSON: {error.msg}"
-        elif key == "materials":
-            record[key] = [part.strip() for part in value.split(";") if part.strip()]
-        elif key == "price" or key.endswith("_cm"):
-            if value:
-                try:
-                    number = float(value)
-                except ValueError:
-                    return record, f"{key} must be a number, got {value!r}"
-                if key == "price":
-                    record[key] = number
-                else:
-                    dimensions[key] = number
         elif value or key in ("text", "content"):
             record[key] = value
-    if dimensions:
-        record["dimensions"] = dimensions
     return record, None
 
 
-def _record_source(path: Path, line: int, record: dict[str, Any], source_type: str | None,
-                   model: str) -> Source | RecordError:
+def _record_source(path: Path, line: int, record: dict[str, Any], source_type: str | None, model: str,
+                   shapes: tuple[RecordShape, ...], *, from_csv: bool = False) -> Source | RecordError:
     try:
-        if "question" in record and "answer" in record:
-            shape: str | None = "faq"
-            text, metadata = _faq(record)
-        elif "name" in record and "description" in record:
-            shape = "product"
-            text, metadata = _product(record)
+        shape = next((shape for shape in shapes if shape.matches(record)), None)
+        if shape is not None:
+            if from_csv and shape.from_csv is not None:
+                record = shape.from_csv(record)
+            text, metadata = shape.read(record)
         elif "text" in record or "content" in record:
-            shape = None
             text, metadata = _generic(record)
         else:
-            raise InvalidInputError("expected a product (name, description), an FAQ entry (question, answer) "
-                                    "or a generic record (text or content)")
-        kind = source_type or record.get("source_type") or infer_source_type(path) or shape
+            forms = [described.describe() for described in shapes] + ["generic record (text or content)"]
+            # An editable install registers entry points only when `pip install -e .` runs again.
+            hint = f"; {_NO_SHAPES_HINT}" if not shapes and not registered_shapes() else ""
+            raise InvalidInputError(f"expected one of: {', '.join(forms)}{hint}")
+        kind = (source_type or record.get("source_type") or infer_source_type(path)
+                or (shape.source_type if shape is not None else None))
         if kind is None:
             raise InvalidInputError(f"cannot tell the source type from the path {path}: pass --source-type "
                                     f"({', '.join(sorted(SOURCE_TYPES))}) or give each record a source_type")
@@ -359,14 +399,19 @@ def _source_id(record: Mapping[str, Any]) -> str:
     return check.required_text(value.strip(), "id")
 
 
-def _required(record: Mapping[str, Any], key: str) -> str:
+def required_field(record: Mapping[str, Any], key: str) -> str:
+    """Return the record's ``key`` stripped; raises InvalidInputError unless it is a non-empty string without NUL."""
     value = record.get(key)
     if not isinstance(value, str) or not value.strip():
         raise InvalidInputError(f"{key!r} must be a non-empty string")
     return check.required_text(value.strip(), key)
 
 
-def _extra_metadata(record: Mapping[str, Any], used: Sequence[str]) -> dict[str, Any]:
+def record_metadata(record: Mapping[str, Any], used: Sequence[str]) -> dict[str, Any]:
+    """Return a record's metadata: its keys but ``used`` and the ids, merged with its ``metadata`` object.
+
+    Raises InvalidInputError when ``metadata`` is not an object.
+    """
     metadata = {key: value for key, value in record.items()
                 if key not in used and key not in ("id", "source_id", "source_type", "metadata")}
     nested = record.get("metadata")
@@ -377,51 +422,10 @@ def _extra_metadata(record: Mapping[str, Any], used: Sequence[str]) -> dict[str,
     return metadata
 
 
-def _product(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    name = _required(record, "name")
-    description = _required(record, "description")
-    price = record.get("price")
-    if price is not None and (isinstance(price, bool) or not isinstance(price, int | float)
-                              or not math.isfinite(price)):
-        raise InvalidInputError(f"price must be a number, got {price!r}")
-    materials = record.get("materials")
-    if materials is not None and (not isinstance(materials, list)
-                                  or not all(isinstance(m, str) for m in materials)):
-        raise InvalidInputError("materials must be a list of strings")
-    dimensions = record.get("dimensions")
-    if dimensions is not None and not isinstance(dimensions, dict):
-        raise InvalidInputError("dimensions must be an object such as {\"width_cm\": 220}")
-    header = name + (f" ({record['sku']})" if record.get("sku") else "")
-    if record.get("category"):
-        header += f", {record['category']}"
-    lines = [header + "."]
-    if materials:
-        lines.append("Materials: " + ", ".join(materials) + ".")
-    if dimensions:
-        parts = [f"{key.removesuffix('_cm').replace('_', ' ')} {value:g} cm" for key, value in dimensions.items()
-                 if isinstance(value, int | float) and not isinstance(value, bool)]
-        if parts:
-            lines.append("Dimensions: " + ", ".join(parts) + ".")
-    if price is not None:
-        lines.append(f"Price: {price:,.2f} {record.get('currency') or ''}".rstrip() + ".")
-    lines.append(description)
-    metadata = _extra_metadata(record, ("description",))
-    metadata["title"] = name
-    return "\n".join(lines), metadata
-
-
-def _faq(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    question = _required(record, "question")
-    answer = _required(record, "answer")
-    metadata = _extra_metadata(record, ("answer",))
-    metadata["title"] = question
-    return f"Q: {question}\nA: {answer}", metadata
-
-
 def _generic(record: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     key = "text" if "text" in record else "content"
-    text = _required(record, key)
-    metadata = _extra_metadata(record, ("text", "content"))
+    text = required_field(record, key)
+    metadata = record_metadata(record, ("text", "content"))
     metadata.setdefault("title", _first_line(text))
     return text, metadata
 
@@ -513,8 +517,8 @@ def _content_hash(source: Source, model: str) -> str:
 
 def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddings, *,
                  source_type: str | None = None, on_error: OnError = "stop", batch_rows: int = BATCH_ROWS,
-                 progress: Progress | None = None, reembed: bool = False,
-                 rebuild_stale_index: bool = False) -> IngestReport:
+                 progress: Progress | None = None, reembed: bool = False, rebuild_stale_index: bool = False,
+                 shapes: Sequence[RecordShape] | None = None) -> IngestReport:
     """Ingest files into ``document_embeddings`` (see the module docstring) and return what was done.
 
     ``embeddings`` is only asked for vectors when some source changed: pass ``get_embeddings()`` (loaded
@@ -522,7 +526,7 @@ def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddin
     source of these files whatever its stored hash, and allows replacing chunks of another model.
     ``rebuild_stale_index`` (``sony-rag ingest`` sets it): after writing, rebuild an IVFFlat index trained on
     far fewer rows than the table then holds (the migration's, built on an empty table), sized for the data;
-    ``report.index_rebuilt`` says so.
+    ``report.index_rebuilt`` says so. ``shapes``: as for ``read_sources``.
 
     Raises BadRecordError (``on_error="stop"``), InvalidInputError for bad paths or options,
     EmbeddingModelMismatchError when the table holds another model's chunks (nothing is written),
@@ -534,7 +538,7 @@ def ingest_paths(db: Database, paths: Sequence[str | Path], embeddings: Embeddin
         raise InvalidInputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     started = time.perf_counter()
     model = embeddings_name(embeddings)
-    sources, errors, files = read_sources(paths, model, source_type=source_type)
+    sources, errors, files = read_sources(paths, model, source_type=source_type, shapes=shapes)
     if errors and on_error == "stop":
         raise bad_records_error(errors)
     report = IngestReport(files=[str(path) for path in files], sources=len(sources), errors=errors,
@@ -640,6 +644,6 @@ def _embedded_rows(batch: Sequence[Source], embeddings: Embeddings) -> list[plan
     return rows
 
 
-__all__ = ["BATCH_ROWS", "CHUNK_OVERLAP", "CHUNK_SIZE", "BadRecordError", "IngestReport", "Progress",
-           "RecordError", "Source", "bad_records_error", "expand_paths", "infer_source_type", "ingest_paths",
-           "read_sources"]
+__all__ = ["BATCH_ROWS", "CHUNK_OVERLAP", "CHUNK_SIZE", "SHAPES_GROUP", "BadRecordError", "IngestReport", "Progress",
+           "RecordError", "RecordShape", "Source", "bad_records_error", "expand_paths", "infer_source_type",
+           "ingest_paths", "read_sources", "record_metadata", "registered_shapes", "required_field"]

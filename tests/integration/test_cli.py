@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -392,23 +395,80 @@ def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest
 
 # -- startup: light imports, arguments checked before anything heavy ------------------------------------------
 
-HEAVY = ["rich", "langchain.agents", "langgraph", "sentence_transformers", "torch", "transformers"]
+HEAVY = ["rich", "langchain", "langchain.agents", "langgraph", "sqlalchemy", "sentence_transformers", "torch",
+         "transformers"]
 
 
 def loaded_modules(code: str) -> list[str]:
-    """Return which of HEAVY (and psycopg, pydantic, LangChain, numpy) a fresh interpreter holds after ``code``."""
+    """Return which of HEAVY (and psycopg, pydantic, LangChain, numpy) a fresh interpreter holds after ``code``.
+
+    ``langgraph`` counts only for modules outside the small ``langgraph-checkpoint`` package (its
+    ``langgraph.checkpoint``, ``.store`` and ``.cache``): SonyCheckpointer is a ``BaseCheckpointSaver``, it never
+    needs the graph runtime.
+    """
     watched = [*HEAVY, "psycopg", "pydantic", "langchain_core", "numpy"]
     done = subprocess.run([sys.executable, "-c", f"import sys, json\n{code}\n"
-                           f"print(json.dumps([m for m in {watched!r} if m in sys.modules]))"],
+                           "graph = [m for m in sys.modules if m.split('.')[0] == 'langgraph' and m != 'langgraph'\n"
+                           "         and m.split('.')[1] not in ('checkpoint', 'store', 'cache')]\n"
+                           f"print(json.dumps([m for m in {watched!r} if m in sys.modules and m != 'langgraph']\n"
+                           "                 + (['langgraph'] if graph else [])))"],
                           capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_import_sony_rag_loads_nothing_heavy() -> None:
     assert loaded_modules("import sony_rag") == []
-    # The library's classes bring the database driver and LangChain's core, never the agent, rich or a model.
-    used = loaded_modules("from sony_rag import Database, SonyVectorStore, SonyChatMessageHistory, get_chat_history")
+    # The store and the memory bring the database driver, LangChain's core and langgraph-checkpoint: never the
+    # agents package, LangGraph's runtime, rich, SQLAlchemy or a model.
+    used = loaded_modules("import sony_rag\n"
+                          "from sony_rag import Database, SonyVectorStore, SonyChatMessageHistory, SonyCheckpointer\n"
+                          "from sony_rag import get_chat_history, insert_chat_message, search_similar_embeddings\n"
+                          "from sony_rag.operations import batch_insert_embeddings, create_chat_session")
+    assert "langchain_core" in used and "psycopg" in used  # the probe sees what was imported
     assert not set(used) & set(HEAVY), used
+
+
+def test_the_shop_records_ingest_reads_need_no_agent() -> None:
+    # A core install (no shop extra) still ingests the sample catalog: the shapes import only the library.
+    used = loaded_modules("from sony_rag.ingest import registered_shapes\nimport sony_shop\n"
+                          "assert [shape.name for shape in registered_shapes()] == ['FAQ entry', 'product']")
+    assert not set(used) & set(HEAVY), used
+
+
+def test_the_library_never_imports_the_shop() -> None:
+    import sony_rag
+
+    package = Path(sony_rag.__file__).parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {name}" for name in names
+                          if name.split(".")[0] in ("sony_shop", "langchain", "rich")]
+    # `sony-rag chat` is the one door into the shop, opened inside its handler after the extra was checked.
+    assert sorted(offenders) == ["cli.py: sony_shop.agent", "cli.py: sony_shop.chat"]
+
+
+def test_core_dependencies_leave_out_the_agent_and_rich() -> None:
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    names = {re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+             for requirement in pyproject["project"]["dependencies"]}
+    assert "langgraph-checkpoint" in names and "langchain-core" in names
+    assert not names & {"langchain", "langgraph", "rich"}, names
+    assert pyproject["project"]["optional-dependencies"]["shop"] == ["langchain>=1.0"]
+
+
+def test_chat_without_the_shop_extra_says_what_to_install(tmp_path: Path) -> None:
+    # langchain hidden from the interpreter stands in for an install without the extra.
+    hide = tmp_path / "sitecustomize.py"
+    hide.write_text("import sys\nsys.modules['langchain'] = None  # what find_spec and import see when it is absent\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}
+    done = subprocess.run([sys.executable, "-m", "sony_rag", "chat"], capture_output=True, text=True, timeout=60,
+                          env=env, input="hi\n", check=False)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip().splitlines() == [
+        "error: sony-rag chat needs the shop application's extra: pip install 'sony-rag[shop]'"]
 
 
 def test_help_and_version_load_nothing_heavy() -> None:

@@ -24,7 +24,15 @@ from sony_rag.errors import (
     InvalidInputError,
     InvalidSourceTypeError,
 )
-from sony_rag.ingest import expand_paths, infer_source_type, ingest_paths, read_sources
+from sony_rag.ingest import (
+    RecordShape,
+    expand_paths,
+    infer_source_type,
+    ingest_paths,
+    read_sources,
+    record_metadata,
+    registered_shapes,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data"
 
@@ -134,6 +142,42 @@ def test_csv_and_generic_records(tmp_path: Path) -> None:
     assert by_key[("faq", "7")].chunks == ["Numbers are fine as ids."]
 
 
+def test_record_shapes_come_from_installed_packages(tmp_path: Path) -> None:
+    from sony_shop.records import FAQ, PRODUCT
+
+    assert registered_shapes() == (FAQ, PRODUCT)  # the shop's entry points in pyproject.toml
+    path = write_jsonl(tmp_path / "export.jsonl", [
+        {"id": "p1", "name": "Lamp", "description": "A lamp.", "source_type": "product"},
+        {"id": "r1", "rating": 5, "review": "Lovely sofa.", "source_type": "page_content"},
+    ])
+    # The library alone reads the generic form only: a product is a bad record that says what is expected.
+    sources, errors, _ = read_sources([path], "model", shapes=())
+    assert sources == [] and [error.line for error in errors] == [1, 2]
+    assert errors[0].message == "expected one of: generic record (text or content)"
+
+    review = RecordShape("review", ("review", "rating"),
+                         lambda record: (f"{record['rating']}/5: {record['review']}",
+                                         record_metadata(record, ("review",))), source_type="page_content")
+    sources, errors, _ = read_sources([path], "model", shapes=[review, PRODUCT])
+    assert errors == []
+    assert [(source.key, source.chunks) for source in sources] == [
+        (("product", "p1"), ["Lamp.\nA lamp."]), (("page_content", "r1"), ["5/5: Lovely sofa."])]
+    assert sources[1].metadatas[0]["rating"] == 5
+
+
+def test_an_install_without_registered_shapes_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An editable install made before the shapes were entry points: the error says how to register them.
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda **_: [])
+    registered_shapes.cache_clear()
+    try:
+        _, [error], _ = read_sources([write_jsonl(tmp_path / "faq.jsonl", [{"id": "f", "question": "Q?",
+                                                                              "answer": "A."}])], "model")
+    finally:
+        registered_shapes.cache_clear()
+    assert error.message.startswith("expected one of: generic record (text or content); no record shape is installed")
+    assert "pip install -e ." in error.message
+
+
 def test_explicit_source_type_wins_and_is_checked(tmp_path: Path) -> None:
     notes = write_jsonl(tmp_path / "products.jsonl", [{"id": "a", "source_type": "faq", "text": "x y"}])
     [source], _, _ = read_sources([notes], "model", source_type="policy")
@@ -183,7 +227,7 @@ def test_bad_records_are_reported_with_file_and_line(tmp_path: Path) -> None:
     found = {error.line: error.message for error in errors}
     assert set(found) == {3, 4, 5, 6, 7, 8}
     assert "invalid JSON" in found[3]
-    assert "expected a product" in found[4]
+    assert "expected one of: FAQ entry (question, answer), product (name, description)" in found[4]
     assert "missing id" in found[5]
     assert "duplicate faq source_id 'ok-1'" in found[6] and f"{path}:1" in found[6]
     assert "expected a JSON object" in found[7]

@@ -9,7 +9,8 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
-from sony_rag.agent import (
+from sony_rag.errors import ConfigurationError
+from sony_shop.agent import (
     OFFLINE_NOTICE,
     OfflineAnswerer,
     artifact_documents,
@@ -22,7 +23,6 @@ from sony_rag.agent import (
     search_query,
     turn_sources,
 )
-from sony_rag.errors import ConfigurationError
 
 
 def doc(source_type: str, source_id: str, text: str, title: str | None = None) -> Document:

@@ -1,5 +1,8 @@
 """The shop assistant: a LangChain agent whose tools search the catalog and whose memory is the chat tables.
 
+Part of the shop application (``pip install 'sony-rag[shop]'``, which brings ``langchain``), not of the library:
+``sony_rag`` never imports it.
+
 ``ShopAgent`` wires three retrieval tools (``search_products``, ``search_faq``, ``search_policies``; each
 is ``SonyVectorStore.as_retriever()`` with a ``source_type`` filter) and a chat model into
 ``langchain.agents.create_agent(..., checkpointer=SonyCheckpointer(db))``: the session is the thread, and
@@ -40,6 +43,8 @@ from sony_rag.errors import ConfigurationError, InvalidInputError
 from sony_rag.executor import PlanGenerator, plan
 from sony_rag.plans import Row
 from sony_rag.vectorstore import SonyVectorStore
+
+INSTALL_HINT: Final = "pip install 'sony-rag[shop]'"
 
 OFFLINE_NOTICE: Final = (
     "(This is sony-rag's offline answerer: no chat model is configured, so it quotes the passages it "
@@ -345,7 +350,7 @@ def chat_model(spec: str | None = None) -> BaseChatModel:
     try:
         from langchain.chat_models import init_chat_model
     except ImportError as error:
-        raise ConfigurationError("SONY_RAG_CHAT_MODEL needs the `langchain` package: pip install langchain") from error
+        raise ConfigurationError(f"SONY_RAG_CHAT_MODEL needs the shop extra: {INSTALL_HINT}") from error
     try:
         model = init_chat_model(spec.strip())
     except ImportError as error:
@@ -395,7 +400,10 @@ class ShopAgent:
         for value, what in ((k, "k"), (max_history_messages, "max_history_messages")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{what} must be a positive integer, got {value!r}")
-        from langchain.agents import create_agent
+        try:
+            from langchain.agents import create_agent
+        except ImportError as error:
+            raise ConfigurationError(f"the shop agent needs the shop extra: {INSTALL_HINT}") from error
 
         from sony_rag.checkpointer import SonyCheckpointer
 
@@ -521,8 +529,7 @@ def turn_sources(turn: Iterable[BaseMessage]) -> list[dict[str, Any]]:
     return sources
 
 
-__all__ = ["OFFLINE_NOTICE", "SEARCH_TOOLS", "SYSTEM_PROMPT", "AgentReply", "OfflineAnswerer", "ShopAgent",
-           "artifact_documents", "best_sentences", "chat_model", "compose_answer", "format_documents", "parse_passages",
-           "passage_facts",
-           "question_weights", "recent_turns", "search_query", "search_tools", "source_label",
-           "turn_sources"]
+__all__ = ["INSTALL_HINT", "OFFLINE_NOTICE", "SEARCH_TOOLS", "SYSTEM_PROMPT", "AgentReply", "OfflineAnswerer",
+           "ShopAgent", "artifact_documents", "best_sentences", "chat_model", "compose_answer", "format_documents",
+           "parse_passages", "passage_facts", "question_weights", "recent_turns", "search_query", "search_tools",
+           "source_label", "turn_sources"]
