@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from sony_rag import vector_index
+from sony_rag import plans, vector_index
+from sony_rag.executor import SetLocal
 from sony_rag.sql import documents as document_sql
 from sony_rag.sql.documents import hybrid, nearest
 from sony_rag.sql.filters import filter_kind
@@ -19,6 +20,7 @@ from sony_rag.vector_index import (
     VectorIndex,
     ann_settings,
     capabilities_from_row,
+    estimated_scan_bound,
     exact_scan_bound,
     index_problems,
     ivfflat_build_memory,
@@ -85,6 +87,50 @@ def test_the_bound_rises_where_the_index_would_read_more_rows_than_an_exact_scan
     # the table it would come back short, so those are ranked exactly (up to the cap).
     assert exact_scan_bound(caps(HNSW, (0, 6, 2)), "columns") == MAX_EXACT_SCAN_ROWS
     assert exact_scan_bound(caps(HNSW, (0, 6, 2), rows=20_000), "columns") == 10_000
+
+
+def test_metadata_only_filters_on_large_tables_are_estimated_from_statistics() -> None:
+    # IVFFlat probing 20 of 100 lists: exact below 15 * k matches in the probed 20 %, i.e. 750 rows for k=10.
+    assert estimated_scan_bound(caps(IVFFLAT), k=10) == 750
+    assert estimated_scan_bound(caps(IVFFLAT), k=20) == 1_500
+    assert estimated_scan_bound(caps(IVFFLAT), k=10, probes=50) == 300
+    # HNSW with iterative scans: exact below 3 % of the table; without them below k / ef_search of it.
+    assert estimated_scan_bound(caps(HNSW), k=10) == 3_000
+    assert estimated_scan_bound(caps(HNSW, (0, 6, 2)), k=10) == 25_000
+    assert estimated_scan_bound(caps(HNSW, (0, 6, 2)), k=40) == 50_000
+    # Small tables are counted instead (exact_scan_bound); no index, nothing to choose.
+    assert estimated_scan_bound(caps(HNSW, rows=METADATA_PROBE_ROWS), k=10) is None
+    assert estimated_scan_bound(caps(None), k=10) is None
+
+
+def test_the_statement_estimates_a_metadata_filter_from_pg_stats_when_told() -> None:
+    statement = str(nearest([1.0], 10, {"tenth": True}, exact_below=750, estimated=True)[0])
+    assert "pg_stats" in statement and "histogram_bounds" in statement
+    assert "SELECT 1 FROM document_embeddings" not in statement  # no count: the estimate stands in for it
+    counted = str(nearest([1.0], 10, {"tenth": True}, exact_below=750)[0])
+    assert "pg_stats" not in counted and "choice" in counted
+    legs, _ = hybrid([1.0], "oak", 4, 20, {"tenth": True}, config="english", rrf_k=1.0, vector_weight=1.0,
+                     keyword_weight=0.4, text_candidates=200, similarity_tie=0.005, exact_below=750,
+                     estimated=True)
+    assert "histogram_bounds" in str(legs)
+
+
+def test_the_plan_choice_estimates_only_metadata_only_filters_on_large_tables() -> None:
+    def choice(capabilities: Capabilities, flt: dict[str, object] | None) -> object:
+        steps = plans._vector_plan_choice(capabilities, flt, 10, None, None)
+        settings = next(steps)
+        assert isinstance(settings, SetLocal)
+        with pytest.raises(StopIteration) as done:
+            steps.send(None)
+        return done.value.value
+
+    big = caps(IVFFLAT)
+    assert choice(big, {"tenth": True}) == plans._VectorPlan(True, 750, True)
+    assert choice(big, {"$or": [{"a": 1}, {"$not": {"b": {"$lt": 2}}}]}) == plans._VectorPlan(True, 750, True)
+    # A column leaf beside the metadata one: the statistics of metadata alone cannot estimate it.
+    assert choice(big, {"source_type": "faq", "tenth": True}) == plans._VectorPlan(True, None, False)
+    assert choice(big, {"source_type": "faq"}) == plans._VectorPlan(True, 20_000, False)
+    assert choice(caps(IVFFLAT, rows=5_000), {"tenth": True}) == plans._VectorPlan(True, 2_000, False)
 
 
 def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
