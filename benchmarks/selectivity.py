@@ -88,18 +88,27 @@ def matches(flt: dict[str, Any], types: list[str], r: npt.NDArray[np.int64]) -> 
     return np.asarray([i for i, kind in enumerate(types) if kind in allowed], dtype=np.int64)
 
 
-def timed_runs(search: Callable[[npt.NDArray[np.float32]], list[int]], queries: npt.NDArray[np.float32],
-               truth: list[list[int]]) -> tuple[float, float, int]:
-    """Return p50 ms, mean recall@10 and the fewest rows returned over the queries."""
-    search(queries[0])
-    durations, recalls, fewest = [], [], K
-    for query, expected in zip(queries, truth, strict=True):
-        started = time.perf_counter()
-        found = search(query)
-        durations.append(time.perf_counter() - started)
-        recalls.append(len(set(found) & set(expected)) / max(1, min(K, len(expected))))
-        fewest = min(fewest, len(found))
-    return percentiles(durations)[0], float(np.mean(recalls)), fewest
+def timed_runs(contenders: dict[str, Callable[[npt.NDArray[np.float32]], list[int]]],
+               queries: npt.NDArray[np.float32], truth: list[list[int]]) -> dict[str, tuple[float, float, int]]:
+    """Return each contender's p50 ms, mean recall@10 and fewest rows returned over the queries.
+
+    The contenders take turns query by query, each round starting with the next one, so the load of a shared
+    machine falls on all of them alike.
+    """
+    names = list(contenders)
+    for name in names:
+        contenders[name](queries[0])
+    durations: dict[str, list[float]] = {name: [] for name in names}
+    recalls: dict[str, list[float]] = {name: [] for name in names}
+    fewest = dict.fromkeys(names, K)
+    for turn, (query, expected) in enumerate(zip(queries, truth, strict=True)):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
+            started = time.perf_counter()
+            found = contenders[name](query)
+            durations[name].append(time.perf_counter() - started)
+            recalls[name].append(len(set(found) & set(expected)) / max(1, min(K, len(expected))))
+            fewest[name] = min(fewest[name], len(found))
+    return {name: (percentiles(durations[name])[0], float(np.mean(recalls[name])), fewest[name]) for name in names}
 
 
 def bare(bench: Bench, flt: dict[str, Any], exact: bool, settings: dict[str, str]) -> Callable[..., list[int]]:
@@ -171,9 +180,11 @@ def measure(bench: Bench) -> Report:
                 return [Dataset.index_of(str(d.id)) for d, _ in store.similarity_search_with_score_by_vector(
                     query, k=K, filter=flt)]
 
-            sony_p50, sony_recall, sony_rows = timed_runs(sony, queries, truth)
-            exact_p50, _, _ = timed_runs(bare(bench, flt, True, {}), queries, truth)
-            ann_p50, ann_recall, ann_rows = timed_runs(bare(bench, flt, False, settings), queries, truth)
+            timings = timed_runs({"sony": sony, "exact": bare(bench, flt, True, {}),
+                                  "ann": bare(bench, flt, False, settings)}, queries, truth)
+            sony_p50, sony_recall, sony_rows = timings["sony"]
+            exact_p50, _, _ = timings["exact"]
+            ann_p50, ann_recall, ann_rows = timings["ann"]
             ann_ok = ann_rows == min(K, len(among)) and ann_recall >= 0.95
             best = min(exact_p50, ann_p50) if ann_ok else exact_p50
             ratio = sony_p50 / best

@@ -34,8 +34,10 @@ from sony_rag.vector_index import (
     ann_settings,
     capabilities_from_row,
     default_probes,
+    estimate_key,
     estimated_scan_bound,
     exact_scan_bound,
+    remember_estimate,
     vector_index_from_row,
 )
 
@@ -206,9 +208,8 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
 
 @dataclass(frozen=True)
 class _VectorPlan:
-    use_index: bool
-    exact_below: int | None
-    estimated: bool  # exact_below is compared with the statistics' estimate of a metadata-only filter
+    use_index: bool  # False: an exact scan answers (no index, or a metadata filter estimated to match few rows)
+    exact_below: int | None  # with the index: count the filter's matches this far, and scan exactly below
 
 
 def _metadata_only(shape: Any) -> bool:
@@ -224,23 +225,34 @@ def _vector_plan_choice(capabilities: Capabilities, filter: Mapping[str, Any] | 
                         ef_search: int | None) -> PlanGenerator[_VectorPlan]:
     """Set the index's settings for a search of ``k`` rows; return whether to use the index and when to scan exactly.
 
-    The one choice behind search, MMR's candidates and hybrid's vector leg (see ``exact_scan_bound`` and, for a
-    metadata-only filter on a large table, ``estimated_scan_bound``).
+    The one choice behind search, MMR's candidates and hybrid's vector leg: a filter is counted in the search's
+    statement (``exact_scan_bound``), or, when only metadata keys make it and the table is too large to count
+    it, estimated from ANALYZE's statistics (``estimated_scan_bound``; one statement the first time a filter is
+    seen while the capabilities are cached) and scanned exactly when the estimate is below the bound.
     """
     use_index = capabilities.vector_index is not None
     kind = filter_kind(filter)
     exact_below = exact_scan_bound(capabilities, kind, k=k, probes=probes)
-    estimated = False
-    if exact_below is None and kind == "metadata" and _metadata_only(filter_shape(filter)[0]):
-        exact_below = estimated_scan_bound(capabilities, k=k, probes=probes)
-        estimated = exact_below is not None
+    known = exact_below is not None
+    if use_index and filter and not known and kind == "metadata":
+        bound = estimated_scan_bound(capabilities, k=k, probes=probes)
+        if bound is not None and _metadata_only(filter_shape(filter)[0]):
+            key = estimate_key(filter)
+            if key in capabilities.estimates:
+                estimate = capabilities.estimates[key]
+            else:
+                rows = yield fetch(document_sql.estimated_matches(filter))
+                estimate = None if rows[0]["rows"] is None else float(rows[0]["rows"])
+                remember_estimate(capabilities, key, estimate)
+            if estimate is not None:
+                known = True  # the index is asked only when at least the bound's rows match
+                use_index = estimate >= bound
     if use_index:
         # A forced custom plan: a generic cached plan would ignore how selective this call's filter is (one of
         # the hybrid statement ran 5-40x slower at 100k rows).
-        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
-                                       counted=exact_below is not None),
+        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known),
                         "plan_cache_mode": "force_custom_plan"})
-    return _VectorPlan(use_index, exact_below, estimated)
+    return _VectorPlan(use_index, exact_below)
 
 
 @plan(read_only=True, replica=True)
@@ -260,7 +272,7 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     # below it would otherwise hide rows above it that the probed lists missed.
     rows: list[Row] = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=choice.use_index,
                                                         exact_below=choice.exact_below, max_distance=max_distance,
-                                                        with_embedding=with_embedding, estimated=choice.estimated))
+                                                        with_embedding=with_embedding))
     return rows
 
 
@@ -301,7 +313,7 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        use_index=choice.use_index, exact_below=choice.exact_below, estimated=choice.estimated,
+        use_index=choice.use_index, exact_below=choice.exact_below,
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sony_rag.types import EMBEDDING_DIMENSIONS
@@ -84,6 +85,9 @@ class Capabilities:
     # The planner's row count of document_embeddings (pg_class.reltuples; -1 before the first ANALYZE).
     table_rows: int = -1
     invalid_indexes: tuple[str, ...] = ()
+    # Matches of metadata-only filters estimated from ANALYZE's statistics (``estimate_key`` -> rows, None
+    # without statistics): as fresh as these capabilities (read again every minute), and bounded.
+    estimates: dict[str, float | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def iterative_scan(self) -> bool:
@@ -214,8 +218,8 @@ def estimated_scan_bound(capabilities: Capabilities, *, k: int = 10, probes: int
     """Return below how many estimated matches a metadata-only filter is scanned exactly; None: the index answers.
 
     For a table too large to count a metadata filter's matches (``exact_scan_bound`` returns None). The
-    estimate comes from ANALYZE's statistics in the search's own statement (``sql.documents.nearest``); without
-    statistics the index answers. IVFFlat: below ``IVFFLAT_PROBED_MATCHES_PER_K * k`` matches in the lists a
+    estimate comes from ANALYZE's statistics (``sql.documents.estimated_matches``, asked once per filter while
+    the capabilities are cached); without statistics the index answers. IVFFlat: below ``IVFFLAT_PROBED_MATCHES_PER_K * k`` matches in the lists a
     search probes. HNSW: below ``HNSW_ITERATIVE_MIN_SHARE`` of the table with iterative scans (pgvector 0.8),
     below ``k / ef_search`` of it without (where the index would come back short and the exact scan run anyway).
     The exact scan reads the whole table, so this is for answers, not speed: it is what the index costs at most.
@@ -233,6 +237,21 @@ def estimated_scan_bound(capabilities: Capabilities, *, k: int = 10, probes: int
     else:
         share = k / max(DEFAULT_EF_SEARCH, 2 * k)
     return max(EXACT_SCAN_ROWS, math.ceil(rows * share))
+
+
+MAX_ESTIMATES: Final = 1024
+
+
+def estimate_key(filter: Mapping[str, Any]) -> str:
+    """Return the key a (validated) filter's estimate is remembered under: equal filters, equal keys."""
+    return json.dumps(filter, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def remember_estimate(capabilities: Capabilities, key: str, rows: float | None) -> None:
+    """Remember a filter's estimated matches with these capabilities (forgetting all at ``MAX_ESTIMATES``)."""
+    if len(capabilities.estimates) >= MAX_ESTIMATES:
+        capabilities.estimates.clear()
+    capabilities.estimates[key] = rows
 
 
 # -- sizing ----------------------------------------------------------------------------------------------------
@@ -357,6 +376,7 @@ __all__ = [
     "HNSW_ITERATIVE_MIN_SHARE",
     "IVFFLAT_PROBED_MATCHES_PER_K",
     "MAX_EF_SEARCH",
+    "MAX_ESTIMATES",
     "MAX_EXACT_SCAN_ROWS",
     "MAX_PROBES",
     "METADATA_PROBE_ROWS",
@@ -367,6 +387,7 @@ __all__ = [
     "auto_lists",
     "capabilities_from_row",
     "default_probes",
+    "estimate_key",
     "estimated_scan_bound",
     "exact_scan_bound",
     "hnsw_build_memory",
@@ -374,6 +395,7 @@ __all__ = [
     "ivfflat_build_memory",
     "ivfflat_is_stale",
     "parse_version",
+    "remember_estimate",
     "trained_comment",
     "vector_index_from_row",
     "warn_once",

@@ -124,36 +124,41 @@ def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composabl
         " ORDER BY embedding <=> {q} LIMIT {limit}").format(columns=columns, q=q, where=where, limit=limit)
 
 
-def _estimated_matches(filter_sql: sql.Composable) -> sql.Composable:
-    # The rows a metadata-only filter matches, estimated as the planner estimates an opaque operator (PostgreSQL's
-    # generic_restriction_selectivity): the filter is evaluated on the statistics ANALYZE keeps for the metadata
-    # column, a random sample's most common values (each with its frequency) and its histogram of the rest (each
-    # bound the edge of a bucket holding 1/(n-1) of those rows; the two end bounds count half, as each closes one
-    # bucket only). In the filter, ``metadata`` is the sampled value. NULL without statistics (never analysed).
+def estimated_matches(filter: Mapping[str, Any]) -> Query:
+    """Return a SELECT of ``rows``: how many rows a metadata-only filter matches, estimated from ANALYZE's statistics.
+
+    Estimated as the planner estimates an opaque operator (PostgreSQL's generic_restriction_selectivity): the
+    filter is evaluated on what ANALYZE keeps for the metadata column from a random sample, its most common values
+    (each with its frequency) and its histogram of the rest (each bound the edge of a bucket holding 1/(n-1) of
+    those rows; the two end bounds count half, as each closes one bucket only), times the table's row estimate.
+    ``rows`` is NULL without statistics (never analysed). Good to about a histogram bucket, 1 % of the table.
+    """
+    p = Params()
+    # In the filter, ``metadata`` is the sampled value of each subquery.
+    condition = compile_filter(filter, p)
     return sql.SQL(
-        "SELECT greatest(c.reltuples, 0) * ("
+        "SELECT (SELECT greatest(c.reltuples, 0) * ("
         "coalesce((SELECT sum(m.freq) FROM unnest(s.most_common_vals::text::jsonb[], s.most_common_freqs)"
         " AS m(metadata, freq) WHERE {filter}), 0)"
         " + (1 - s.null_frac - coalesce((SELECT sum(f) FROM unnest(s.most_common_freqs) AS f), 0))"
         " * coalesce((SELECT sum(CASE WHEN NOT {filter} THEN 0 WHEN h.n IN (1, h.total) THEN 0.5 ELSE 1 END)"
         " / nullif(max(h.total) - 1, 0) FROM (SELECT b.metadata, b.n, count(*) OVER () AS total"
         " FROM unnest(s.histogram_bounds::text::jsonb[]) WITH ORDINALITY AS b(metadata, n)) AS h), 0))"
-        " FROM pg_stats AS s JOIN pg_class AS c ON c.relname = s.tablename"
-        " AND c.relnamespace::regnamespace::name = s.schemaname"
-        " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'metadata' AND NOT s.inherited"
-    ).format(filter=filter_sql)
+        " FROM pg_class AS c, pg_stats AS s WHERE c.oid = to_regclass('document_embeddings')"
+        # Constants, so the view's catalog scans go through their indexes.
+        " AND s.tablename = 'document_embeddings' AND s.attname = 'metadata' AND NOT s.inherited"
+        " AND s.schemaname = c.relnamespace::regnamespace::name) AS rows"
+    ).format(filter=condition), p.values
 
 
 def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
                   limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
-                  columns: Sequence[str], estimated: bool = False) -> sql.Composable:
+                  columns: Sequence[str]) -> sql.Composable:
     # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
     # the filter and the distance condition, the plan chosen in the statement itself:
     # - ``choice`` (with ``exact_below``): whether at least that many rows match the filter (all rows without
     #   one), counted no further than that, through the filter column's btree when there is one (an index-only
-    #   scan once the table is vacuumed); with ``estimated`` (a metadata-only filter on a large table, which no
-    #   index can count) the estimate from ANALYZE's statistics stands in for the count, and without
-    #   statistics the index answers;
+    #   scan once the table is vacuumed);
     # - ``index_rows``: when that many match, the vector index's answer...
     # - ``exact_rows``: ...when fewer match, or the index found fewer than ``limit`` rows (IVFFlat trained on few
     #   rows, a filter starving an approximate scan): an exact scan of the matching rows (btree, then heap).
@@ -170,14 +175,10 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     choice: sql.Composable = sql.SQL("")
     if exact_below is not None:
         many = sql.SQL("(SELECT many FROM choice)")
-        if estimated and filter_sql is not None:
-            choice = sql.SQL("choice AS (SELECT coalesce(({estimate}), {bound}) >= {bound} AS many), ").format(
-                estimate=_estimated_matches(filter_sql), bound=exact_below)
-        else:
-            choice = sql.SQL(
-                "choice AS (SELECT count(*) >= {bound} AS many FROM ("
-                "SELECT 1 FROM document_embeddings WHERE {filter} LIMIT {bound}) AS m), "
-            ).format(filter=filter_sql if filter_sql is not None else sql.SQL("TRUE"), bound=exact_below)
+        choice = sql.SQL(
+            "choice AS (SELECT count(*) >= {bound} AS many FROM ("
+            "SELECT 1 FROM document_embeddings WHERE {filter} LIMIT {bound}) AS m), "
+        ).format(filter=filter_sql if filter_sql is not None else sql.SQL("TRUE"), bound=exact_below)
     return sql.SQL(
         "{choice}index_rows AS ({index_rows}), exact_rows AS ({exact}), nearest_rows AS ("
         "SELECT * FROM index_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) >= {limit}"
@@ -189,17 +190,16 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
 
 def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, use_index: bool = True,
             exact_below: int | None = None, max_distance: float | None = None,
-            with_embedding: bool = False, estimated: bool = False) -> Query:
+            with_embedding: bool = False) -> Query:
     """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
 
     With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
-    (counted that far in the same statement; with ``estimated``, for a metadata-only filter, estimated from
-    ANALYZE's statistics of the metadata column) is answered by an exact scan of those rows, and so is any search
+    (counted that far in the same statement) is answered by an exact scan of those rows, and so is any search
     the index answers with fewer than ``limit`` rows. Rows come back sorted by distance even when the index
     returned them in relaxed order. The text is composed once per shape of call.
     """
     counted = exact_below is not None
-    flags = (use_index, counted, max_distance is not None, with_embedding, estimated)
+    flags = (use_index, counted, max_distance is not None, with_embedding)
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
@@ -210,7 +210,7 @@ def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, 
         columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
         bound = p.add(v["exact_below"]) if counted else None
         ctes = _nearest_ctes(q, filter_sql, distance_cond, p.add(v["limit"]), bound, use_index=use_index,
-                             columns=columns, estimated=estimated)
+                             columns=columns)
         return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
 
     return _per_shape("nearest", flags, filter, {"query_vector": query_vector, "limit": limit,
@@ -286,23 +286,23 @@ def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, c
 
 
 def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.Composable | None,
-                     exact_below: sql.Composable | None, use_index: bool, estimated: bool) -> sql.Composable:
+                     exact_below: sql.Composable | None, use_index: bool) -> sql.Composable:
     # vector_leg: up to ``limit`` nearest rows, ranked, chosen as a plain search chooses them (_nearest_ctes).
     return sql.SQL(
         "{nearest}, vector_leg AS (SELECT embedding_id, distance,"
         " row_number() OVER (ORDER BY distance, embedding_id) AS rank FROM nearest_rows)"
     ).format(nearest=_nearest_ctes(q, filter_sql, None, limit, exact_below, use_index=use_index,
-                                   columns=("embedding_id",), estimated=estimated))
+                                   columns=("embedding_id",)))
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
            similarity_tie: float, use_index: bool = True, exact_below: int | None = None,
-           with_embedding: bool = False, estimated: bool = False) -> Query:
+           with_embedding: bool = False) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
     Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, chosen as
-    ``nearest`` chooses (``use_index``, ``exact_below``, ``estimated``), the text
+    ``nearest`` chooses (``use_index``, ``exact_below``), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
     rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
     that are not looked up, only counted in the vector leg's rows). Every row either leg found scores
@@ -321,7 +321,7 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
         filter_sql = compile_filter(filter, p) if filter else None
         where = filter_sql if filter_sql is not None else sql.SQL("TRUE")
         bound = p.add(v["exact_below"]) if counted else None
-        vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index, estimated)
+        vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
         text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"],
                                lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
         columns = _joined_columns(with_embedding)
@@ -369,7 +369,7 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     values = {"query_vector": query_vector, "query_text": query_text, "limit": limit, "fetch_k": fetch_k,
               "config": config, "rrf_k": rrf_k, "vector_weight": vector_weight, "keyword_weight": keyword_weight,
               "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below}
-    return _per_shape("hybrid", (use_index, counted, with_embedding, estimated), filter, values, compose)
+    return _per_shape("hybrid", (use_index, counted, with_embedding), filter, values, compose)
 
 
 def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,

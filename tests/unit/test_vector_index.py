@@ -103,34 +103,57 @@ def test_metadata_only_filters_on_large_tables_are_estimated_from_statistics() -
     assert estimated_scan_bound(caps(None), k=10) is None
 
 
-def test_the_statement_estimates_a_metadata_filter_from_pg_stats_when_told() -> None:
-    statement = str(nearest([1.0], 10, {"tenth": True}, exact_below=750, estimated=True)[0])
-    assert "pg_stats" in statement and "histogram_bounds" in statement
-    assert "SELECT 1 FROM document_embeddings" not in statement  # no count: the estimate stands in for it
-    counted = str(nearest([1.0], 10, {"tenth": True}, exact_below=750)[0])
-    assert "pg_stats" not in counted and "choice" in counted
-    legs, _ = hybrid([1.0], "oak", 4, 20, {"tenth": True}, config="english", rrf_k=1.0, vector_weight=1.0,
-                     keyword_weight=0.4, text_candidates=200, similarity_tie=0.005, exact_below=750,
-                     estimated=True)
-    assert "histogram_bounds" in str(legs)
+def test_the_estimate_reads_analyzes_statistics_of_the_metadata_column() -> None:
+    statement, params = document_sql.estimated_matches({"tenth": True})
+    text = str(statement)
+    assert "pg_stats" in text and "histogram_bounds" in text and "most_common_vals" in text
+    assert "FROM document_embeddings" not in text  # statistics only: no row is read
+    assert "tenth" in params.values()
 
 
-def test_the_plan_choice_estimates_only_metadata_only_filters_on_large_tables() -> None:
-    def choice(capabilities: Capabilities, flt: dict[str, object] | None) -> object:
-        steps = plans._vector_plan_choice(capabilities, flt, 10, None, None)
-        settings = next(steps)
-        assert isinstance(settings, SetLocal)
-        with pytest.raises(StopIteration) as done:
-            steps.send(None)
-        return done.value.value
+def run_choice(capabilities: Capabilities, flt: dict[str, object] | None,
+               estimate: float | None = None) -> tuple[plans._VectorPlan, list[object]]:
+    """Drive the plan choice with no database, answering an estimate query with ``estimate``; return the choice
+    and the steps it yielded."""
+    steps = plans._vector_plan_choice(capabilities, flt, 10, None, None)
+    yielded: list[object] = []
+    answer: object = None
+    try:
+        while True:
+            step = steps.send(answer)
+            yielded.append(step)
+            answer = None if isinstance(step, SetLocal) else [{"rows": estimate}]
+    except StopIteration as done:
+        return done.value, yielded
 
-    big = caps(IVFFLAT)
-    assert choice(big, {"tenth": True}) == plans._VectorPlan(True, 750, True)
-    assert choice(big, {"$or": [{"a": 1}, {"$not": {"b": {"$lt": 2}}}]}) == plans._VectorPlan(True, 750, True)
-    # A column leaf beside the metadata one: the statistics of metadata alone cannot estimate it.
-    assert choice(big, {"source_type": "faq", "tenth": True}) == plans._VectorPlan(True, None, False)
-    assert choice(big, {"source_type": "faq"}) == plans._VectorPlan(True, 20_000, False)
-    assert choice(caps(IVFFLAT, rows=5_000), {"tenth": True}) == plans._VectorPlan(True, 2_000, False)
+
+def test_a_metadata_only_filter_on_a_large_table_is_estimated_once_and_ranked_exactly_when_few_match() -> None:
+    big = caps(IVFFLAT)  # bound: 750 estimated matches
+    choice, steps = run_choice(big, {"tenth": True}, estimate=480.0)
+    assert choice == plans._VectorPlan(False, None) and len(steps) == 1  # the estimate, then the exact scan
+    # Remembered with the capabilities: the same filter again asks nothing.
+    choice, steps = run_choice(big, {"tenth": True}, estimate=99_999.0)
+    assert choice == plans._VectorPlan(False, None) and steps == []
+    # Many match: the index answers, with the settings sized for at least the bound's selectivity.
+    choice, steps = run_choice(big, {"$or": [{"a": 1}, {"$not": {"b": {"$lt": 2}}}]}, estimate=5_000.0)
+    assert choice == plans._VectorPlan(True, None) and isinstance(steps[-1], SetLocal)
+    # No statistics (never analysed): the index answers, as before.
+    choice, _ = run_choice(caps(HNSW), {"tenth": True}, estimate=None)
+    assert choice == plans._VectorPlan(True, None)
+    # A column leaf beside the metadata one: the metadata column's statistics cannot estimate it.
+    choice, steps = run_choice(big, {"source_type": "faq", "tenth": True})
+    assert choice == plans._VectorPlan(True, None) and len(steps) == 1
+    assert run_choice(big, {"source_type": "faq"})[0] == plans._VectorPlan(True, 20_000)
+    # A small table is counted in the statement instead.
+    assert run_choice(caps(IVFFLAT, rows=5_000), {"tenth": True})[0] == plans._VectorPlan(True, 2_000)
+
+
+def test_remembered_estimates_are_bounded() -> None:
+    capabilities = caps(HNSW)
+    for i in range(vector_index.MAX_ESTIMATES + 1):
+        vector_index.remember_estimate(capabilities, vector_index.estimate_key({"i": i}), float(i))
+    assert len(capabilities.estimates) == 1
+    assert vector_index.estimate_key({"b": 1, "a": 2}) == vector_index.estimate_key({"a": 2, "b": 1})
 
 
 def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
