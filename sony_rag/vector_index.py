@@ -6,10 +6,10 @@ Everything here is a pure function of facts the server reported (``sql.documents
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
-import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -219,10 +219,11 @@ def estimated_scan_bound(capabilities: Capabilities, *, k: int = 10, probes: int
 
     For a table too large to count a metadata filter's matches (``exact_scan_bound`` returns None). The
     estimate comes from ANALYZE's statistics (``sql.documents.estimated_matches``, asked once per filter while
-    the capabilities are cached); without statistics the index answers. IVFFlat: below ``IVFFLAT_PROBED_MATCHES_PER_K * k`` matches in the lists a
-    search probes. HNSW: below ``HNSW_ITERATIVE_MIN_SHARE`` of the table with iterative scans (pgvector 0.8),
-    below ``k / ef_search`` of it without (where the index would come back short and the exact scan run anyway).
-    The exact scan reads the whole table, so this is for answers, not speed: it is what the index costs at most.
+    the capabilities are cached); without statistics the index answers. IVFFlat: below
+    ``IVFFLAT_PROBED_MATCHES_PER_K * k`` matches in the lists a search probes. HNSW: below
+    ``HNSW_ITERATIVE_MIN_SHARE`` of the table with iterative scans (pgvector 0.8), below ``k / ef_search`` of it
+    without (where the index would come back short and the exact scan run anyway). The exact scan reads the
+    whole table: it buys exact answers where the index's would be poor, not speed.
     """
     index = capabilities.vector_index
     rows = capabilities.table_rows
@@ -232,10 +233,7 @@ def estimated_scan_bound(capabilities: Capabilities, *, k: int = 10, probes: int
         lists = index.lists or 100
         probed_share = min(lists, probes or default_probes(lists)) / lists
         return math.ceil(IVFFLAT_PROBED_MATCHES_PER_K * k / probed_share)
-    if capabilities.iterative_scan:
-        share = HNSW_ITERATIVE_MIN_SHARE
-    else:
-        share = k / max(DEFAULT_EF_SEARCH, 2 * k)
+    share = HNSW_ITERATIVE_MIN_SHARE if capabilities.iterative_scan else k / max(DEFAULT_EF_SEARCH, 2 * k)
     return max(EXACT_SCAN_ROWS, math.ceil(rows * share))
 
 
