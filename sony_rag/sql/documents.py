@@ -147,7 +147,7 @@ def estimated_matches(filter: Mapping[str, Any]) -> Query:
         " FROM pg_class AS c, pg_stats AS s WHERE c.oid = to_regclass('document_embeddings')"
         # Constants, so the view's catalog scans go through their indexes.
         " AND s.tablename = 'document_embeddings' AND s.attname = 'metadata' AND NOT s.inherited"
-        " AND s.schemaname = c.relnamespace::regnamespace::name) AS rows"
+        " AND s.schemaname = (SELECT n.nspname FROM pg_namespace AS n WHERE n.oid = c.relnamespace)) AS rows"
     ).format(filter=condition), p.values
 
 
