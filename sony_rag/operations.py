@@ -20,7 +20,6 @@ from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
-from sony_rag.indexes import arebuild_if_stale
 from sony_rag.replicas import observe_position, write_position
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
@@ -168,6 +167,9 @@ async def batch_insert_embeddings(embeddings_data: Iterable[Mapping[str, Any] | 
         rows = (embedding_row(item, index, embedding_id=ids[index]) for index, item in enumerate(items))
         await database.arun(plans.insert_embeddings(rows))
         if rebuild_stale_index:
+            # Imported here: sony_rag.indexes imports sony_rag.database, which imports this module (the spec's path).
+            from sony_rag.indexes import arebuild_if_stale
+
             await arebuild_if_stale(database)
     return ids
 
