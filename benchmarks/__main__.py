@@ -22,12 +22,14 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from benchmarks import chat, checkpointer, concurrency, embeddings, ingest, overhead, search
+from benchmarks import chat, checkpointer, concurrency, embeddings, ingest, overhead, search, selectivity
 from benchmarks.common import RESULTS, Bench, Report, add_arguments, options_from
 
 CONCERNS: dict[str, Callable[[Bench], Report]] = {
     "ingest": ingest.run, "search": search.run, "overhead": overhead.run, "concurrency": concurrency.run,
     "chat": chat.run, "checkpointer": checkpointer.run, "embeddings": embeddings.run,
+    # Last of the shared-server ones: it loads rows of its own (and leaves the table empty).
+    "selectivity": selectivity.run,
 }
 RELEVANCE_DATABASE = "sony_rag_relevance"
 

@@ -420,6 +420,11 @@ def _staleness_plan() -> PlanGenerator[tuple[bool, int]]:
     return ivfflat_is_stale(vector_index_from_row(capabilities[0]), count), count
 
 
+def _rebuilt_line(rows: int, report: IndexReport) -> str:
+    return (f"rebuilt the IVFFlat index for {rows} rows ({report.lists} lists, {report.seconds:.1f}s): it was "
+            f"trained on far fewer rows than the table holds (as `{REBUILD_COMMAND}` would)")
+
+
 def rebuild_if_stale(db: Database, *, log: Callable[[str], None] | None = None) -> IndexReport | None:
     """Rebuild an IVFFlat index trained on far fewer rows than the table holds, sized for it; return the report.
 
@@ -430,14 +435,25 @@ def rebuild_if_stale(db: Database, *, log: Callable[[str], None] | None = None) 
     if not stale:
         return None
     report = rebuild_vector_index(db, method="ivfflat")
-    line = (f"rebuilt the IVFFlat index for {rows} rows ({report.lists} lists, {report.seconds:.1f}s): it was "
-            f"trained on far fewer rows than the table holds (as `{REBUILD_COMMAND}` would)")
-    (log or logger.info)(line)
+    (log or logger.info)(_rebuilt_line(rows, report))
+    return report
+
+
+async def arebuild_if_stale(db: Database, *, log: Callable[[str], None] | None = None) -> IndexReport | None:
+    """Rebuild a stale IVFFlat index sized for the table and return the report, from async code (see the sync twin).
+
+    Returns None when the index is fine, HNSW or absent. Raises IndexBuildError as ``rebuild_vector_index`` does.
+    """
+    stale, rows = await db.arun(_staleness_plan())
+    if not stale:
+        return None
+    report = await arebuild_vector_index(db, method="ivfflat")
+    (log or logger.info)(_rebuilt_line(rows, report))
     return report
 
 
 __all__ = [
-    "DEFAULT_MAX_MEMORY_MB", "VECTOR_INDEX", "IndexReport", "arebuild_vector_index", "auto_lists",
+    "DEFAULT_MAX_MEMORY_MB", "VECTOR_INDEX", "IndexReport", "arebuild_if_stale", "arebuild_vector_index", "auto_lists",
     "avector_index_stats", "hnsw_build_memory", "ivfflat_build_memory", "rebuild_if_stale", "rebuild_vector_index",
     "vector_index_stats",
 ]

@@ -147,18 +147,30 @@ async def insert_embedding(source_type: str, source_id: str | None, content_chun
 
 
 async def batch_insert_embeddings(embeddings_data: Iterable[Mapping[str, Any] | EmbeddingInput], *,
-                                  db: Database | None = None) -> list[UUID]:
+                                  db: Database | None = None, rebuild_stale_index: bool = False) -> list[UUID]:
     """Store many chunks in one transaction through binary COPY and return their ids in input order.
 
-    Every item is checked; a bad one raises InvalidInputError naming it and nothing is written.
+    Every item is checked; a bad one raises InvalidInputError naming it and nothing is written. With
+    ``rebuild_stale_index``, after the rows are committed an IVFFlat index trained on far fewer rows than the
+    table then holds (the migration's, built on an empty table) is rebuilt sized for the data, as ``sony-rag
+    ingest`` does (``indexes.arebuild_if_stale``; the sony_rag logger says so); a rebuild that fails raises
+    IndexBuildError, and the inserted rows stay.
     """
+    if not isinstance(rebuild_stale_index, bool):
+        raise InvalidInputError(f"rebuild_stale_index must be True or False, got {rebuild_stale_index!r}")
     items = list(embeddings_data)
     ids = [uuid.uuid4() for _ in items]
     if items:
+        database = get_db(db)
         # Items are checked as they stream into the COPY, so the checks overlap the server's work; a bad
         # item aborts the COPY and its transaction.
         rows = (embedding_row(item, index, embedding_id=ids[index]) for index, item in enumerate(items))
-        await get_db(db).arun(plans.insert_embeddings(rows))
+        await database.arun(plans.insert_embeddings(rows))
+        if rebuild_stale_index:
+            # Imported here: sony_rag.indexes imports sony_rag.database, which imports this module (the spec's path).
+            from sony_rag.indexes import arebuild_if_stale
+
+            await arebuild_if_stale(database)
     return ids
 
 

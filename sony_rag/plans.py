@@ -25,7 +25,7 @@ from sony_rag.sql import documents as document_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
-from sony_rag.sql.filters import filter_kind
+from sony_rag.sql.filters import filter_kind, filter_shape
 from sony_rag.vector_index import (
     DEFAULT_EF_SEARCH,
     MAX_EF_SEARCH,
@@ -34,7 +34,10 @@ from sony_rag.vector_index import (
     ann_settings,
     capabilities_from_row,
     default_probes,
+    estimate_key,
+    estimated_scan_bound,
     exact_scan_bound,
+    remember_estimate,
     vector_index_from_row,
 )
 
@@ -203,21 +206,53 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     return int(count)
 
 
-def _vector_plan_choice(capabilities: Capabilities, filter: Mapping[str, Any] | None, k: int, probes: int | None,
-                        ef_search: int | None) -> PlanGenerator[tuple[bool, int | None]]:
-    """Set the index's settings for a search of ``k`` rows; return (use the index, exact below how many rows).
+@dataclass(frozen=True)
+class _VectorPlan:
+    use_index: bool  # False: an exact scan answers (no index, or a metadata filter estimated to match few rows)
+    exact_below: int | None  # with the index: count the filter's matches this far, and scan exactly below
 
-    The one choice behind search, MMR's candidates and hybrid's vector leg (see ``exact_scan_bound``).
+
+def _metadata_only(shape: Any) -> bool:
+    # A filter shape is a nest of tuples whose leaves start with "m" (metadata key) or "c" (column).
+    if not isinstance(shape, tuple) or not shape:
+        return True
+    if shape[0] == "c":
+        return False
+    return all(_metadata_only(item) for item in shape[1:] if isinstance(item, tuple))
+
+
+def _vector_plan_choice(capabilities: Capabilities, filter: Mapping[str, Any] | None, k: int, probes: int | None,
+                        ef_search: int | None) -> PlanGenerator[_VectorPlan]:
+    """Set the index's settings for a search of ``k`` rows; return whether to use the index and when to scan exactly.
+
+    The one choice behind search, MMR's candidates and hybrid's vector leg: a filter is counted in the search's
+    statement (``exact_scan_bound``), or, when only metadata keys make it and the table is too large to count
+    it, estimated from ANALYZE's statistics (``estimated_scan_bound``; one statement the first time a filter is
+    seen while the capabilities are cached) and scanned exactly when the estimate is below the bound.
     """
     use_index = capabilities.vector_index is not None
-    exact_below = exact_scan_bound(capabilities, filter_kind(filter), k=k, probes=probes)
+    kind = filter_kind(filter)
+    exact_below = exact_scan_bound(capabilities, kind, k=k, probes=probes)
+    known = exact_below is not None
+    if use_index and filter and not known and kind == "metadata":
+        bound = estimated_scan_bound(capabilities, k=k, probes=probes)
+        if bound is not None and _metadata_only(filter_shape(filter)[0]):
+            key = estimate_key(filter)
+            if key in capabilities.estimates:
+                estimate = capabilities.estimates[key]
+            else:
+                rows = yield fetch(document_sql.estimated_matches(filter))
+                estimate = None if rows[0]["rows"] is None else float(rows[0]["rows"])
+                remember_estimate(capabilities, key, estimate)
+            if estimate is not None:
+                known = True  # the index is asked only when at least the bound's rows match
+                use_index = estimate >= bound
     if use_index:
         # A forced custom plan: a generic cached plan would ignore how selective this call's filter is (one of
         # the hybrid statement ran 5-40x slower at 100k rows).
-        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search,
-                                       counted=exact_below is not None),
+        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known),
                         "plan_cache_mode": "force_custom_plan"})
-    return use_index, exact_below
+    return _VectorPlan(use_index, exact_below)
 
 
 @plan(read_only=True, replica=True)
@@ -232,11 +267,11 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, A
     starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
-    use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search)
+    choice = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search)
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    rows: list[Row] = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=use_index,
-                                                        exact_below=exact_below, max_distance=max_distance,
+    rows: list[Row] = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=choice.use_index,
+                                                        exact_below=choice.exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding))
     return rows
 
@@ -273,12 +308,12 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
     back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
     """
     fetch_k = max(k, options.fetch_k)
-    use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, fetch_k, probes, ef_search)
+    choice = yield from _vector_plan_choice(capabilities, filter, fetch_k, probes, ef_search)
     rows: list[Row] = yield fetch(document_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        use_index=use_index, exact_below=exact_below,
+        use_index=choice.use_index, exact_below=choice.exact_below,
         with_embedding=with_embedding))
     if min_similarity is not None:
         rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]

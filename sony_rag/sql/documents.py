@@ -124,6 +124,33 @@ def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composabl
         " ORDER BY embedding <=> {q} LIMIT {limit}").format(columns=columns, q=q, where=where, limit=limit)
 
 
+def estimated_matches(filter: Mapping[str, Any]) -> Query:
+    """Return a SELECT of ``rows``: how many rows a metadata-only filter matches, estimated from ANALYZE's statistics.
+
+    Estimated as the planner estimates an opaque operator (PostgreSQL's generic_restriction_selectivity): the
+    filter is evaluated on what ANALYZE keeps for the metadata column from a random sample, its most common values
+    (each with its frequency) and its histogram of the rest (each bound the edge of a bucket holding 1/(n-1) of
+    those rows; the two end bounds count half, as each closes one bucket only), times the table's row estimate.
+    ``rows`` is NULL without statistics (never analysed). Good to about a histogram bucket, 1 % of the table.
+    """
+    p = Params()
+    # In the filter, ``metadata`` is the sampled value of each subquery.
+    condition = compile_filter(filter, p)
+    return sql.SQL(
+        "SELECT (SELECT greatest(c.reltuples, 0) * ("
+        "coalesce((SELECT sum(m.freq) FROM unnest(s.most_common_vals::text::jsonb[], s.most_common_freqs)"
+        " AS m(metadata, freq) WHERE {filter}), 0)"
+        " + (1 - s.null_frac - coalesce((SELECT sum(f) FROM unnest(s.most_common_freqs) AS f), 0))"
+        " * coalesce((SELECT sum(CASE WHEN NOT {filter} THEN 0 WHEN h.n IN (1, h.total) THEN 0.5 ELSE 1 END)"
+        " / nullif(max(h.total) - 1, 0) FROM (SELECT b.metadata, b.n, count(*) OVER () AS total"
+        " FROM unnest(s.histogram_bounds::text::jsonb[]) WITH ORDINALITY AS b(metadata, n)) AS h), 0))"
+        " FROM pg_class AS c, pg_stats AS s WHERE c.oid = to_regclass('document_embeddings')"
+        # Constants, so the view's catalog scans go through their indexes.
+        " AND s.tablename = 'document_embeddings' AND s.attname = 'metadata' AND NOT s.inherited"
+        " AND s.schemaname = (SELECT n.nspname FROM pg_namespace AS n WHERE n.oid = c.relnamespace)) AS rows"
+    ).format(filter=condition), p.values
+
+
 def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
                   limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
                   columns: Sequence[str]) -> sql.Composable:

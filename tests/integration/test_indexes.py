@@ -350,6 +350,55 @@ def test_stats_report_an_ivfflat_index_trained_on_far_fewer_rows_and_ingest_rebu
     assert rebuild_if_stale(idb, log=said.append) is not None
 
 
+def migration_index(db: Database) -> None:
+    """Put back the index as the migration makes it: IVFFlat, 100 lists, built on the empty table, no comment."""
+    with db.pool().connection() as conn:
+        conn.execute("TRUNCATE document_embeddings")
+        conn.execute(f"DROP INDEX {VECTOR_INDEX}")
+        conn.execute(f"CREATE INDEX {VECTOR_INDEX} ON document_embeddings USING ivfflat "
+                     "(embedding vector_cosine_ops) WITH (lists = 100)")
+    db.forget_capabilities()
+
+
+def items(vectors: npt.NDArray[np.float32]) -> list[dict[str, Any]]:
+    """Return one batch_insert_embeddings item per vector."""
+    return [{"source_type": "product", "source_id": f"s{i}", "content_chunk": f"chunk {i}", "embedding": vector,
+             "metadata": {"i": i}} for i, vector in enumerate(vectors)]
+
+
+def test_batch_insert_retrains_the_migrations_ivfflat_index_when_told_to(
+        idb: Database, caplog: pytest.LogCaptureFixture) -> None:
+    migration_index(idb)
+    vectors = unit_vectors(1_500, seed=24)
+    asyncio.run(batch_insert_embeddings(items(vectors[:1_200]), db=idb))
+    assert index_row(idb) == {"method": "ivfflat", "options": ["lists=100"]}  # not told: untouched
+    assert vector_index_stats(idb)["vector_index"]["trained_rows"] is None
+
+    with caplog.at_level("INFO", logger="sony_rag"):
+        ids = asyncio.run(batch_insert_embeddings(items(vectors[1_200:]), db=idb, rebuild_stale_index=True))
+    assert len(ids) == 300
+    assert index_row(idb) == {"method": "ivfflat", "options": ["lists=1"]}  # sized for 1,500 rows
+    stats = vector_index_stats(idb)
+    assert stats["vector_index"]["trained_rows"] == 1_500 and stats["index_problems"] == []
+    assert any("rebuilt the IVFFlat index for 1500 rows" in record.getMessage() for record in caplog.records)
+    # Trained on what the table holds: a further small batch leaves it alone.
+    asyncio.run(batch_insert_embeddings(items(vectors[:10]), db=idb, rebuild_stale_index=True))
+    assert vector_index_stats(idb)["vector_index"]["trained_rows"] == 1_500
+    found = asyncio.run(search_similar_embeddings(vectors[7], limit=1, db=idb))
+    assert found[0]["similarity"] > 0.999
+
+
+def test_batch_insert_leaves_an_hnsw_index_alone_and_refuses_a_non_bool_flag(idb: Database) -> None:
+    load(idb, unit_vectors(30, seed=25))
+    rebuild_vector_index(idb, method="hnsw")
+    asyncio.run(batch_insert_embeddings(items(unit_vectors(100, seed=26)), db=idb, rebuild_stale_index=True))
+    assert index_row(idb)["method"] == "hnsw"
+    with pytest.raises(InvalidInputError, match="rebuild_stale_index"):
+        asyncio.run(batch_insert_embeddings(items(unit_vectors(1, seed=27)), db=idb,
+                                            rebuild_stale_index="yes"))  # type: ignore[arg-type]
+    assert vector_index_stats(idb)["tables"]["document_embeddings"] == 130  # nothing written
+
+
 def test_stats_report_an_index_left_invalid_by_a_failed_concurrent_build(idb: Database, database_url: str) -> None:
     load(idb, unit_vectors(20, seed=23))
     with psycopg.connect(database_url, autocommit=True) as conn:

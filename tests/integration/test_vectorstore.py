@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -199,6 +200,24 @@ def test_bad_input_raises_before_writing(store: SonyVectorStore, call: Callable[
         assert conn.execute("SELECT count(*) FROM document_embeddings").fetchone() == (0,)
 
 
+@contextmanager
+def ivfflat_of(db: Database, lists: int) -> Iterator[None]:
+    """Give the table an IVFFlat index of ``lists`` lists and fresh statistics; put the migration's back after."""
+    def index(count: int) -> None:
+        with db.pool().connection() as conn:
+            conn.execute("DROP INDEX idx_document_embeddings_vector")
+            conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                         f"USING ivfflat (embedding vector_cosine_ops) WITH (lists = {count})")
+            conn.execute("ANALYZE document_embeddings")
+        db.forget_capabilities()
+
+    index(lists)
+    try:
+        yield
+    finally:
+        index(100)
+
+
 def test_exact_count_under_selective_filter_with_many_lists(db: Database, call: Callable[..., Any]) -> None:
     """An IVFFlat index of 50 lists with probes=1 would starve a 1% filter; k rows must still come back."""
     rng = np.random.default_rng(7)
@@ -207,13 +226,7 @@ def test_exact_count_under_selective_filter_with_many_lists(db: Database, call: 
     metas = [{"rare": i % 100 == 0} for i in range(2000)]
     store = SonyVectorStore(AxisEmbeddings(), db, probes=1)
     store.add_embeddings([f"doc {i}" for i in range(2000)], list(vectors), metas)
-    with db.pool().connection() as conn:
-        conn.execute("DROP INDEX idx_document_embeddings_vector")
-        conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
-                     "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 50)")
-        conn.execute("ANALYZE document_embeddings")
-    db.forget_capabilities()
-    try:
+    with ivfflat_of(db, 50):
         query = rng.normal(size=DIM).tolist()
         found = call(store, "similarity_search_by_vector", query, k=10, filter={"rare": True})
         assert len(found) == 10 and all(d.metadata["rare"] for d in found)
@@ -224,12 +237,30 @@ def test_exact_count_under_selective_filter_with_many_lists(db: Database, call: 
         hybrid = call(store, "similarity_search_with_score_by_vector", query, k=10, filter={"rare": True},
                       search_mode="hybrid", query_text="zzzz")
         assert [d.page_content for d, _ in hybrid] == [f"doc {i}" for i in exact]
-    finally:
-        with db.pool().connection() as conn:
-            conn.execute("DROP INDEX idx_document_embeddings_vector")
-            conn.execute("CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
-                         "USING ivfflat (embedding vector_cosine_ops) WITH (lists = 100)")
-        db.forget_capabilities()
+
+
+def test_selective_metadata_filter_on_a_large_table_is_exact_when_statistics_say_few_match(
+        db: Database, call: Callable[..., Any]) -> None:
+    """Too many rows to count a metadata filter, so ANALYZE's statistics estimate it: a 10 % filter that one
+    probed list of 50 would answer with the wrong rows is ranked exactly (search, MMR's candidates, hybrid)."""
+    rows = 12_000
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(rows, DIM)).astype(np.float32)
+    metas = [{"i": i, "tenth": i % 10 == 0} for i in range(rows)]
+    store = SonyVectorStore(AxisEmbeddings(), db, probes=1)
+    store.add_embeddings([f"doc {i}" for i in range(rows)], list(vectors), metas)
+    with ivfflat_of(db, 50):
+        query = rng.normal(size=DIM)
+        cosine = vectors[::10] @ query / np.linalg.norm(vectors[::10], axis=1) / np.linalg.norm(query)
+        exact = [f"doc {10 * int(j)}" for j in np.argsort(-cosine, kind="stable")[:10]]
+        found = call(store, "similarity_search_by_vector", query.tolist(), k=10, filter={"tenth": True})
+        assert [d.page_content for d in found] == exact
+        hybrid = call(store, "similarity_search_with_score_by_vector", query.tolist(), k=10,
+                      filter={"tenth": True}, search_mode="hybrid", query_text="zzzz")
+        assert [d.page_content for d, _ in hybrid] == exact
+        mmr = call(store, "max_marginal_relevance_search_by_vector", query.tolist(), k=3, fetch_k=10,
+                   lambda_mult=1.0, filter={"tenth": True})
+        assert [d.page_content for d in mmr] == exact[:3]
 
 
 def test_retriever_in_lcel_chain(store: SonyVectorStore, call: Callable[..., Any]) -> None:

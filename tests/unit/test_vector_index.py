@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from sony_rag import vector_index
+from sony_rag import plans, vector_index
+from sony_rag.executor import SetLocal
 from sony_rag.sql import documents as document_sql
 from sony_rag.sql.documents import hybrid, nearest
 from sony_rag.sql.filters import filter_kind
@@ -19,6 +20,7 @@ from sony_rag.vector_index import (
     VectorIndex,
     ann_settings,
     capabilities_from_row,
+    estimated_scan_bound,
     exact_scan_bound,
     index_problems,
     ivfflat_build_memory,
@@ -85,6 +87,73 @@ def test_the_bound_rises_where_the_index_would_read_more_rows_than_an_exact_scan
     # the table it would come back short, so those are ranked exactly (up to the cap).
     assert exact_scan_bound(caps(HNSW, (0, 6, 2)), "columns") == MAX_EXACT_SCAN_ROWS
     assert exact_scan_bound(caps(HNSW, (0, 6, 2), rows=20_000), "columns") == 10_000
+
+
+def test_metadata_only_filters_on_large_tables_are_estimated_from_statistics() -> None:
+    # IVFFlat probing 20 of 100 lists: exact below 15 * k matches in the probed 20 %, i.e. 750 rows for k=10.
+    assert estimated_scan_bound(caps(IVFFLAT), k=10) == 750
+    assert estimated_scan_bound(caps(IVFFLAT), k=20) == 1_500
+    assert estimated_scan_bound(caps(IVFFLAT), k=10, probes=50) == 300
+    # HNSW with iterative scans: exact below 3 % of the table; without them below k / ef_search of it.
+    assert estimated_scan_bound(caps(HNSW), k=10) == 3_000
+    assert estimated_scan_bound(caps(HNSW, (0, 6, 2)), k=10) == 25_000
+    assert estimated_scan_bound(caps(HNSW, (0, 6, 2)), k=40) == 50_000
+    # Small tables are counted instead (exact_scan_bound); no index, nothing to choose.
+    assert estimated_scan_bound(caps(HNSW, rows=METADATA_PROBE_ROWS), k=10) is None
+    assert estimated_scan_bound(caps(None), k=10) is None
+
+
+def test_the_estimate_reads_analyzes_statistics_of_the_metadata_column() -> None:
+    statement, params = document_sql.estimated_matches({"tenth": True})
+    text = str(statement)
+    assert "pg_stats" in text and "histogram_bounds" in text and "most_common_vals" in text
+    assert "FROM document_embeddings" not in text  # statistics only: no row is read
+    assert "tenth" in params.values()
+
+
+def run_choice(capabilities: Capabilities, flt: dict[str, object] | None,
+               estimate: float | None = None) -> tuple[plans._VectorPlan, list[object]]:
+    """Drive the plan choice with no database, answering an estimate query with ``estimate``; return the choice
+    and the steps it yielded."""
+    steps = plans._vector_plan_choice(capabilities, flt, 10, None, None)
+    yielded: list[object] = []
+    answer: object = None
+    try:
+        while True:
+            step = steps.send(answer)
+            yielded.append(step)
+            answer = None if isinstance(step, SetLocal) else [{"rows": estimate}]
+    except StopIteration as done:
+        return done.value, yielded
+
+
+def test_a_metadata_only_filter_on_a_large_table_is_estimated_once_and_ranked_exactly_when_few_match() -> None:
+    big = caps(IVFFLAT)  # bound: 750 estimated matches
+    choice, steps = run_choice(big, {"tenth": True}, estimate=480.0)
+    assert choice == plans._VectorPlan(False, None) and len(steps) == 1  # the estimate, then the exact scan
+    # Remembered with the capabilities: the same filter again asks nothing.
+    choice, steps = run_choice(big, {"tenth": True}, estimate=99_999.0)
+    assert choice == plans._VectorPlan(False, None) and steps == []
+    # Many match: the index answers, with the settings sized for at least the bound's selectivity.
+    choice, steps = run_choice(big, {"$or": [{"a": 1}, {"$not": {"b": {"$lt": 2}}}]}, estimate=5_000.0)
+    assert choice == plans._VectorPlan(True, None) and isinstance(steps[-1], SetLocal)
+    # No statistics (never analysed): the index answers, as before.
+    choice, _ = run_choice(caps(HNSW), {"tenth": True}, estimate=None)
+    assert choice == plans._VectorPlan(True, None)
+    # A column leaf beside the metadata one: the metadata column's statistics cannot estimate it.
+    choice, steps = run_choice(big, {"source_type": "faq", "tenth": True})
+    assert choice == plans._VectorPlan(True, None) and len(steps) == 1
+    assert run_choice(big, {"source_type": "faq"})[0] == plans._VectorPlan(True, 20_000)
+    # A small table is counted in the statement instead.
+    assert run_choice(caps(IVFFLAT, rows=5_000), {"tenth": True})[0] == plans._VectorPlan(True, 2_000)
+
+
+def test_remembered_estimates_are_bounded() -> None:
+    capabilities = caps(HNSW)
+    for i in range(vector_index.MAX_ESTIMATES + 1):
+        vector_index.remember_estimate(capabilities, vector_index.estimate_key({"i": i}), float(i))
+    assert len(capabilities.estimates) == 1
+    assert vector_index.estimate_key({"b": 1, "a": 2}) == vector_index.estimate_key({"a": 2, "b": 1})
 
 
 def test_the_statement_counts_only_when_told_and_only_for_a_filter() -> None:
