@@ -203,7 +203,7 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
     return int(count)
 
 
-def _vector_plan_choice(capabilities: Capabilities, filter: Mapping[str, Any] | None, k: int, probes: int | None,
+def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter, k: int, probes: int | None,
                         ef_search: int | None) -> PlanGenerator[tuple[bool, int | None]]:
     """Set the index's settings for a search of ``k`` rows; return (use the index, exact below how many rows).
 
@@ -221,7 +221,7 @@ def _vector_plan_choice(capabilities: Capabilities, filter: Mapping[str, Any] | 
 
 
 @plan(read_only=True, replica=True)
-def search(query_vector: npt.NDArray[np.float32], k: int, filter: Mapping[str, Any] | None,
+def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.Filter,
            capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
            probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``, in one statement.
@@ -264,13 +264,14 @@ class HybridOptions:
 
 @plan(read_only=True, replica=True)
 def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
-                  filter: Mapping[str, Any] | None, capabilities: Capabilities, options: HybridOptions, *,
+                  filter: document_sql.Filter, capabilities: Capabilities, options: HybridOptions, *,
                   min_similarity: float | None = None, with_embedding: bool = False, probes: int | None = None,
                   ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows ranked by fusing vector and keyword search, in one statement.
 
     The vector leg picks its plan as ``search`` does (exact when few rows match the filter or the index comes
-    back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it.
+    back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it (in the
+    statement, before its limit).
     """
     fetch_k = max(k, options.fetch_k)
     use_index, exact_below = yield from _vector_plan_choice(capabilities, filter, fetch_k, probes, ef_search)
@@ -278,16 +279,14 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
         vector_weight=options.vector_weight, keyword_weight=options.keyword_weight,
         text_candidates=max(options.text_candidates, fetch_k), similarity_tie=options.similarity_tie,
-        use_index=use_index, exact_below=exact_below,
-        with_embedding=with_embedding))
-    if min_similarity is not None:
-        rows = [row for row in rows if 1.0 - row["distance"] >= min_similarity]
+        use_index=use_index, exact_below=exact_below, with_embedding=with_embedding,
+        max_distance=None if min_similarity is None else 1.0 - min_similarity))
     return rows
 
 
 @plan(read_only=True, replica=True)
 def keyword_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
-                   filter: Mapping[str, Any] | None, options: HybridOptions, *,
+                   filter: document_sql.Filter, options: HybridOptions, *,
                    min_similarity: float | None = None, with_embedding: bool = False) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows matching the words of ``query_text``, best text rank first.
 

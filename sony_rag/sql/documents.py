@@ -9,7 +9,10 @@ from uuid import UUID
 from psycopg import sql
 
 from sony_rag.sql import Params, Query
-from sony_rag.sql.filters import compile_filter, filter_shape
+from sony_rag.sql.filters import ParsedFilter, compile_filter, filter_shape
+
+# A filter as the statements take it: a dict in the filter grammar, or one parsed once (sony_rag.retrieval).
+Filter = Mapping[str, Any] | ParsedFilter | None
 
 # Column order of every COPY into document_embeddings (and of the staging table used for upserts).
 COPY_COLUMNS: Final = ("embedding_id", "source_type", "source_id", "content_chunk", "embedding", "metadata",
@@ -70,7 +73,7 @@ _SHAPES: dict[tuple[Any, ...], tuple[sql.SQL, list[tuple[str, str | None]]]] = {
 _MAX_SHAPES: Final = 512
 
 
-def _per_shape(kind: str, flags: tuple[Any, ...], filter: Mapping[str, Any] | None, values: Mapping[str, Any],
+def _per_shape(kind: str, flags: tuple[Any, ...], filter: Filter, values: Mapping[str, Any],
                compose: Callable[[Mapping[str, Any]], Query]) -> Query:
     """Return ``compose(values)``'s statement, composed once per shape of call and filled with this call's values.
 
@@ -92,7 +95,7 @@ def _per_shape(kind: str, flags: tuple[Any, ...], filter: Mapping[str, Any] | No
     return text, {name: values[slot] if slot is not None else next(from_filter) for name, slot in order}
 
 
-def _conditions(p: Params, q: sql.Composable, filter: Mapping[str, Any] | None,
+def _conditions(p: Params, q: sql.Composable, filter: Filter,
                 max_distance: float | None) -> sql.Composable:
     where = [compile_filter(filter, p)]
     if max_distance is not None:
@@ -161,7 +164,7 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     ).format(choice=choice, index_rows=_index_scan(plain, q, where, limit), exact=exact, many=many, limit=limit)
 
 
-def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, use_index: bool = True,
+def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = True,
             exact_below: int | None = None, max_distance: float | None = None,
             with_embedding: bool = False) -> Query:
     """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
@@ -190,14 +193,14 @@ def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, 
                                                  "exact_below": exact_below, "max_distance": max_distance}, compose)
 
 
-def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
+def exact_nearest(query_vector: Any, limit: int, filter: Filter, *,
                   max_distance: float | None = None, with_embedding: bool = False) -> Query:
     """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings."""
     return nearest(query_vector, limit, filter, use_index=False, max_distance=max_distance,
                    with_embedding=with_embedding)
 
 
-def ann_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None) -> Query:
+def ann_nearest(query_vector: Any, limit: int, filter: Filter) -> Query:
     """Return the bare ``ORDER BY embedding <=> q LIMIT n`` query alone (what the vector index answers)."""
     p = Params()
     q = p.add(query_vector)
@@ -268,10 +271,10 @@ def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.C
                                    columns=("embedding_id",)))
 
 
-def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
+def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Filter, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
            similarity_tie: float, use_index: bool = True, exact_below: int | None = None,
-           with_embedding: bool = False) -> Query:
+           with_embedding: bool = False, max_distance: float | None = None) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
     Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, chosen as
@@ -282,10 +285,11 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     ``vector_weight * max(similarity, 0) / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``
     where ``vector_rank`` is 1 + the vector leg's rows closer by more than ``similarity_tie`` (so rows the
     embedding cannot tell apart share a rank, and a text hit outside the vector leg keeps its similarity's due)
-    and the text term is 0 outside the text leg. The best ``limit`` rows come back with their cosine
-    ``distance`` and that score as ``rrf``.
+    and the text term is 0 outside the text leg. The best ``limit`` rows within ``max_distance`` (when given)
+    come back with their cosine ``distance`` and that score as ``rrf``.
     """
     counted = exact_below is not None
+    bounded = max_distance is not None
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
@@ -329,23 +333,27 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
             "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
             " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
             "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
-            " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
+            " ) AS both_legs GROUP BY embedding_id) AS r{within} ORDER BY rrf DESC, r.distance, r.embedding_id"
+            " LIMIT {limit}"
             ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
             " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
         ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit,
                  tie=p.add(v["similarity_tie"], "float8"),
                  wv=p.add(v["vector_weight"], "float8"), wk=p.add(v["keyword_weight"], "float8"), c=c,
-                 limit=p.add(v["limit"]),
-                 cols=columns, q=q)
+                 limit=p.add(v["limit"]), cols=columns, q=q,
+                 # The threshold applies before the LIMIT: k rows at or above it come back whenever k exist.
+                 within=sql.SQL(" WHERE r.distance <= {}").format(p.add(v["max_distance"], "float8"))
+                 if bounded else sql.SQL(""))
         return query, p.values
 
     values = {"query_vector": query_vector, "query_text": query_text, "limit": limit, "fetch_k": fetch_k,
               "config": config, "rrf_k": rrf_k, "vector_weight": vector_weight, "keyword_weight": keyword_weight,
-              "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below}
-    return _per_shape("hybrid", (use_index, counted, with_embedding), filter, values, compose)
+              "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below,
+              "max_distance": max_distance}
+    return _per_shape("hybrid", (use_index, counted, with_embedding, bounded), filter, values, compose)
 
 
-def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
+def keyword(query_vector: Any, query_text: str, limit: int, filter: Filter, *,
             config: str, text_candidates: int, with_embedding: bool = False,
             max_distance: float | None = None) -> Query:
     """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
@@ -354,26 +362,33 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
     only rows within that cosine distance of the query vector. Rows also carry what ranks them:
     ``word_coverage`` (the share of the query's words the row holds) first, then ``text_score``.
     """
-    p = Params()
-    q = p.add(query_vector)
-    rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    where = compile_filter(filter, p)
-    if max_distance is not None:
-        # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k exist.
-        where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(max_distance, "float8"))
-    text_ctes = _text_ctes(p, query_text, config, where, max(text_candidates, limit),
-                           rank.format,
-                           skip_common=False)
-    columns = _joined_columns(with_embedding)
-    query = sql.SQL(
-        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
-        " k.coverage AS word_coverage, k.score AS text_score FROM ("
-        " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
-        " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
-        ") AS k JOIN document_embeddings AS d USING (embedding_id)"
-        " ORDER BY k.coverage DESC, k.score DESC, d.embedding_id"
-    ).format(text_ctes=text_ctes, cols=columns, q=q, limit=p.add(limit))
-    return query, p.values
+    bounded = max_distance is not None
+
+    def compose(v: Mapping[str, Any]) -> Query:
+        p = Params()
+        q = p.add(v["query_vector"])
+        rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
+        where = compile_filter(filter, p)
+        if bounded:
+            # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k
+            # exist.
+            where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(v["max_distance"], "float8"))
+        text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"], rank.format,
+                               skip_common=False)
+        columns = _joined_columns(with_embedding)
+        query = sql.SQL(
+            "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
+            " k.coverage AS word_coverage, k.score AS text_score FROM ("
+            " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
+            " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
+            ") AS k JOIN document_embeddings AS d USING (embedding_id)"
+            " ORDER BY k.coverage DESC, k.score DESC, d.embedding_id"
+        ).format(text_ctes=text_ctes, cols=columns, q=q, limit=p.add(v["limit"]))
+        return query, p.values
+
+    values = {"query_vector": query_vector, "max_distance": max_distance, "query_text": query_text,
+              "config": config, "text_candidates": max(text_candidates, limit), "limit": limit}
+    return _per_shape("keyword", (with_embedding, bounded), filter, values, compose)
 
 
 def by_ids(ids: Sequence[UUID]) -> Query:
