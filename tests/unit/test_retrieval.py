@@ -1,0 +1,61 @@
+"""SearchRequest: every argument checked once, before the query is embedded or anything is sent (no database)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sony_rag.errors import InvalidEmbeddingError, InvalidInputError, InvalidSourceTypeError, SchemaNotReadyError
+from sony_rag.plans import HybridOptions
+from sony_rag.retrieval import SearchRequest, search_plan
+from sony_rag.sql import Params
+from sony_rag.sql.filters import compile_filter, filter_shape
+from sony_rag.vector_index import Capabilities
+
+VECTOR = np.ones(384, dtype=np.float32)
+
+
+def test_source_type_is_anded_to_the_filter_as_one_parsed_tree() -> None:
+    request = SearchRequest.of(VECTOR, filter={"price": {"$lt": 5}}, source_type="faq")
+    assert request.filter is not None and request.filter.kind == "metadata"
+    spelled = {"$and": [{"source_type": "faq"}, {"price": {"$lt": 5}}]}
+    assert filter_shape(request.filter)[0] == filter_shape(spelled)[0]
+    assert compile_filter(request.filter, Params()).as_string(None) == compile_filter(spelled, Params()).as_string(None)
+    only_type = SearchRequest.of(VECTOR, source_type="faq").filter
+    assert only_type is not None and only_type.kind == "columns"
+
+
+def test_the_query_is_embedded_only_after_every_other_argument_passed() -> None:
+    embedded: list[str] = []
+
+    def embed() -> np.ndarray:
+        embedded.append("yes")
+        return VECTOR
+
+    for bad in ({"k": 0}, {"k": 1001}, {"score_threshold": 1.01}, {"mode": "fuzzy"}, {"source_type": "blog"},
+                {"filter": {"$nope": 1}}, {"probes": 0}, {"mode": "hybrid"}):
+        with pytest.raises(InvalidInputError):
+            SearchRequest.of(embed, **bad)  # type: ignore[arg-type]
+    assert embedded == []
+    assert SearchRequest.of(embed, k=3).k == 3 and embedded == ["yes"]
+
+
+def test_an_embedding_model_of_the_wrong_size_is_named() -> None:
+    with pytest.raises(InvalidEmbeddingError, match="Tiny produces 6-dimensional vectors"):
+        SearchRequest.of([0.1] * 6, embedded_by="Tiny")
+    with pytest.raises(InvalidSourceTypeError):
+        SearchRequest.of(VECTOR, source_type="blog")
+
+
+def test_mmr_fetches_its_candidates_with_their_embeddings() -> None:
+    request = SearchRequest.of(VECTOR, k=4, fetch_k=20, lambda_mult=0.3)
+    assert (request.rows_wanted, request.with_embedding, request.lambda_mult) == (20, True, 0.3)
+    plain = SearchRequest.of(VECTOR, k=4)
+    assert (plain.rows_wanted, plain.with_embedding) == (4, False)
+    with pytest.raises(InvalidInputError, match="lambda_mult"):
+        SearchRequest.of(VECTOR, fetch_k=5, lambda_mult=1.5)
+
+
+def test_a_server_without_pgvector_is_refused_before_any_statement() -> None:
+    with pytest.raises(SchemaNotReadyError, match="sony-rag migrate"):
+        search_plan(SearchRequest.of(VECTOR), Capabilities(pgvector_version=(0,), vector_index=None), HybridOptions())
