@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
-from sony_rag import plans
+from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.operations import match_from_row
-from sony_rag.retrieval import SearchRequest, require_pgvector, search_mode, search_plan
+from sony_rag.retrieval import SearchRequest, require_pgvector, search_mode
 from sony_rag.types import EmbeddingMatch
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
     request = SearchRequest.of(embed, k=k, mode=search_mode(mode, "mode"), text=text, source_type=source_type,
                                score_threshold=threshold, threshold_name="threshold",
                                embedded_by=type(embeddings).__name__)
-    rows = db.run(search_plan(request, capabilities, plans.HybridOptions.from_settings(db.settings)))
+    rows = retrieval.run(db, request, plans.HybridOptions.from_settings(db.settings))
     return [_hit(rank, row, request.mode) for rank, row in enumerate(rows, start=1)]
 
 

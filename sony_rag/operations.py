@@ -15,13 +15,13 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from sony_rag import plans
+from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
 from sony_rag.replicas import observe_position, write_position
-from sony_rag.retrieval import SearchRequest, search_plan
+from sony_rag.retrieval import SearchRequest
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
 
 _default_lock = threading.Lock()
@@ -204,8 +204,7 @@ async def search_similar_embeddings(query_embedding: Any, source_type: str | Non
                                score_threshold=similarity_threshold, k_name="limit",
                                threshold_name="similarity_threshold", vector_name="query_embedding")
     database = get_db(db)
-    rows = await database.arun(search_plan(request, await database.acapabilities(),
-                                           plans.HybridOptions.from_settings(database.settings)))
+    rows = await retrieval.arun(database, request, plans.HybridOptions.from_settings(database.settings))
     return [match_from_row(row) for row in rows]
 
 

@@ -9,9 +9,10 @@ differ only in how they name their arguments and shape the rows they get back.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -23,11 +24,15 @@ from sony_rag.executor import Plan
 from sony_rag.sql.filters import ParsedFilter, parse_filter
 from sony_rag.vector_index import MAX_EF_SEARCH, MAX_PROBES, Capabilities
 
+if TYPE_CHECKING:
+    from sony_rag.database import Database
+
 # The most rows one search returns (and MMR fetches): HNSW cannot return more than ef_search, at most 1000.
 MAX_K: Final = 1000
 SEARCH_MODES: Final = ("vector", "keyword", "hybrid")
 
 Row = dict[str, Any]
+WordStatistics = Sequence[tuple[str, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +107,48 @@ class SearchRequest:
         return max(self.k, self.fetch_k)
 
 
-def search_plan(request: SearchRequest, capabilities: Capabilities, options: plans.HybridOptions) -> Plan[list[Row]]:
+def run(db: Database, request: SearchRequest, options: plans.HybridOptions) -> list[Row]:
+    """Return the rows answering ``request`` on ``db`` (see ``search_plan``); raises SonyRagError subclasses."""
+    capabilities = db.capabilities()
+    statistics: WordStatistics | None = ()
+    if request.mode == "hybrid":
+        statistics = _cached_statistics(db, capabilities)
+        if statistics is None:
+            statistics = db.run(plans.common_word_statistics())
+            _STATISTICS[db] = (capabilities, statistics)
+    return db.run(search_plan(request, capabilities, options, statistics or ()))
+
+
+async def arun(db: Database, request: SearchRequest, options: plans.HybridOptions) -> list[Row]:
+    """Return the rows answering ``request`` on ``db``, from async code (see ``run``)."""
+    capabilities = await db.acapabilities()
+    statistics: WordStatistics | None = ()
+    if request.mode == "hybrid":
+        statistics = _cached_statistics(db, capabilities)
+        if statistics is None:
+            statistics = await db.arun(plans.common_word_statistics())
+            _STATISTICS[db] = (capabilities, statistics)
+    return await db.arun(search_plan(request, capabilities, options, statistics or ()))
+
+
+# Which words the text index's statistics call common, per Database, read again whenever its capabilities are (at
+# most a minute apart, and at once after ``forget_capabilities``): reading them in the hybrid statement itself
+# (pg_stats) cost more than half of the statement's server time at 100k rows.
+_STATISTICS: weakref.WeakKeyDictionary[Database, tuple[Capabilities, WordStatistics]] = weakref.WeakKeyDictionary()
+
+
+def _cached_statistics(db: Database, capabilities: Capabilities) -> WordStatistics | None:
+    cached = _STATISTICS.get(db)
+    return cached[1] if cached is not None and cached[0] is capabilities else None
+
+
+def search_plan(request: SearchRequest, capabilities: Capabilities, options: plans.HybridOptions,
+                word_statistics: WordStatistics = ()) -> Plan[list[Row]]:
     """Return the plan answering ``request``: rows closest first (vector), fused (hybrid) or by text (keyword).
 
     Each row carries ``distance`` (cosine); hybrid rows ``rrf``, keyword rows ``word_coverage`` and
-    ``text_score``. Raises SchemaNotReadyError when pgvector is missing (the query could not even be sent).
+    ``text_score``. ``word_statistics``: ``plans.common_word_statistics()``'s answer, for hybrid's text leg.
+    Raises SchemaNotReadyError when pgvector is missing (the query could not even be sent).
     """
     require_pgvector(capabilities)
     k = request.rows_wanted
@@ -120,7 +162,7 @@ def search_plan(request: SearchRequest, capabilities: Capabilities, options: pla
                                     min_similarity=request.min_similarity, with_embedding=request.with_embedding)
     return plans.hybrid_search(request.vector, request.text, k, request.filter, capabilities, options,
                                min_similarity=request.min_similarity, with_embedding=request.with_embedding,
-                               probes=request.probes, ef_search=request.ef_search)
+                               probes=request.probes, ef_search=request.ef_search, word_statistics=word_statistics)
 
 
 def require_pgvector(capabilities: Capabilities) -> None:
@@ -158,4 +200,5 @@ def _fraction(value: object, name: str) -> float:
     return float(value)
 
 
-__all__ = ["MAX_K", "SEARCH_MODES", "SearchRequest", "require_pgvector", "search_mode", "search_plan", "similarity"]
+__all__ = ["MAX_K", "SEARCH_MODES", "SearchRequest", "arun", "require_pgvector", "run", "search_mode", "search_plan",
+           "similarity"]

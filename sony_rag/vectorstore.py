@@ -15,13 +15,13 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from psycopg.types.json import Jsonb
 
-from sony_rag import plans
+from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidEmbeddingError, InvalidIdentifierError, InvalidInputError
 from sony_rag.executor import Plan
 from sony_rag.operations import get_db
-from sony_rag.retrieval import SearchRequest, search_plan
+from sony_rag.retrieval import SearchRequest
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
@@ -206,10 +206,10 @@ class SonyVectorStore(VectorStore):
             embedded_by=type(self._embeddings).__name__ if embedded else None)
 
     def _rows(self, request: SearchRequest) -> list[Row]:
-        return self._db.run(search_plan(request, self._db.capabilities(), self.hybrid_options))
+        return retrieval.run(self._db, request, self.hybrid_options)
 
     async def _arows(self, request: SearchRequest) -> list[Row]:
-        return await self._db.arun(search_plan(request, await self._db.acapabilities(), self.hybrid_options))
+        return await retrieval.arun(self._db, request, self.hybrid_options)
 
     def similarity_search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                           **kwargs: Any) -> list[Document]:

@@ -208,14 +208,17 @@ def ann_nearest(query_vector: Any, limit: int, filter: Filter) -> Query:
 
 
 def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, candidates: int,
-               extra_columns: Callable[[sql.Composable], sql.Composable], *, skip_common: bool) -> sql.Composable:
+               extra_columns: Callable[[sql.Composable], sql.Composable], *,
+               common_words: object = None) -> sql.Composable:
     # The text leg's CTEs, read lazily so that each costs only when reached:
     # - text_query: websearch_to_tsquery accepts any text (quotes, operators, emoji) without a syntax error and
     #   requires every word;
-    # - common_words: with ``skip_common``, the text's words that ANALYZE's statistics say more rows hold than
-    #   the leg may rank. Looking such a word up in the GIN index costs in proportion to its rows and can only
-    #   return an arbitrary ``candidates`` of them, so it is not looked up: it still counts for the rows the
-    #   caller ranks anyway (the vector leg's). Without statistics no word is common.
+    # - common_words: ``common_words`` (a text[] value; None: none), the lexemes ANALYZE's statistics say more
+    #   rows hold than the leg may rank (``common_word_statistics``, read by the client and cached). Looking such
+    #   a word up in the GIN index costs in proportion to its rows and can only return an arbitrary
+    #   ``candidates`` of them, so it is not looked up: it still counts for the rows the caller ranks anyway (the
+    #   vector leg's). Read from pg_stats in the statement, it cost more planning and execution than the rest
+    #   of the text leg.
     # - all_word_hits: rows holding every word (coverage 1), looked up unless every word is common;
     # - known_words / any_word_hits: for the case that no row holds every word, the text's words that some row
     #   holds (a word no row holds cannot tell rows apart, so it must not dilute coverage) and the rows holding
@@ -227,14 +230,8 @@ def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, c
     text = p.add(query_text)
     cap = p.add(candidates)
     common: sql.Composable = sql.SQL("SELECT NULL::text AS lexeme WHERE FALSE")
-    if skip_common:
-        common = sql.SQL(
-            "SELECT m.lexeme FROM pg_stats AS s JOIN pg_class AS c ON c.relname = s.tablename"
-            " AND c.relnamespace::regnamespace::name = s.schemaname,"
-            " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
-            " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
-            " AND m.lexeme = ANY((SELECT lexemes FROM text_query)::text[]) AND m.frequency * c.reltuples > {cap}"
-        ).format(cap=cap)
+    if common_words is not None:
+        common = sql.SQL("SELECT unnest({}) AS lexeme").format(p.add(common_words, "text[]"))
     return sql.SQL(
         "text_query AS (SELECT websearch_to_tsquery({cfg}, {text}) AS all_words,"
         "  tsvector_to_array(to_tsvector({cfg}, {text})) AS lexemes),"
@@ -274,14 +271,16 @@ def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.C
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Filter, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
            similarity_tie: float, use_index: bool = True, exact_below: int | None = None,
-           with_embedding: bool = False, max_distance: float | None = None) -> Query:
+           with_embedding: bool = False, max_distance: float | None = None,
+           common_words: Sequence[str] = ()) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
     Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, chosen as
     ``nearest`` chooses (``use_index``, ``exact_below``), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
-    rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
-    that are not looked up, only counted in the vector leg's rows). Every row either leg found scores
+    rows and up to ``text_candidates`` rows the text index finds (``common_words``, the lexemes the statistics
+    say more rows hold than that, are not looked up, only counted in the vector leg's rows). Every row either
+    leg found scores
     ``vector_weight * max(similarity, 0) / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``
     where ``vector_rank`` is 1 + the vector leg's rows closer by more than ``similarity_tie`` (so rows the
     embedding cannot tell apart share a rank, and a text hit outside the vector leg keeps its similarity's due)
@@ -300,7 +299,8 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
         bound = p.add(v["exact_below"]) if counted else None
         vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
         text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"],
-                               lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
+                               lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q),
+                               common_words=v["common_words"])
         columns = _joined_columns(with_embedding)
         c = p.add(v["rrf_k"], "float8")
         # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
@@ -349,7 +349,7 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
     values = {"query_vector": query_vector, "query_text": query_text, "limit": limit, "fetch_k": fetch_k,
               "config": config, "rrf_k": rrf_k, "vector_weight": vector_weight, "keyword_weight": keyword_weight,
               "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below,
-              "max_distance": max_distance}
+              "max_distance": max_distance, "common_words": list(common_words)}
     return _per_shape("hybrid", (use_index, counted, with_embedding, bounded), filter, values, compose)
 
 
@@ -373,8 +373,7 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Filter, *,
             # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k
             # exist.
             where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(v["max_distance"], "float8"))
-        text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"], rank.format,
-                               skip_common=False)
+        text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"], rank.format)
         columns = _joined_columns(with_embedding)
         query = sql.SQL(
             "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
@@ -389,6 +388,20 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Filter, *,
     values = {"query_vector": query_vector, "max_distance": max_distance, "query_text": query_text,
               "config": config, "text_candidates": max(text_candidates, limit), "limit": limit}
     return _per_shape("keyword", (with_embedding, bounded), filter, values, compose)
+
+
+def common_word_statistics() -> Query:
+    """Return a SELECT of each lexeme ANALYZE counted as common in ``search_vector``, with its estimated ``rows``.
+
+    No rows before the first ANALYZE (or without the table).
+    """
+    return sql.SQL(
+        "SELECT m.lexeme, m.frequency * c.reltuples AS rows FROM pg_stats AS s JOIN pg_class AS c"
+        " ON c.relname = s.tablename AND c.relnamespace::regnamespace::name = s.schemaname,"
+        " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
+        " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
+        " AND m.frequency * c.reltuples > 0 ORDER BY 2 DESC, 1"
+    ), {}
 
 
 def by_ids(ids: Sequence[UUID]) -> Query:
