@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from sony_rag.errors import InvalidEmbeddingError, InvalidInputError, InvalidSourceTypeError, SchemaNotReadyError
+from sony_rag.executor import Fetch, SetLocal
 from sony_rag.plans import HybridOptions
 from sony_rag.retrieval import SearchRequest, search_plan
 from sony_rag.sql import Params
 from sony_rag.sql.filters import compile_filter, filter_shape
-from sony_rag.vector_index import Capabilities
+from sony_rag.vector_index import Capabilities, VectorIndex
 
 VECTOR = np.ones(384, dtype=np.float32)
 
@@ -59,3 +62,34 @@ def test_mmr_fetches_its_candidates_with_their_embeddings() -> None:
 def test_a_server_without_pgvector_is_refused_before_any_statement() -> None:
     with pytest.raises(SchemaNotReadyError, match="sony-rag migrate"):
         search_plan(SearchRequest.of(VECTOR), Capabilities(pgvector_version=(0,), vector_index=None), HybridOptions())
+
+
+HNSW = Capabilities(pgvector_version=(0, 6, 2), vector_index=VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+
+
+def _first_steps(request: SearchRequest, statistics: tuple[tuple[str, float], ...] = ()) -> tuple[Any, Any]:
+    steps = search_plan(request, HNSW, HybridOptions(), statistics).start()
+    settings = next(steps)
+    return settings, steps.send(None)
+
+
+def test_only_an_unfiltered_vector_search_runs_a_generic_plan() -> None:
+    settings, _ = _first_steps(SearchRequest.of(VECTOR))
+    assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_generic_plan"
+    for request in (SearchRequest.of(VECTOR, source_type="faq"), SearchRequest.of(VECTOR, filter={"a": 1}),
+                    SearchRequest.of(VECTOR, mode="hybrid", text="oak")):
+        settings, _ = _first_steps(request)
+        assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_custom_plan"
+
+
+def _lists(statement: Any) -> list[Any]:
+    assert isinstance(statement, Fetch)
+    return [value for value in statement.params.values() if isinstance(value, list)]
+
+
+def test_hybrid_skips_the_words_more_rows_hold_than_its_text_leg_ranks() -> None:
+    statistics = (("sofa", 5000.0), ("oak", 201.0), ("walnut", 200.0), ("brass", 3.0))
+    _, statement = _first_steps(SearchRequest.of(VECTOR, mode="hybrid", text="oak sofa"), statistics)
+    assert _lists(statement) == [["sofa", "oak"]]  # more than text_candidates (200) rows
+    _, wide = _first_steps(SearchRequest.of(VECTOR, k=300, mode="hybrid", text="oak sofa"), statistics)
+    assert _lists(wide) == [["sofa"]]  # k=300 ranks up to 300 text rows
