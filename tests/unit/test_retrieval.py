@@ -73,11 +73,12 @@ def _first_steps(request: SearchRequest, statistics: tuple[tuple[str, float], ..
     return settings, steps.send(None)
 
 
-def test_only_an_unfiltered_vector_search_runs_a_generic_plan() -> None:
-    settings, _ = _first_steps(SearchRequest.of(VECTOR))
-    assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_generic_plan"
+def test_only_an_unfiltered_search_runs_a_generic_plan() -> None:
+    for request in (SearchRequest.of(VECTOR), SearchRequest.of(VECTOR, mode="hybrid", text="oak")):
+        settings, _ = _first_steps(request)
+        assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_generic_plan"
     for request in (SearchRequest.of(VECTOR, source_type="faq"), SearchRequest.of(VECTOR, filter={"a": 1}),
-                    SearchRequest.of(VECTOR, mode="hybrid", text="oak")):
+                    SearchRequest.of(VECTOR, mode="hybrid", text="oak", source_type="faq")):
         settings, _ = _first_steps(request)
         assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_custom_plan"
 
