@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
-from sony_rag import plans
+from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.durations import parse_age
-from sony_rag.errors import InvalidInputError, SchemaNotReadyError, SessionNotFoundError
+from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.operations import match_from_row
+from sony_rag.retrieval import SearchRequest, require_pgvector, search_mode
 from sony_rag.types import EmbeddingMatch
 
 if TYPE_CHECKING:
@@ -82,9 +83,6 @@ def ingest(db: Database, paths: Sequence[str | Path], *, embeddings: Embeddings,
 # -- search ----------------------------------------------------------------------------------------------
 
 
-SEARCH_MODES = ("vector", "keyword", "hybrid")
-
-
 RANKED_BY = {"vector": "similarity", "keyword": "text", "hybrid": "fused"}
 
 
@@ -137,30 +135,19 @@ def search(db: Database, query: str, *, embeddings: Embeddings, source_type: str
     text = check.required_text(query, "query")
     if not text.strip():
         raise InvalidInputError("the query is empty")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
-        raise InvalidInputError(f"k must be an integer from 1 to 1000, got {k!r}")
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise InvalidInputError(f"threshold must be a similarity from -1 to 1, got {threshold!r}")
-    if mode not in SEARCH_MODES:
-        raise InvalidInputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-    type_filter = None if source_type is None else {"source_type": check.source_type(source_type)}
     capabilities = db.capabilities()
-    if not any(capabilities.pgvector_version):  # (0,) when the extension is missing
-        # Without the extension the vector type is unknown and the query could not even be sent.
-        raise SchemaNotReadyError("the pgvector extension and tables are missing: run `sony-rag migrate` first")
-    vector = embeddings.embed_query(text)
-    check.dimensions_of(vector, type(embeddings).__name__)
-    query_vector = check.vector(vector, "query embedding")
-    options = plans.HybridOptions.from_settings(db.settings)
-    if mode == "hybrid":
-        search_plan = plans.hybrid_search(query_vector, text, k, type_filter, capabilities, options,
-                                          min_similarity=threshold)
-    elif mode == "keyword":
-        search_plan = plans.keyword_search(query_vector, text, k, type_filter, options, min_similarity=threshold)
-    else:
-        search_plan = plans.search(query_vector, k, type_filter, capabilities, min_similarity=threshold)
-    rows = db.run(search_plan)
-    return [_hit(rank, row, mode) for rank, row in enumerate(rows, start=1)]
+
+    def embed() -> list[float]:
+        # Called once every other argument passed its check and the schema is known to be there: loading a
+        # model takes a while, and would be wasted on a call that fails anyway.
+        require_pgvector(capabilities)
+        return embeddings.embed_query(text)
+
+    request = SearchRequest.of(embed, k=k, mode=search_mode(mode, "mode"), text=text, source_type=source_type,
+                               score_threshold=threshold, threshold_name="threshold",
+                               embedded_by=type(embeddings).__name__)
+    rows = retrieval.run(db, request, plans.HybridOptions.from_settings(db.settings))
+    return [_hit(rank, row, request.mode) for rank, row in enumerate(rows, start=1)]
 
 
 def _hit(rank: int, row: dict[str, Any], mode: str) -> SearchHit:

@@ -15,13 +15,13 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from sony_rag import plans
+from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
 from sony_rag.replicas import observe_position, write_position
-from sony_rag.sql.filters import validate_filter
+from sony_rag.retrieval import SearchRequest
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
 
 _default_lock = threading.Lock()
@@ -211,19 +211,12 @@ async def search_similar_embeddings(query_embedding: Any, source_type: str | Non
     by reciprocal rank fusion) and ``similarity`` is still each row's cosine similarity.
     Raises InvalidEmbeddingError, InvalidSourceTypeError, InvalidFilterError or InvalidTextError.
     """
+    request = SearchRequest.of(query_embedding, k=limit, mode="vector" if query_text is None else "hybrid",
+                               text=query_text, filter=filter, source_type=source_type,
+                               score_threshold=similarity_threshold, k_name="limit",
+                               threshold_name="similarity_threshold", vector_name="query_embedding")
     database = get_db(db)
-    vector = check.vector(query_embedding, "query_embedding")
-    count = _limit(limit, False) or 1
-    combined = _combined_filter(source_type, filter)
-    threshold = _threshold(similarity_threshold)
-    capabilities = await database.acapabilities()
-    if query_text is None:
-        search_plan = plans.search(vector, count, combined, capabilities, min_similarity=threshold)
-    else:
-        options = plans.HybridOptions.from_settings(database.settings)
-        search_plan = plans.hybrid_search(vector, check.required_text(query_text, "query_text"), count, combined,
-                                          capabilities, options, min_similarity=threshold)
-    rows = await database.arun(search_plan)
+    rows = await retrieval.arun(database, request, plans.HybridOptions.from_settings(database.settings))
     return [match_from_row(row) for row in rows]
 
 
@@ -234,26 +227,6 @@ def match_from_row(row: Mapping[str, Any]) -> EmbeddingMatch:
         content_chunk=row["content_chunk"], metadata=row["metadata"], created_at=row["created_at"],
         updated_at=row["updated_at"], similarity=1.0 - float(row["distance"]),
     )
-
-
-def _combined_filter(source_type: str | None, filter: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    parts: list[Mapping[str, Any]] = []
-    if source_type is not None:
-        parts.append({"source_type": check.source_type(source_type)})
-    if filter:
-        validate_filter(filter)
-        parts.append(filter)
-    if not parts:
-        return None
-    return dict(parts[0]) if len(parts) == 1 else {"$and": parts}
-
-
-def _threshold(value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= float(value) <= 1.0:
-        raise InvalidInputError(f"similarity_threshold must be a number in [-1, 1], got {value!r}")
-    return float(value)
 
 
 def _limit(value: int | None, allow_none: bool) -> int | None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sony_rag.sql.filters import ParsedFilter, filter_shape
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
 logger = logging.getLogger("sony_rag")
@@ -240,9 +241,13 @@ def estimated_scan_bound(capabilities: Capabilities, *, k: int = 10, probes: int
 MAX_ESTIMATES: Final = 1024
 
 
-def estimate_key(filter: Mapping[str, Any]) -> str:
-    """Return the key a (validated) filter's estimate is remembered under: equal filters, equal keys."""
-    return json.dumps(filter, sort_keys=True, separators=(",", ":"), default=str)
+def estimate_key(filter: Mapping[str, Any] | ParsedFilter) -> str:
+    """Return the key a filter's estimate is remembered under: its shape and bound values, parsed or not alike.
+
+    Raises InvalidFilterError when ``filter`` is malformed.
+    """
+    shape, values = filter_shape(filter)
+    return json.dumps([shape, list(values)], separators=(",", ":"), default=str)
 
 
 def remember_estimate(capabilities: Capabilities, key: str, rows: float | None) -> None:

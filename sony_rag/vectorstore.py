@@ -15,12 +15,13 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from psycopg.types.json import Jsonb
 
-from sony_rag import plans
+from sony_rag import plans, retrieval
 from sony_rag import validation as check
-from sony_rag.database import Capabilities, Database
+from sony_rag.database import Database
 from sony_rag.errors import InvalidEmbeddingError, InvalidIdentifierError, InvalidInputError
 from sony_rag.executor import Plan
 from sony_rag.operations import get_db
+from sony_rag.retrieval import SearchRequest
 from sony_rag.sql.filters import validate_filter
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
@@ -188,40 +189,27 @@ class SonyVectorStore(VectorStore):
             check.dimensions_of(vector, type(self._embeddings).__name__)
         return vectors
 
-    def _query_vector(self, vector: Sequence[float]) -> npt.NDArray[np.float32]:
-        check.dimensions_of(vector, type(self._embeddings).__name__)
-        return check.vector(vector, "query embedding")
-
     # -- searching -----------------------------------------------------------------------------------
 
-    def _search_plan(self, vector: Sequence[float] | npt.NDArray[Any], k: int, filter: Mapping[str, Any] | None,
-                     capabilities: Capabilities, *, score_threshold: float | None = None,
-                     with_embedding: bool = False, **kwargs: Any) -> Plan[list[Row]]:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        if filter:
-            validate_filter(filter)
-        if score_threshold is not None and (isinstance(score_threshold, bool)
-                                            or not isinstance(score_threshold, int | float)):
-            raise InvalidInputError(f"score_threshold must be a number, got {score_threshold!r}")
-        vector_ = check.vector(vector, "query embedding")
-        min_similarity = None if score_threshold is None else float(score_threshold)
-        probes = check.search_option(kwargs.get("probes", self.probes), "probes", plans.MAX_PROBES)
-        ef_search = check.search_option(kwargs.get("ef_search", self.ef_search), "ef_search", plans.MAX_EF_SEARCH)
-        mode = _search_mode(kwargs, self.search_mode)
-        query_text = kwargs.get("query_text")
-        if mode != "vector":
-            if not isinstance(query_text, str):
-                raise InvalidInputError(f"search_mode {mode!r} needs the query text (query_text=...)")
-            check.required_text(query_text, "query text")
-            if mode == "keyword":
-                return plans.keyword_search(vector_, query_text, k, filter or None, self.hybrid_options,
-                                            min_similarity=min_similarity, with_embedding=with_embedding)
-            return plans.hybrid_search(vector_, query_text, k, filter or None, capabilities, self.hybrid_options,
-                                       min_similarity=min_similarity, with_embedding=with_embedding,
-                                       probes=probes, ef_search=ef_search)
-        return plans.search(vector_, k, filter or None, capabilities, min_similarity=min_similarity,
-                            with_embedding=with_embedding, probes=probes, ef_search=ef_search)
+    def _request(self, vector: object, k: int, filter: Mapping[str, Any] | None, kwargs: Mapping[str, Any], *,
+                 embedded: bool = False, fetch_k: int | None = None,
+                 lambda_mult: float | None = None) -> SearchRequest:
+        """Return the checked request for a search with the store's defaults; raises InvalidInputError subclasses."""
+        mode = kwargs.get("search_mode")
+        if mode is None:
+            hybrid = kwargs.get("hybrid")
+            mode = self.search_mode if hybrid is None else ("hybrid" if hybrid else "vector")
+        return SearchRequest.of(
+            vector, k=k, mode=mode, text=kwargs.get("query_text"), filter=filter,
+            score_threshold=kwargs.get("score_threshold"), probes=kwargs.get("probes", self.probes),
+            ef_search=kwargs.get("ef_search", self.ef_search), fetch_k=fetch_k, lambda_mult=lambda_mult,
+            embedded_by=type(self._embeddings).__name__ if embedded else None)
+
+    def _rows(self, request: SearchRequest) -> list[Row]:
+        return retrieval.run(self._db, request, self.hybrid_options)
+
+    async def _arows(self, request: SearchRequest) -> list[Row]:
+        return await retrieval.arun(self._db, request, self.hybrid_options)
 
     def similarity_search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                           **kwargs: Any) -> list[Document]:
@@ -236,14 +224,16 @@ class SonyVectorStore(VectorStore):
     def similarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:
         """Return ``(document, cosine distance)`` pairs, closest first."""
-        vector = self._query_vector(self._embeddings.embed_query(query))
-        return self.similarity_search_with_score_by_vector(vector, k, filter, query_text=query, **kwargs)
+        kwargs.setdefault("query_text", query)
+        request = self._request(self._embeddings.embed_query(query), k, filter, kwargs, embedded=True)
+        return _scored(self._rows(request))
 
     async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                                             **kwargs: Any) -> list[tuple[Document, float]]:
         """Return ``(document, cosine distance)`` pairs, closest first."""
-        vector = self._query_vector(await self._embeddings.aembed_query(query))
-        return await self.asimilarity_search_with_score_by_vector(vector, k, filter, query_text=query, **kwargs)
+        kwargs.setdefault("query_text", query)
+        request = self._request(await self._embeddings.aembed_query(query), k, filter, kwargs, embedded=True)
+        return _scored(await self._arows(request))
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
                                     filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
@@ -260,16 +250,13 @@ class SonyVectorStore(VectorStore):
                                                filter: dict[str, Any] | None = None,
                                                **kwargs: Any) -> list[tuple[Document, float]]:
         """Return ``(document, cosine distance)`` pairs nearest to ``embedding``, closest first."""
-        rows = self._db.run(self._search_plan(embedding, k, filter, self._db.capabilities(), **kwargs))
-        return [(document_from_row(row), float(row["distance"])) for row in rows]
+        return _scored(self._rows(self._request(embedding, k, filter, kwargs)))
 
     async def asimilarity_search_with_score_by_vector(self, embedding: Sequence[float] | npt.NDArray[Any],
                                                       k: int = 4, filter: dict[str, Any] | None = None,
                                                       **kwargs: Any) -> list[tuple[Document, float]]:
         """Return ``(document, cosine distance)`` pairs nearest to ``embedding``, closest first."""
-        rows = await self._db.arun(self._search_plan(embedding, k, filter, await self._db.acapabilities(),
-                                                     **kwargs))
-        return [(document_from_row(row), float(row["distance"])) for row in rows]
+        return _scored(await self._arows(self._request(embedding, k, filter, kwargs)))
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return _similarity_from_distance
@@ -310,41 +297,35 @@ class SonyVectorStore(VectorStore):
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
                                       filter: dict[str, Any] | None = None, **kwargs: Any) -> list[Document]:
         """Return ``k`` documents chosen for relevance to ``query`` and diversity among themselves."""
-        vector = self._query_vector(self._embeddings.embed_query(query))
-        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter,
-                                                            query_text=query, **kwargs)
+        kwargs.setdefault("query_text", query)
+        request = self._request(self._embeddings.embed_query(query), k, filter, kwargs, embedded=True,
+                                fetch_k=fetch_k, lambda_mult=lambda_mult)
+        return _mmr_select(request, self._rows(request))
 
     async def amax_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
                                              lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
                                              **kwargs: Any) -> list[Document]:
         """Return ``k`` documents chosen for relevance to ``query`` and diversity among themselves."""
-        vector = self._query_vector(await self._embeddings.aembed_query(query))
-        return await self.amax_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter,
-                                                                   query_text=query, **kwargs)
+        kwargs.setdefault("query_text", query)
+        request = self._request(await self._embeddings.aembed_query(query), k, filter, kwargs, embedded=True,
+                                fetch_k=fetch_k, lambda_mult=lambda_mult)
+        return _mmr_select(request, await self._arows(request))
 
     def max_marginal_relevance_search_by_vector(self, embedding: Sequence[float] | npt.NDArray[Any], k: int = 4,
                                                 fetch_k: int = 20, lambda_mult: float = 0.5,
                                                 filter: dict[str, Any] | None = None,
                                                 **kwargs: Any) -> list[Document]:
         """Return ``k`` diverse documents among the ``fetch_k`` nearest to ``embedding``."""
-        search_plan = self._mmr_plan(embedding, k, fetch_k, lambda_mult, filter, self._db.capabilities(), kwargs)
-        return _mmr_select(embedding, self._db.run(search_plan), k, lambda_mult)
+        request = self._request(embedding, k, filter, kwargs, fetch_k=fetch_k, lambda_mult=lambda_mult)
+        return _mmr_select(request, self._rows(request))
 
     async def amax_marginal_relevance_search_by_vector(self, embedding: Sequence[float] | npt.NDArray[Any],
                                                        k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
                                                        filter: dict[str, Any] | None = None,
                                                        **kwargs: Any) -> list[Document]:
         """Return ``k`` diverse documents among the ``fetch_k`` nearest to ``embedding``."""
-        search_plan = self._mmr_plan(embedding, k, fetch_k, lambda_mult, filter, await self._db.acapabilities(),
-                                     kwargs)
-        return _mmr_select(embedding, await self._db.arun(search_plan), k, lambda_mult)
-
-    def _mmr_plan(self, embedding: Sequence[float] | npt.NDArray[Any], k: int, fetch_k: int, lambda_mult: float,
-                  filter: Mapping[str, Any] | None, capabilities: Capabilities,
-                  kwargs: dict[str, Any]) -> Plan[list[Row]]:
-        if not 0.0 <= float(lambda_mult) <= 1.0:
-            raise InvalidInputError(f"lambda_mult must be between 0 and 1, got {lambda_mult!r}")
-        return self._search_plan(embedding, max(k, fetch_k), filter, capabilities, with_embedding=True, **kwargs)
+        request = self._request(embedding, k, filter, kwargs, fetch_k=fetch_k, lambda_mult=lambda_mult)
+        return _mmr_select(request, await self._arows(request))
 
     # -- reading and deleting by id -------------------------------------------------------------------
 
@@ -461,16 +442,6 @@ def _source_id(value: object, index: int) -> str | None:
     raise InvalidInputError(f"metadatas[{index}].source_id must be a string or number, got {type(value).__name__}")
 
 
-def _search_mode(kwargs: Mapping[str, Any], default: str) -> str:
-    mode = kwargs.get("search_mode")
-    hybrid = kwargs.get("hybrid")
-    if mode is None:
-        mode = default if hybrid is None else ("hybrid" if hybrid else "vector")
-    if mode not in ("vector", "keyword", "hybrid"):
-        raise InvalidInputError(f"search_mode must be 'vector', 'keyword' or 'hybrid', got {mode!r}")
-    return str(mode)
-
-
 def _similarity_from_distance(distance: float) -> float:
     return 1.0 - distance
 
@@ -490,14 +461,17 @@ def _as_array(vector: Any) -> npt.NDArray[np.float32]:
     return np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32)
 
 
-def _mmr_select(query: Sequence[float] | npt.NDArray[Any], rows: list[Row], k: int,
-                lambda_mult: float) -> list[Document]:
+def _scored(rows: list[Row]) -> list[tuple[Document, float]]:
+    return [(document_from_row(row), float(row["distance"])) for row in rows]
+
+
+def _mmr_select(request: SearchRequest, rows: list[Row]) -> list[Document]:
     if not rows:
         return []
+    assert request.lambda_mult is not None
     candidates = [_as_array(row["embedding"]) for row in rows]
-    chosen = maximal_marginal_relevance(np.asarray(query, dtype=np.float32),
-                                        cast(list[list[float]], candidates), lambda_mult=lambda_mult,
-                                        k=min(k, len(rows)))
+    chosen = maximal_marginal_relevance(request.vector, cast(list[list[float]], candidates),
+                                        lambda_mult=request.lambda_mult, k=min(request.k, len(rows)))
     return [document_from_row(rows[index]) for index in chosen]
 
 

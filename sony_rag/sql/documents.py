@@ -9,7 +9,10 @@ from uuid import UUID
 from psycopg import sql
 
 from sony_rag.sql import Params, Query
-from sony_rag.sql.filters import compile_filter, filter_shape
+from sony_rag.sql.filters import ParsedFilter, compile_filter, filter_shape
+
+# A filter as the statements take it: a dict in the filter grammar, or one parsed once (sony_rag.retrieval).
+Filter = Mapping[str, Any] | ParsedFilter | None
 
 # Column order of every COPY into document_embeddings (and of the staging table used for upserts).
 COPY_COLUMNS: Final = ("embedding_id", "source_type", "source_id", "content_chunk", "embedding", "metadata",
@@ -70,7 +73,7 @@ _SHAPES: dict[tuple[Any, ...], tuple[sql.SQL, list[tuple[str, str | None]]]] = {
 _MAX_SHAPES: Final = 512
 
 
-def _per_shape(kind: str, flags: tuple[Any, ...], filter: Mapping[str, Any] | None, values: Mapping[str, Any],
+def _per_shape(kind: str, flags: tuple[Any, ...], filter: Filter, values: Mapping[str, Any],
                compose: Callable[[Mapping[str, Any]], Query]) -> Query:
     """Return ``compose(values)``'s statement, composed once per shape of call and filled with this call's values.
 
@@ -92,7 +95,7 @@ def _per_shape(kind: str, flags: tuple[Any, ...], filter: Mapping[str, Any] | No
     return text, {name: values[slot] if slot is not None else next(from_filter) for name, slot in order}
 
 
-def _conditions(p: Params, q: sql.Composable, filter: Mapping[str, Any] | None,
+def _conditions(p: Params, q: sql.Composable, filter: Filter,
                 max_distance: float | None) -> sql.Composable:
     where = [compile_filter(filter, p)]
     if max_distance is not None:
@@ -124,7 +127,7 @@ def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composabl
         " ORDER BY embedding <=> {q} LIMIT {limit}").format(columns=columns, q=q, where=where, limit=limit)
 
 
-def estimated_matches(filter: Mapping[str, Any]) -> Query:
+def estimated_matches(filter: Filter) -> Query:
     """Return a SELECT of ``rows``: how many rows a metadata-only filter matches, estimated from ANALYZE's statistics.
 
     Estimated as the planner estimates an opaque operator (PostgreSQL's generic_restriction_selectivity): the
@@ -188,7 +191,7 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     ).format(choice=choice, index_rows=_index_scan(plain, q, where, limit), exact=exact, many=many, limit=limit)
 
 
-def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, use_index: bool = True,
+def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = True,
             exact_below: int | None = None, max_distance: float | None = None,
             with_embedding: bool = False) -> Query:
     """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
@@ -217,14 +220,14 @@ def nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *, 
                                                  "exact_below": exact_below, "max_distance": max_distance}, compose)
 
 
-def exact_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None, *,
+def exact_nearest(query_vector: Any, limit: int, filter: Filter, *,
                   max_distance: float | None = None, with_embedding: bool = False) -> Query:
     """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings."""
     return nearest(query_vector, limit, filter, use_index=False, max_distance=max_distance,
                    with_embedding=with_embedding)
 
 
-def ann_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None) -> Query:
+def ann_nearest(query_vector: Any, limit: int, filter: Filter) -> Query:
     """Return the bare ``ORDER BY embedding <=> q LIMIT n`` query alone (what the vector index answers)."""
     p = Params()
     q = p.add(query_vector)
@@ -232,14 +235,17 @@ def ann_nearest(query_vector: Any, limit: int, filter: Mapping[str, Any] | None)
 
 
 def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, candidates: int,
-               extra_columns: Callable[[sql.Composable], sql.Composable], *, skip_common: bool) -> sql.Composable:
+               extra_columns: Callable[[sql.Composable], sql.Composable], *,
+               common_words: object = None) -> sql.Composable:
     # The text leg's CTEs, read lazily so that each costs only when reached:
     # - text_query: websearch_to_tsquery accepts any text (quotes, operators, emoji) without a syntax error and
     #   requires every word;
-    # - common_words: with ``skip_common``, the text's words that ANALYZE's statistics say more rows hold than
-    #   the leg may rank. Looking such a word up in the GIN index costs in proportion to its rows and can only
-    #   return an arbitrary ``candidates`` of them, so it is not looked up: it still counts for the rows the
-    #   caller ranks anyway (the vector leg's). Without statistics no word is common.
+    # - common_words: ``common_words`` (a text[] value; None: none), the lexemes ANALYZE's statistics say more
+    #   rows hold than the leg may rank (``common_word_statistics``, read by the client and cached). Looking such
+    #   a word up in the GIN index costs in proportion to its rows and can only return an arbitrary
+    #   ``candidates`` of them, so it is not looked up: it still counts for the rows the caller ranks anyway (the
+    #   vector leg's). Read from pg_stats in the statement, it cost more planning and execution than the rest
+    #   of the text leg.
     # - all_word_hits: rows holding every word (coverage 1), looked up unless every word is common;
     # - known_words / any_word_hits: for the case that no row holds every word, the text's words that some row
     #   holds (a word no row holds cannot tell rows apart, so it must not dilute coverage) and the rows holding
@@ -251,14 +257,8 @@ def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, c
     text = p.add(query_text)
     cap = p.add(candidates)
     common: sql.Composable = sql.SQL("SELECT NULL::text AS lexeme WHERE FALSE")
-    if skip_common:
-        common = sql.SQL(
-            "SELECT m.lexeme FROM pg_stats AS s JOIN pg_class AS c ON c.relname = s.tablename"
-            " AND c.relnamespace::regnamespace::name = s.schemaname,"
-            " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
-            " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
-            " AND m.lexeme = ANY((SELECT lexemes FROM text_query)::text[]) AND m.frequency * c.reltuples > {cap}"
-        ).format(cap=cap)
+    if common_words is not None:
+        common = sql.SQL("SELECT unnest({}) AS lexeme").format(p.add(common_words, "text[]"))
     return sql.SQL(
         "text_query AS (SELECT websearch_to_tsquery({cfg}, {text}) AS all_words,"
         "  tsvector_to_array(to_tsvector({cfg}, {text})) AS lexemes),"
@@ -295,24 +295,27 @@ def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.C
                                    columns=("embedding_id",)))
 
 
-def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Mapping[str, Any] | None, *,
+def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Filter, *,
            config: str, rrf_k: float, vector_weight: float, keyword_weight: float, text_candidates: int,
            similarity_tie: float, use_index: bool = True, exact_below: int | None = None,
-           with_embedding: bool = False) -> Query:
+           with_embedding: bool = False, max_distance: float | None = None,
+           common_words: Sequence[str] = ()) -> Query:
     """Return one statement fusing the vector and the text leg by score-weighted reciprocal rank fusion.
 
     Each leg ranks up to ``fetch_k`` rows that match the filter: the vector leg by cosine distance, chosen as
     ``nearest`` chooses (``use_index``, ``exact_below``), the text
     leg by word coverage (all words, else the share of words present), then distance, over the vector leg's
-    rows and up to ``text_candidates`` rows the text index finds (words the statistics say more rows hold than
-    that are not looked up, only counted in the vector leg's rows). Every row either leg found scores
+    rows and up to ``text_candidates`` rows the text index finds (``common_words``, the lexemes the statistics
+    say more rows hold than that, are not looked up, only counted in the vector leg's rows). Every row either
+    leg found scores
     ``vector_weight * max(similarity, 0) / (rrf_k + vector_rank) + keyword_weight * coverage / (rrf_k + text_rank)``
     where ``vector_rank`` is 1 + the vector leg's rows closer by more than ``similarity_tie`` (so rows the
     embedding cannot tell apart share a rank, and a text hit outside the vector leg keeps its similarity's due)
-    and the text term is 0 outside the text leg. The best ``limit`` rows come back with their cosine
-    ``distance`` and that score as ``rrf``.
+    and the text term is 0 outside the text leg. The best ``limit`` rows within ``max_distance`` (when given)
+    come back with their cosine ``distance`` and that score as ``rrf``.
     """
     counted = exact_below is not None
+    bounded = max_distance is not None
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
@@ -323,17 +326,22 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
         bound = p.add(v["exact_below"]) if counted else None
         vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
         text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"],
-                               lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q), skip_common=True)
+                               lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q),
+                               common_words=v["common_words"])
         columns = _joined_columns(with_embedding)
         c = p.add(v["rrf_k"], "float8")
         # The vector leg's own rows are checked against the words too: the head of the text leg (rows both near and
         # matching) is then exact even when the text index matched more rows than it may rank, or was not asked.
+        # Rows are fetched by id through LATERAL ... LIMIT 1 (a nested loop on the primary key, whatever the row
+        # estimates): the unfiltered statement runs a generic plan, which guesses a tenth of the table for a
+        # ``LIMIT $n`` and chose a merge join over the whole primary key (400 ms instead of 2).
         query = sql.SQL(
             "WITH {text_ctes}, {vector_ctes}, vector_rows AS ("
             " SELECT v.embedding_id, v.distance, e.search_vector @@ (SELECT all_words FROM text_query) AS all_words,"
             "  (length(e.search_vector) - length(ts_delete(e.search_vector, (SELECT lexemes FROM known_words))))"
             "  ::float8 / nullif((SELECT word_count FROM known_words), 0) AS share"
-            " FROM vector_leg AS v JOIN document_embeddings AS e USING (embedding_id)"
+            " FROM vector_leg AS v CROSS JOIN LATERAL (SELECT k.search_vector FROM document_embeddings AS k"
+            "  WHERE k.embedding_id = v.embedding_id LIMIT 1) AS e"
             "), all_words_found AS ("
             " SELECT EXISTS (SELECT 1 FROM all_word_hits)"
             " OR EXISTS (SELECT 1 FROM vector_rows WHERE all_words) AS found"
@@ -356,23 +364,27 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
             "  WHERE k.embedding_id = r.embedding_id), 0) AS rrf"
             " FROM (SELECT embedding_id, min(distance) AS distance FROM ("
             "  SELECT embedding_id, distance FROM vector_leg UNION ALL SELECT embedding_id, distance FROM keyword_leg"
-            " ) AS both_legs GROUP BY embedding_id) AS r ORDER BY rrf DESC, r.distance, r.embedding_id LIMIT {limit}"
-            ") SELECT {cols}, f.distance, f.rrf FROM fused AS f"
-            " JOIN document_embeddings AS d USING (embedding_id) ORDER BY f.rrf DESC, f.distance, d.embedding_id"
+            " ) AS both_legs GROUP BY embedding_id) AS r{within} ORDER BY rrf DESC, r.distance, r.embedding_id"
+            " LIMIT {limit}"
+            ") SELECT {cols}, f.distance, f.rrf FROM fused AS f CROSS JOIN LATERAL (SELECT * FROM document_embeddings"
+            " AS k WHERE k.embedding_id = f.embedding_id LIMIT 1) AS d ORDER BY f.rrf DESC, f.distance, d.embedding_id"
         ).format(text_ctes=text_ctes, vector_ctes=vector_ctes, legs_limit=legs_limit,
                  tie=p.add(v["similarity_tie"], "float8"),
                  wv=p.add(v["vector_weight"], "float8"), wk=p.add(v["keyword_weight"], "float8"), c=c,
-                 limit=p.add(v["limit"]),
-                 cols=columns, q=q)
+                 limit=p.add(v["limit"]), cols=columns, q=q,
+                 # The threshold applies before the LIMIT: k rows at or above it come back whenever k exist.
+                 within=sql.SQL(" WHERE r.distance <= {}").format(p.add(v["max_distance"], "float8"))
+                 if bounded else sql.SQL(""))
         return query, p.values
 
     values = {"query_vector": query_vector, "query_text": query_text, "limit": limit, "fetch_k": fetch_k,
               "config": config, "rrf_k": rrf_k, "vector_weight": vector_weight, "keyword_weight": keyword_weight,
-              "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below}
-    return _per_shape("hybrid", (use_index, counted, with_embedding), filter, values, compose)
+              "text_candidates": text_candidates, "similarity_tie": similarity_tie, "exact_below": exact_below,
+              "max_distance": max_distance, "common_words": list(common_words)}
+    return _per_shape("hybrid", (use_index, counted, with_embedding, bounded), filter, values, compose)
 
 
-def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str, Any] | None, *,
+def keyword(query_vector: Any, query_text: str, limit: int, filter: Filter, *,
             config: str, text_candidates: int, with_embedding: bool = False,
             max_distance: float | None = None) -> Query:
     """Return a full-text search alone (all words, else most words; then ts_rank_cd) with cosine ``distance``.
@@ -381,26 +393,46 @@ def keyword(query_vector: Any, query_text: str, limit: int, filter: Mapping[str,
     only rows within that cosine distance of the query vector. Rows also carry what ranks them:
     ``word_coverage`` (the share of the query's words the row holds) first, then ``text_score``.
     """
-    p = Params()
-    q = p.add(query_vector)
-    rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
-    where = compile_filter(filter, p)
-    if max_distance is not None:
-        # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k exist.
-        where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(max_distance, "float8"))
-    text_ctes = _text_ctes(p, query_text, config, where, max(text_candidates, limit),
-                           rank.format,
-                           skip_common=False)
-    columns = _joined_columns(with_embedding)
-    query = sql.SQL(
-        "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
-        " k.coverage AS word_coverage, k.score AS text_score FROM ("
-        " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
-        " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
-        ") AS k JOIN document_embeddings AS d USING (embedding_id)"
-        " ORDER BY k.coverage DESC, k.score DESC, d.embedding_id"
-    ).format(text_ctes=text_ctes, cols=columns, q=q, limit=p.add(limit))
-    return query, p.values
+    bounded = max_distance is not None
+
+    def compose(v: Mapping[str, Any]) -> Query:
+        p = Params()
+        q = p.add(v["query_vector"])
+        rank = sql.SQL(", ts_rank_cd(e.search_vector, {}) AS score")
+        where = compile_filter(filter, p)
+        if bounded:
+            # Applied where the hits are found, before their LIMITs: k rows above the threshold come back when k
+            # exist.
+            where = sql.SQL("({}) AND embedding <=> {} <= {}").format(where, q, p.add(v["max_distance"], "float8"))
+        text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"], rank.format)
+        columns = _joined_columns(with_embedding)
+        query = sql.SQL(
+            "WITH {text_ctes} SELECT {cols}, d.embedding <=> {q} AS distance,"
+            " k.coverage AS word_coverage, k.score AS text_score FROM ("
+            " SELECT * FROM all_word_hits UNION ALL SELECT * FROM any_word_hits"
+            " ORDER BY coverage DESC, score DESC, embedding_id LIMIT {limit}"
+            ") AS k JOIN document_embeddings AS d USING (embedding_id)"
+            " ORDER BY k.coverage DESC, k.score DESC, d.embedding_id"
+        ).format(text_ctes=text_ctes, cols=columns, q=q, limit=p.add(v["limit"]))
+        return query, p.values
+
+    values = {"query_vector": query_vector, "max_distance": max_distance, "query_text": query_text,
+              "config": config, "text_candidates": max(text_candidates, limit), "limit": limit}
+    return _per_shape("keyword", (with_embedding, bounded), filter, values, compose)
+
+
+def common_word_statistics() -> Query:
+    """Return a SELECT of each lexeme ANALYZE counted as common in ``search_vector``, with its estimated ``rows``.
+
+    No rows before the first ANALYZE (or without the table).
+    """
+    return sql.SQL(
+        "SELECT m.lexeme, m.frequency * c.reltuples AS rows FROM pg_stats AS s JOIN pg_class AS c"
+        " ON c.relname = s.tablename AND c.relnamespace::regnamespace::name = s.schemaname,"
+        " unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS m(lexeme, frequency)"
+        " WHERE c.oid = to_regclass('document_embeddings') AND s.attname = 'search_vector'"
+        " AND m.frequency * c.reltuples > 0 ORDER BY 2 DESC, 1"
+    ), {}
 
 
 def by_ids(ids: Sequence[UUID]) -> Query:

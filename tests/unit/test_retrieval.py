@@ -1,0 +1,98 @@
+"""SearchRequest: every argument checked once, before the query is embedded or anything is sent (no database)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sony_rag.errors import InvalidEmbeddingError, InvalidInputError, InvalidSourceTypeError, SchemaNotReadyError
+from sony_rag.executor import Fetch, SetLocal
+from sony_rag.plans import HybridOptions
+from sony_rag.retrieval import SearchRequest, search_plan
+from sony_rag.sql import Params
+from sony_rag.sql.filters import compile_filter, filter_shape
+from sony_rag.vector_index import Capabilities, VectorIndex
+
+VECTOR = np.ones(384, dtype=np.float32)
+
+
+def test_source_type_is_anded_to_the_filter_as_one_parsed_tree() -> None:
+    request = SearchRequest.of(VECTOR, filter={"price": {"$lt": 5}}, source_type="faq")
+    assert request.filter is not None and request.filter.kind == "metadata"
+    spelled = {"$and": [{"source_type": "faq"}, {"price": {"$lt": 5}}]}
+    assert filter_shape(request.filter)[0] == filter_shape(spelled)[0]
+    assert compile_filter(request.filter, Params()).as_string(None) == compile_filter(spelled, Params()).as_string(None)
+    only_type = SearchRequest.of(VECTOR, source_type="faq").filter
+    assert only_type is not None and only_type.kind == "columns"
+
+
+def test_the_query_is_embedded_only_after_every_other_argument_passed() -> None:
+    embedded: list[str] = []
+
+    def embed() -> np.ndarray:
+        embedded.append("yes")
+        return VECTOR
+
+    for bad in ({"k": 0}, {"k": 1001}, {"score_threshold": 1.01}, {"mode": "fuzzy"}, {"source_type": "blog"},
+                {"filter": {"$nope": 1}}, {"probes": 0}, {"mode": "hybrid"}):
+        with pytest.raises(InvalidInputError):
+            SearchRequest.of(embed, **bad)  # type: ignore[arg-type]
+    assert embedded == []
+    assert SearchRequest.of(embed, k=3).k == 3 and embedded == ["yes"]
+
+
+def test_an_embedding_model_of_the_wrong_size_is_named() -> None:
+    with pytest.raises(InvalidEmbeddingError, match="Tiny produces 6-dimensional vectors"):
+        SearchRequest.of([0.1] * 6, embedded_by="Tiny")
+    with pytest.raises(InvalidSourceTypeError):
+        SearchRequest.of(VECTOR, source_type="blog")
+
+
+def test_mmr_fetches_its_candidates_with_their_embeddings() -> None:
+    request = SearchRequest.of(VECTOR, k=4, fetch_k=20, lambda_mult=0.3)
+    assert (request.rows_wanted, request.with_embedding, request.lambda_mult) == (20, True, 0.3)
+    plain = SearchRequest.of(VECTOR, k=4)
+    assert (plain.rows_wanted, plain.with_embedding) == (4, False)
+    with pytest.raises(InvalidInputError, match="lambda_mult"):
+        SearchRequest.of(VECTOR, fetch_k=5, lambda_mult=1.5)
+
+
+def test_a_server_without_pgvector_is_refused_before_any_statement() -> None:
+    with pytest.raises(SchemaNotReadyError, match="sony-rag migrate"):
+        search_plan(SearchRequest.of(VECTOR), Capabilities(pgvector_version=(0,), vector_index=None), HybridOptions())
+
+
+HNSW = Capabilities(pgvector_version=(0, 6, 2), vector_index=VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+
+
+def _first_steps(request: SearchRequest, statistics: tuple[tuple[str, float], ...] = ()) -> tuple[Any, Any]:
+    steps = search_plan(request, HNSW, HybridOptions(), statistics).start()
+    settings = next(steps)
+    if isinstance(settings, Fetch):  # a metadata filter on a large table is estimated first: no statistics here
+        settings = steps.send([{"rows": None}])
+    return settings, steps.send(None)
+
+
+def test_only_an_unfiltered_search_runs_a_generic_plan() -> None:
+    for request in (SearchRequest.of(VECTOR), SearchRequest.of(VECTOR, mode="hybrid", text="oak")):
+        settings, _ = _first_steps(request)
+        assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_generic_plan"
+    for request in (SearchRequest.of(VECTOR, source_type="faq"), SearchRequest.of(VECTOR, filter={"a": 1}),
+                    SearchRequest.of(VECTOR, mode="hybrid", text="oak", source_type="faq")):
+        settings, _ = _first_steps(request)
+        assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_custom_plan"
+
+
+def _lists(statement: Any) -> list[Any]:
+    assert isinstance(statement, Fetch)
+    return [value for value in statement.params.values() if isinstance(value, list)]
+
+
+def test_hybrid_skips_the_words_more_rows_hold_than_its_text_leg_ranks() -> None:
+    statistics = (("sofa", 5000.0), ("oak", 201.0), ("walnut", 200.0), ("brass", 3.0))
+    _, statement = _first_steps(SearchRequest.of(VECTOR, mode="hybrid", text="oak sofa"), statistics)
+    assert _lists(statement) == [["sofa", "oak"]]  # more than text_candidates (200) rows
+    _, wide = _first_steps(SearchRequest.of(VECTOR, k=300, mode="hybrid", text="oak sofa"), statistics)
+    assert _lists(wide) == [["sofa"]]  # k=300 ranks up to 300 text rows
