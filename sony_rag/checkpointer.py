@@ -19,8 +19,11 @@ import hashlib
 import json
 import math
 import secrets
+import threading
 import uuid
 import weakref
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -151,6 +154,46 @@ class _KeyCache:
                 keys.pop(identity, None)
 
         keys[identity] = (weakref.ref(message, forget), key)
+
+
+class _MessageCache:
+    """Messages decoded from ``chat_messages`` rows of recently loaded threads, so loading a thread again decodes
+    only its new rows.
+
+    Keyed by the row's identity (session, seq) and version (``xmin``, which every UPDATE changes): a row edited
+    in SQL is decoded again. Bounded: the least recently loaded threads go first once more than ``limit``
+    messages are kept. Loads get copies, so a caller changing a message it got does not change the cache.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._limit = limit
+        self._threads: OrderedDict[UUID, dict[int, tuple[int, BaseMessage]]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def known(self, session_id: UUID) -> tuple[list[int], list[int]]:
+        """Return the seqs and row versions of the session's cached rows."""
+        with self._lock:
+            rows = self._threads.get(session_id)
+            if rows is None:
+                return [], []
+            self._threads.move_to_end(session_id)
+            return list(rows), [version for version, _ in rows.values()]
+
+    def get(self, session_id: UUID, seq: int, version: int) -> BaseMessage | None:
+        """Return the cached message of a row at this version, or None."""
+        entry = self._threads.get(session_id, {}).get(seq)
+        return entry[1] if entry is not None and entry[0] == version else None
+
+    def put(self, session_id: UUID, seq: int, version: int, message: BaseMessage) -> None:
+        """Keep the decoded message of a row (evicting the least recently loaded threads when over the limit)."""
+        with self._lock:
+            rows = self._threads.setdefault(session_id, {})
+            self._size += seq not in rows
+            rows[seq] = (version, message)
+            while self._size > self._limit and self._threads:
+                _, evicted = self._threads.popitem(last=False)
+                self._size -= len(evicted)
 
 
 def message_from_row(row: Mapping[str, Any]) -> BaseMessage:
@@ -388,6 +431,79 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
     return tuples
 
 
+@plan(read_only=True)
+def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, session_id: UUID, thread_id: str,
+              namespace: str, checkpoint_id: str | None) -> PlanGenerator[CheckpointTuple | None]:
+    """Return a thread's checkpoint (its newest when no id) with its values and pending writes, or None.
+
+    One statement brings the checkpoint, its blobs, its writes and the message rows its runs cover; rows whose
+    decoded message is cached come without their content.
+    """
+    known_seqs, known_versions = cache.known(session_id)
+    found: list[Row] = yield fetch(checkpoint_sql.select_checkpoint_whole(
+        session_id, namespace, checkpoint_id, _RUNS_KEY, known_seqs, known_versions))
+    if not found or found[0]["part"] != 0:
+        return None
+    head = found[0]
+    body = head["body"]
+    runs_of_lists: dict[str, list[int]] = body.pop(_RUNS_KEY, {})
+    blobs = {row["name"]: row for row in found if row["part"] == 1}
+    write_rows = [row for row in found if row["part"] == 2]
+    message_rows = [row for row in found if row["part"] == 3]
+    seqs = [row["position"] for row in message_rows]
+    messages: list[BaseMessage] = []
+    for row in message_rows:
+        message = None if row["body"] is not None else cache.get(session_id, row["position"], row["number"])
+        if message is None:
+            if row["body"] is None:  # evicted since the statement was planned: read it again (rare)
+                return (yield from _load_one(serde, keys, _MessageCache(0), session_id, thread_id, namespace,
+                                             checkpoint_id))
+            message = message_from_row({"role": row["type"], "content": row["path"], "metadata": row["body"],
+                                        "message_id": row["detail"]})
+            cache.put(session_id, row["position"], row["number"], message)
+        messages.append(message)
+
+    def listed(runs: Sequence[int]) -> list[BaseMessage]:
+        out: list[BaseMessage] = []
+        for first, last in zip(runs[::2], runs[1::2], strict=True):
+            for position in range(bisect_left(seqs, first), bisect_right(seqs, last)):
+                copy = messages[position].model_copy()
+                key = message_rows[position]["name"]
+                if key is not None:
+                    keys.remember(copy, key)
+                out.append(copy)
+        return out
+
+    values = dict(body.get("channel_values", {}))
+    for channel, runs in runs_of_lists.items():
+        values[channel] = listed(runs)
+    missing = []
+    for channel, version in body.get("channel_versions", {}).items():
+        if channel in values:
+            continue
+        blob = blobs.get(channel)
+        if blob is not None and blob["detail"] == str(version):
+            if blob["type"] != "empty":
+                values[channel] = serde.loads_typed((blob["type"], blob["blob"]))
+        else:
+            missing.append((session_id, namespace, channel, str(version)))
+    if missing:  # a version SQL spelled differently from str(version): looked up exactly (rare)
+        for blob in (yield fetch(checkpoint_sql.select_blobs(missing))):
+            if blob["type"] != "empty":
+                values[blob["channel"]] = serde.loads_typed((blob["type"], blob["blob"]))
+    pending = [(row["name"], row["detail"], listed(row["runs"]) if row["runs"] is not None
+                else serde.loads_typed((row["type"], row["blob"]))) for row in write_rows]
+    configurable = {"thread_id": thread_id, "checkpoint_ns": namespace}
+    parent = head["detail"]
+    return CheckpointTuple(
+        config={"configurable": {**configurable, "checkpoint_id": head["name"]}},
+        checkpoint={**body, "channel_values": values},  # type: ignore[typeddict-item]
+        metadata=head["metadata"],
+        parent_config={"configurable": {**configurable, "checkpoint_id": parent}} if parent else None,
+        pending_writes=pending,
+    )
+
+
 @plan(read_only=False)
 def _delete_threads(session_ids: Sequence[UUID]) -> PlanGenerator[None]:
     """Delete threads' sessions: their messages, checkpoints, channel versions and writes cascade."""
@@ -483,6 +599,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         super().__init__(serde=serde)
         self.db = get_db(db)
         self._keys = _KeyCache()
+        self._messages = _MessageCache()
 
     # -- versions ---------------------------------------------------------------------------------------
 
@@ -533,6 +650,11 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         _page_context(config)  # refused here like in put, so a bad one fails the run at its first write
         return _put_writes(session_id, name, _namespace(config), checkpoint_id, task_id, task_path, stored, replace)
 
+    def _plan_get(self, config: RunnableConfig) -> Any:
+        session_id, _, thread = _thread_of(config)
+        return _load_one(self.serde, self._keys, self._messages, session_id, thread, _namespace(config),
+                         get_checkpoint_id(config))
+
     def _plan_load(self, config: RunnableConfig | None, *, filter: Mapping[str, Any] | None = None,
                    before: RunnableConfig | None = None, limit: int | None = None, latest: bool = False) -> Any:
         configurable = (config or {}).get("configurable") or {}
@@ -550,8 +672,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Return the checkpoint of ``config`` (its newest when no checkpoint_id), or None if there is none."""
-        found = self.db.run(self._plan_load(config, latest=True))
-        return found[0] if found else None
+        return self.db.run(self._plan_get(config))
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
@@ -597,8 +718,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Return the checkpoint of ``config`` (see ``get_tuple``), on the async pool."""
-        found = await self.db.arun(self._plan_load(config, latest=True))
-        return found[0] if found else None
+        return await self.db.arun(self._plan_get(config))
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:

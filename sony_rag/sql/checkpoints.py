@@ -314,3 +314,58 @@ def copy_blobs_and_writes(source: UUID, target: UUID, old_seqs: Sequence[int],
         "ON CONFLICT DO NOTHING"
     ).format(src=src, dst=dst, runs=write_runs)
     return [(blobs, p.values), (writes, p.values)]
+
+
+def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id: str | None, runs_key: str,
+                            known_seqs: Sequence[int], known_versions: Sequence[int]) -> Query:
+    """Return one SELECT of a thread's checkpoint (its newest when ``checkpoint_id`` is None) with everything
+    ``get_tuple`` needs, as rows told apart by ``part``, in order:
+
+    - 0: the checkpoint (``name`` its id, ``detail`` its parent, ``body``, ``metadata``);
+    - 1: its channel versions stored as blobs (``name`` channel, ``detail`` version, ``type``, ``blob``);
+    - 2: its pending writes in task order (``name`` task id, ``detail`` channel, ``type``, ``path`` task path,
+      ``number`` idx, ``blob``, ``runs``);
+    - 3: the message rows its runs and its writes' runs cover, by ``position`` (seq): ``name`` message key,
+      ``detail`` message id, ``type`` role, ``number`` the row's version (xmin), and ``path`` (content) and
+      ``body`` (metadata) only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them).
+    """
+    p = Params()
+    session = p.add(session_id, "uuid")
+    which = sql.SQL(" AND checkpoint_id = {}").format(p.add(checkpoint_id, "text")) if checkpoint_id is not None \
+        else sql.SQL("")
+    return sql.SQL(
+        "WITH c AS MATERIALIZED (SELECT session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+        "metadata FROM chat_checkpoints WHERE session_id = {session} AND checkpoint_ns = {}{} "
+        "ORDER BY checkpoint_id DESC LIMIT 1), "
+        "w AS MATERIALIZED (SELECT w.task_id, w.task_path, w.idx, w.channel, w.type, w.blob, w.message_runs "
+        "FROM c JOIN chat_checkpoint_writes w ON w.session_id = c.session_id AND w.checkpoint_ns = c.checkpoint_ns "
+        "AND w.checkpoint_id = c.checkpoint_id), "
+        "ranges AS MATERIALIZED (SELECT (e.runs ->> (2 * g))::bigint AS first_seq, "
+        "(e.runs ->> (2 * g + 1))::bigint AS last_seq FROM c, jsonb_each(c.checkpoint -> {runs}) AS e(channel, runs), "
+        "generate_series(0, jsonb_array_length(e.runs) / 2 - 1) AS g "
+        "UNION ALL SELECT w.message_runs[2 * g + 1], w.message_runs[2 * g + 2] FROM w, "
+        "generate_series(0, cardinality(w.message_runs) / 2 - 1) AS g WHERE w.message_runs IS NOT NULL), "
+        "known AS (SELECT * FROM unnest({}::bigint[], {}::bigint[]) AS k(seq, row_version)) "
+        "SELECT 0 AS part, NULL::bigint AS position, c.checkpoint_id AS name, c.parent_checkpoint_id AS detail, "
+        "NULL::text AS type, NULL::text AS path, NULL::bigint AS number, NULL::bytea AS blob, c.checkpoint AS body, "
+        "c.metadata, NULL::bigint[] AS runs FROM c "
+        "UNION ALL SELECT 1, NULL, b.channel, b.version, b.type, NULL, NULL, b.blob, NULL, NULL, NULL "
+        "FROM c CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v(channel, version) "
+        "JOIN chat_checkpoint_blobs b ON b.session_id = c.session_id AND b.checkpoint_ns = c.checkpoint_ns "
+        "AND b.channel = v.channel AND b.version = v.version "
+        "WHERE NOT coalesce(c.checkpoint -> 'channel_values', '{{}}') ? v.channel "
+        "AND NOT coalesce(c.checkpoint -> {runs}, '{{}}') ? v.channel "
+        "UNION ALL SELECT 2, row_number() OVER (ORDER BY w.task_path, w.task_id, w.idx), w.task_id, w.channel, "
+        "w.type, w.task_path, w.idx, w.blob, NULL, NULL, w.message_runs FROM w "
+        "UNION ALL SELECT 3, m.seq, m.message_key, m.message_id::text, m.role::text, "
+        "CASE WHEN k.seq IS NULL THEN m.content END, m.xmin::text::bigint, NULL, "
+        "CASE WHEN k.seq IS NULL THEN m.metadata END, NULL, NULL "
+        "FROM chat_messages m LEFT JOIN known k ON k.seq = m.seq AND k.row_version = m.xmin::text::bigint "
+        "WHERE m.session_id = {session} AND m.seq >= (SELECT min(first_seq) FROM ranges) "
+        "AND m.seq <= (SELECT max(last_seq) FROM ranges) "
+        "AND EXISTS (SELECT 1 FROM ranges r WHERE m.seq BETWEEN r.first_seq AND r.last_seq) "
+        "ORDER BY part, position"
+    ).format(
+        p.add(checkpoint_ns, "text"), which, p.add(list(known_seqs), "bigint[]"),
+        p.add(list(known_versions), "bigint[]"), session=session, runs=p.add(runs_key, "text"),
+    ), p.values
