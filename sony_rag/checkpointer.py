@@ -45,7 +45,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
-from sony_rag.executor import PlanGenerator, execute, fetch, plan
+from sony_rag.executor import PlanGenerator, Together, execute, fetch, plan
 from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
@@ -128,11 +128,13 @@ class _KeyCache:
 
     A conversation's messages are the same objects from step to step, so each is digested once, not at every
     checkpoint. Keyed by object identity (LangGraph replaces a message to change it, never edits it in place),
-    through weak references: an entry goes when its message does, so the cache keeps nothing alive.
+    through weak references, so the cache keeps nothing alive; entries of messages gone are swept out whenever
+    the cache has doubled since the last sweep.
     """
 
     def __init__(self) -> None:
         self._keys: dict[int, tuple[weakref.ref[BaseMessage], str]] = {}
+        self._sweep_at = 1024
 
     def key(self, message: BaseMessage) -> str:
         """Return the message's row key, digesting it only the first time."""
@@ -145,15 +147,23 @@ class _KeyCache:
 
     def remember(self, message: BaseMessage, key: str) -> None:
         """Record the key of a message (read from its row, or just digested)."""
-        identity = id(message)
-        keys = self._keys
+        self._keys[id(message)] = (weakref.ref(message), key)
+        if len(self._keys) > self._sweep_at:
+            alive = {identity: entry for identity, entry in list(self._keys.items()) if entry[0]() is not None}
+            self._keys = alive
+            self._sweep_at = max(1024, 2 * len(alive))
 
-        def forget(ref: weakref.ref[BaseMessage]) -> None:
-            entry = keys.get(identity)
-            if entry is not None and entry[0] is ref:
-                keys.pop(identity, None)
 
-        keys[identity] = (weakref.ref(message, forget), key)
+def _copy(message: BaseMessage) -> BaseMessage:
+    """Return a shallow copy of a message (what pydantic's ``model_copy`` makes, without its overhead)."""
+    copy = object.__new__(type(message))
+    object.__setattr__(copy, "__dict__", dict(message.__dict__))
+    object.__setattr__(copy, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
+    extra = message.__pydantic_extra__
+    object.__setattr__(copy, "__pydantic_extra__", None if extra is None else dict(extra))
+    private = message.__pydantic_private__
+    object.__setattr__(copy, "__pydantic_private__", None if private is None else dict(private))
+    return copy
 
 
 class _MessageCache:
@@ -239,17 +249,16 @@ class _Rows:
     order: dict[int, int]
 
 
-def _store_rows(session_id: UUID, messages: Sequence[BaseMessage], keys: Sequence[str],
+def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessage], keys: Sequence[str],
                 page_context: str | None) -> PlanGenerator[tuple[list[int], _Rows] | None]:
     """Write the messages that have no row yet; return the list's runs and the rows; None if one can't be encoded.
 
-    A part of the put plan (used with ``yield from``). Reads the session's order of rows under its row lock
-    (taken by the session upsert before it), so the rows between a run's first and last are exactly the run's
-    messages, and rows added later come after them.
+    A part of the put plan (used with ``yield from``). ``found``: the session's rows in order, read under its
+    row lock (taken by the session upsert before), so the rows between a run's first and last are exactly the
+    run's messages, and rows added later come after them.
     """
     if len(set(keys)) != len(keys):
         return None  # one message twice in a list: kept whole in a blob
-    found: list[Row] = yield fetch(checkpoint_sql.message_keys(session_id))
     rows = _Rows({row["message_key"]: row["seq"] for row in found if row["message_key"] is not None},
                  {row["seq"]: position for position, row in enumerate(found)})
     # Rows written by the history class (no key) whose message is in the list are adopted, not written again:
@@ -317,12 +326,18 @@ class _Put:
 @plan(read_only=False)
 def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put) -> PlanGenerator[None]:
     """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint."""
-    pending: list[Row] = yield fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context,
-                                                                  MESSAGES_CHANNEL))
+    touch = fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context, MESSAGES_CHANNEL))
+    found: list[Row] = []
+    if put.rows:
+        # One round trip; the second statement runs after the first took the session's row lock, with a
+        # snapshot of its own (READ COMMITTED), so it sees every row a put that held the lock before wrote.
+        pending, found = yield Together([touch, fetch(checkpoint_sql.message_keys(put.session_id))])
+    else:
+        pending = yield touch
     runs: dict[str, list[int]] = {}
     compacted: list[tuple[str, str, int, list[int]]] = []
     for channel, (messages, message_keys) in put.rows.items():
-        stored = yield from _store_rows(put.session_id, messages, message_keys, put.page_context)
+        stored = yield from _store_rows(put.session_id, found, messages, message_keys, put.page_context)
         if stored is None:
             raise _NotRows(channel)
         runs[channel] = stored[0]
@@ -369,11 +384,12 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
     sessions: list[UUID] = []
     starts: list[int] = []
     ends: list[int] = []
-    lists = [{"session_id": row["session_id"], "message_runs": runs, "channel": channel} for row in found
+    lists = [{"session_id": row["session_id"], "message_runs": runs, "channel": channel, "type": _ROWS_TYPE}
+             for row in found
              for channel, runs in row["checkpoint"].get(_RUNS_KEY, {}).items()]
     for item in (*lists, *write_rows):
         runs = item["message_runs"]
-        if runs is not None:
+        if runs is not None and item["type"] == _ROWS_TYPE:
             item["first_run"] = len(starts)
             for start, end in zip(runs[::2], runs[1::2], strict=True):
                 sessions.append(item["session_id"])
@@ -386,7 +402,7 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
     decoded: dict[tuple[UUID, int], BaseMessage] = {}
 
     def value_of(item: Row) -> Any:
-        if item.get("message_runs") is None:
+        if item["type"] != _ROWS_TYPE:
             return serde.loads_typed((item["type"], item["blob"]))
         messages: list[BaseMessage] = []
         first = item["first_run"]
@@ -423,7 +439,7 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
         parent = row["parent_checkpoint_id"]
         tuples.append(CheckpointTuple(
             config={"configurable": {**configurable, "checkpoint_id": row["checkpoint_id"]}},
-            checkpoint={**body, "channel_values": values},  # type: ignore[typeddict-item]
+            checkpoint={**body, "id": row["checkpoint_id"], "channel_values": values},  # type: ignore[typeddict-item]
             metadata=row["metadata"],
             parent_config={"configurable": {**configurable, "checkpoint_id": parent}} if parent else None,
             pending_writes=writes.get((row["session_id"], row["checkpoint_ns"], row["checkpoint_id"]), []),
@@ -467,7 +483,7 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
         out: list[BaseMessage] = []
         for first, last in zip(runs[::2], runs[1::2], strict=True):
             for position in range(bisect_left(seqs, first), bisect_right(seqs, last)):
-                copy = messages[position].model_copy()
+                copy = _copy(messages[position])
                 key = message_rows[position]["name"]
                 if key is not None:
                     keys.remember(copy, key)
@@ -485,19 +501,20 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
         if blob is not None and blob["detail"] == str(version):
             if blob["type"] != "empty":
                 values[channel] = serde.loads_typed((blob["type"], blob["blob"]))
-        else:
+        elif isinstance(version, float) and "e" in repr(version):
             missing.append((session_id, namespace, channel, str(version)))
-    if missing:  # a version SQL spelled differently from str(version): looked up exactly (rare)
+        # else: no value stored for this version (a channel emptied at this step), as in the checkpoint itself
+    if missing:  # jsonb spells a float with an exponent differently from str(): looked up exactly (rare)
         for blob in (yield fetch(checkpoint_sql.select_blobs(missing))):
             if blob["type"] != "empty":
                 values[blob["channel"]] = serde.loads_typed((blob["type"], blob["blob"]))
-    pending = [(row["name"], row["detail"], listed(row["runs"]) if row["runs"] is not None
+    pending = [(row["name"], row["detail"], listed(row["runs"]) if row["type"] == _ROWS_TYPE
                 else serde.loads_typed((row["type"], row["blob"]))) for row in write_rows]
     configurable = {"thread_id": thread_id, "checkpoint_ns": namespace}
     parent = head["detail"]
     return CheckpointTuple(
         config={"configurable": {**configurable, "checkpoint_id": head["name"]}},
-        checkpoint={**body, "channel_values": values},  # type: ignore[typeddict-item]
+        checkpoint={**body, "id": head["name"], "channel_values": values},  # type: ignore[typeddict-item]
         metadata=head["metadata"],
         parent_config={"configurable": {**configurable, "checkpoint_id": parent}} if parent else None,
         pending_writes=pending,
@@ -627,11 +644,11 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                 inline[channel] = value  # small values ride in the checkpoint's own row, as PostgresSaver does
         blobs: list[tuple[str, str, str, bytes | None]] = []
         for channel, version in new_versions.items():
-            if channel not in values:
-                blobs.append((channel, str(version), "empty", None))
-            elif channel not in rows and channel not in inline:
+            # A channel without a value at this version gets no row: a load finds none and leaves it out.
+            if channel in values and channel not in rows and channel not in inline:
                 blobs.append((channel, str(version), *self.serde.dumps_typed(values[channel])))
-        body = {key: value for key, value in checkpoint.items() if key != "channel_values"}
+        # The id is the row's checkpoint_id column already: not kept twice.
+        body = {key: value for key, value in checkpoint.items() if key not in ("channel_values", "id")}
         body["channel_values"] = inline
         stored_metadata = json.loads(_dumps_metadata(get_serializable_checkpoint_metadata(config, metadata)))
         return _Put(session_id, name, namespace, checkpoint["id"], get_checkpoint_id(config), body, stored_metadata,
@@ -643,12 +660,18 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
             raise InvalidInputError("put_writes needs configurable.checkpoint_id (the checkpoint the writes follow)")
+        namespace = _namespace(config)
+        # A write of messages that a put can later point at rows stays a blob until then (message_runs NULL);
+        # any other write of the root messages channel (messages without ids) is marked at once (empty runs),
+        # so puts do not read it again and again.
         stored: list[tuple[int, str, str, bytes | None, list[int] | None]] = [
-            (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value), None)
+            (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value),
+             [] if channel == MESSAGES_CHANNEL and namespace == "" and _as_rows(channel, namespace, value) is None
+             else None)
             for idx, (channel, value) in enumerate(writes)]
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         _page_context(config)  # refused here like in put, so a bad one fails the run at its first write
-        return _put_writes(session_id, name, _namespace(config), checkpoint_id, task_id, task_path, stored, replace)
+        return _put_writes(session_id, name, namespace, checkpoint_id, task_id, task_path, stored, replace)
 
     def _plan_get(self, config: RunnableConfig) -> Any:
         session_id, _, thread = _thread_of(config)

@@ -299,8 +299,9 @@ def copy_blobs_and_writes(source: UUID, target: UUID, old_seqs: Sequence[int],
     src, dst = p.add(source, "uuid"), p.add(target, "uuid")
     old, new = p.add(list(old_seqs), "bigint[]"), p.add(list(new_seqs), "bigint[]")
     write_runs = sql.SQL(
-        "(SELECT array_agg(m.new_seq ORDER BY r.position) FROM unnest(w.message_runs) WITH ORDINALITY "
-        "AS r(seq, position) JOIN unnest({old}, {new}) AS m(old_seq, new_seq) ON m.old_seq = r.seq)"
+        "CASE WHEN w.message_runs IS NOT NULL THEN coalesce((SELECT array_agg(m.new_seq ORDER BY r.position) "
+        "FROM unnest(w.message_runs) WITH ORDINALITY AS r(seq, position) JOIN unnest({old}, {new}) "
+        "AS m(old_seq, new_seq) ON m.old_seq = r.seq), '{{}}') END"
     ).format(old=old, new=new)
     blobs = sql.SQL(
         "INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
@@ -328,6 +329,8 @@ def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id:
     - 3: the message rows its runs and its writes' runs cover, by ``position`` (seq): ``name`` message key,
       ``detail`` message id, ``type`` role, ``number`` the row's version (xmin), and ``path`` (content) and
       ``body`` (metadata) only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them).
+
+    The known rows go as one jsonb object {seq: version}, looked up per row (no join the planner could misjudge).
     """
     p = Params()
     session = p.add(session_id, "uuid")
@@ -344,28 +347,29 @@ def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id:
         "(e.runs ->> (2 * g + 1))::bigint AS last_seq FROM c, jsonb_each(c.checkpoint -> {runs}) AS e(channel, runs), "
         "generate_series(0, jsonb_array_length(e.runs) / 2 - 1) AS g "
         "UNION ALL SELECT w.message_runs[2 * g + 1], w.message_runs[2 * g + 2] FROM w, "
-        "generate_series(0, cardinality(w.message_runs) / 2 - 1) AS g WHERE w.message_runs IS NOT NULL), "
-        "known AS (SELECT * FROM unnest({}::bigint[], {}::bigint[]) AS k(seq, row_version)) "
+        "generate_series(0, cardinality(w.message_runs) / 2 - 1) AS g WHERE w.message_runs IS NOT NULL) "
         "SELECT 0 AS part, NULL::bigint AS position, c.checkpoint_id AS name, c.parent_checkpoint_id AS detail, "
         "NULL::text AS type, NULL::text AS path, NULL::bigint AS number, NULL::bytea AS blob, c.checkpoint AS body, "
         "c.metadata, NULL::bigint[] AS runs FROM c "
         "UNION ALL SELECT 1, NULL, b.channel, b.version, b.type, NULL, NULL, b.blob, NULL, NULL, NULL "
         "FROM c CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v(channel, version) "
-        "JOIN chat_checkpoint_blobs b ON b.session_id = c.session_id AND b.checkpoint_ns = c.checkpoint_ns "
-        "AND b.channel = v.channel AND b.version = v.version "
+        "CROSS JOIN LATERAL (SELECT b.channel, b.version, b.type, b.blob FROM chat_checkpoint_blobs b "
+        "WHERE b.session_id = c.session_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.channel "
+        "AND b.version = v.version LIMIT 1) AS b "
         "WHERE NOT coalesce(c.checkpoint -> 'channel_values', '{{}}') ? v.channel "
         "AND NOT coalesce(c.checkpoint -> {runs}, '{{}}') ? v.channel "
         "UNION ALL SELECT 2, row_number() OVER (ORDER BY w.task_path, w.task_id, w.idx), w.task_id, w.channel, "
         "w.type, w.task_path, w.idx, w.blob, NULL, NULL, w.message_runs FROM w "
         "UNION ALL SELECT 3, m.seq, m.message_key, m.message_id::text, m.role::text, "
-        "CASE WHEN k.seq IS NULL THEN m.content END, m.xmin::text::bigint, NULL, "
-        "CASE WHEN k.seq IS NULL THEN m.metadata END, NULL, NULL "
-        "FROM chat_messages m LEFT JOIN known k ON k.seq = m.seq AND k.row_version = m.xmin::text::bigint "
+        "CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.content END, m.xmin::text::bigint, "
+        "NULL, CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.metadata END, NULL, NULL "
+        "FROM chat_messages m "
         "WHERE m.session_id = {session} AND m.seq >= (SELECT min(first_seq) FROM ranges) "
         "AND m.seq <= (SELECT max(last_seq) FROM ranges) "
         "AND EXISTS (SELECT 1 FROM ranges r WHERE m.seq BETWEEN r.first_seq AND r.last_seq) "
         "ORDER BY part, position"
     ).format(
-        p.add(checkpoint_ns, "text"), which, p.add(list(known_seqs), "bigint[]"),
-        p.add(list(known_versions), "bigint[]"), session=session, runs=p.add(runs_key, "text"),
+        p.add(checkpoint_ns, "text"), which, session=session, runs=p.add(runs_key, "text"),
+        known=p.add(Jsonb({str(seq): str(version) for seq, version in zip(known_seqs, known_versions, strict=True)}),
+                    "jsonb"),
     ), p.values
