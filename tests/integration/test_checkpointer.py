@@ -275,3 +275,52 @@ def test_thread_ids_that_are_not_uuids_map_to_a_stable_session(db: Database) -> 
     listed = list(saver.list(None))
     assert {item.config["configurable"]["thread_id"] for item in listed} == {"visitor-1"}
 
+
+
+async def test_get_tuple_reads_every_checkpoint_exactly_as_list_does(db: Database, mode: str) -> None:
+    saver = SonyCheckpointer(db)
+    graph = _graph(saver)
+    config: RunnableConfig = {"configurable": {"thread_id": str(uuid.uuid4())}}
+    for index in range(3):  # the input messages have no ids: their pending writes stay blobs
+        await _invoke(graph, mode, {"messages": [HumanMessage(f"q{index}")]}, config)
+    if mode == "sync":
+        graph.update_state(config, {"messages": [RemoveMessage(id=_state_ids(graph, config)[0])]})
+    else:
+        await graph.aupdate_state(config, {"messages": [RemoveMessage(id=_state_ids(graph, config)[0])]})
+    listed = list(saver.list(config)) if mode == "sync" else [item async for item in saver.alist(config)]
+    assert len(listed) > 8
+    for item in listed:
+        got = saver.get_tuple(item.config) if mode == "sync" else await saver.aget_tuple(item.config)
+        assert got is not None
+        assert (got.config, got.checkpoint, got.metadata, got.parent_config, got.pending_writes) == \
+            (item.config, item.checkpoint, item.metadata, item.parent_config, item.pending_writes)
+    newest = saver.get_tuple(config) if mode == "sync" else await saver.aget_tuple(config)
+    assert newest is not None and newest.config == listed[0].config
+    assert [m.content for m in newest.checkpoint["channel_values"]["messages"]] == \
+        ["echo: q0", "q1", "echo: q1", "q2", "echo: q2"]
+
+
+def _state_ids(graph: Any, config: RunnableConfig) -> list[str]:
+    return [message.id for message in graph.get_state(config).values["messages"]]
+
+
+async def test_a_thread_loaded_again_shows_what_its_rows_hold_now(db: Database) -> None:
+    saver = SonyCheckpointer(db)
+    graph = _graph(saver)
+    thread = str(uuid.uuid4())
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    graph.invoke({"messages": [HumanMessage("hello", id="h")]}, config)
+    first = saver.get_tuple(config)
+    assert first is not None
+    # A caller changing a message it got does not change what the next load returns.
+    first.checkpoint["channel_values"]["messages"][0].content = "changed in memory"
+    again = saver.get_tuple(config)
+    assert again is not None
+    assert [m.content for m in again.checkpoint["channel_values"]["messages"]] == ["hello", "echo: hello"]
+    # A row corrected in SQL (support staff fixing a typo) is read anew, not served from the saver's cache.
+    with db.pool().connection() as conn:
+        conn.execute("UPDATE chat_messages SET content = 'hello!' WHERE session_id = %s AND content = 'hello'",
+                     (session_id_for_thread(thread),))
+    fixed = await saver.aget_tuple(config)
+    assert fixed is not None
+    assert [m.content for m in fixed.checkpoint["channel_values"]["messages"]] == ["hello!", "echo: hello"]

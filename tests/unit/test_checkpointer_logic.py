@@ -60,3 +60,29 @@ def test_versions_increase_and_differ_between_forks() -> None:
     assert saver.get_next_version(7) > 8
     forks = {saver.get_next_version(first) for _ in range(50)}
     assert len(forks) == 50 and all(2 < version < 3 for version in forks)
+
+
+def test_the_message_cache_keeps_at_most_its_limit_and_only_matching_row_versions() -> None:
+    from sony_rag.checkpointer import _MessageCache
+
+    cache = _MessageCache(limit=3)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    cache.put(first, 1, 100, HumanMessage("a", id="a"))
+    cache.put(first, 2, 100, HumanMessage("b", id="b"))
+    assert cache.known(first) == ([1, 2], [100, 100])
+    assert cache.get(first, 1, 101) is None  # the row changed since: decoded again
+    cache.put(second, 7, 5, HumanMessage("c", id="c"))
+    cache.put(second, 8, 5, HumanMessage("d", id="d"))  # four messages: the least recently loaded thread goes
+    assert cache.known(first) == ([], [])
+    assert cache.get(second, 8, 5) == HumanMessage("d", id="d")
+
+
+def test_a_copied_message_is_equal_and_independent() -> None:
+    from sony_rag.checkpointer import _copy
+
+    original = AIMessage("answer", id="x", tool_calls=[{"name": "f", "args": {}, "id": "c", "type": "tool_call"}])
+    copy = _copy(original)
+    assert copy == original and copy is not original and type(copy) is AIMessage
+    copy.content = "changed"
+    assert original.content == "answer"
+    assert copy.model_dump()["content"] == "changed"
