@@ -113,14 +113,14 @@ def _page_context(config: RunnableConfig) -> str | None:
 
 
 def message_key(message: BaseMessage) -> str:
-    """Return the row key of a message: its id and a digest of its fields (a replaced message gets a new key).
+    """Return the row key of a message: a digest of its fields, id included (a replaced message gets a new key).
 
     The digest is of the fields as JSON with sorted keys, so a message read back from its row (where jsonb has
     reordered keys and artifacts are plain dicts) digests the same as the message that was written.
+    (Migration 004 wrote ``<id>:<digest>``; 005 keeps the digest alone, which is the same function's value.)
     """
     fields = json.dumps([message.type, message.model_dump()], sort_keys=True, default=repr, ensure_ascii=False)
-    digest = hashlib.blake2b(fields.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return f"{message.id}:{digest}"
+    return hashlib.blake2b(fields.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 class _KeyCache:
@@ -469,12 +469,12 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
     seqs = [row["position"] for row in message_rows]
     messages: list[BaseMessage] = []
     for row in message_rows:
-        message = None if row["body"] is not None else cache.get(session_id, row["position"], row["number"])
+        message = None if row["fields"] is not None else cache.get(session_id, row["position"], row["number"])
         if message is None:
-            if row["body"] is None:  # evicted since the statement was planned: read it again (rare)
+            if row["fields"] is None:  # evicted since the statement was planned: read it again (rare)
                 return (yield from _load_one(serde, keys, _MessageCache(0), session_id, thread_id, namespace,
                                              checkpoint_id))
-            message = message_from_row({"role": row["type"], "content": row["path"], "metadata": row["body"],
+            message = message_from_row({"role": row["type"], "content": row["path"], "metadata": row["fields"],
                                         "message_id": row["detail"]})
             cache.put(session_id, row["position"], row["number"], message)
         messages.append(message)

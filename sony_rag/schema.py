@@ -25,7 +25,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, TSVECTOR, UUID
 
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
@@ -125,14 +125,14 @@ def _namespace() -> Column[object]:
     return Column("checkpoint_ns", Text, primary_key=True, server_default=text("''::text"))
 
 
-# LangGraph checkpoints of SonyCheckpointer (migration 004): a thread is a chat session.
+# LangGraph checkpoints of SonyCheckpointer (migrations 004, 005): a thread is a chat session.
 chat_checkpoints = Table(
     "chat_checkpoints", metadata,
     _session_key("chat_checkpoints"),
     _namespace(),
     Column("checkpoint_id", Text, primary_key=True),
     Column("parent_checkpoint_id", Text),
-    Column("checkpoint", JSONB, nullable=False),
+    Column("checkpoint", JSON, nullable=False),  # compact text (migration 005)
     _jsonb(),
 )
 

@@ -3,12 +3,13 @@ chat_messages rows that the root ``messages`` channel refers to (see ``sony_rag.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from sony_rag.sql import Params, Query
 
@@ -16,6 +17,10 @@ _CHECKPOINT_COLUMNS = sql.SQL(
     "c.session_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint, c.metadata, "
     "s.metadata ->> 'langgraph_thread_id' AS thread_name"
 )
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def upsert_session(session_id: UUID, thread_name: str | None, current_page: str | None) -> Query:
@@ -110,7 +115,8 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
         p.add(channels, "text[]"), p.add(versions, "text[]"), p.add(types, "text[]"), p.add(data),
         p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
         p.add([_runs_text(r) for r in runs], "text[]"),
-        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Jsonb(checkpoint)), p.add(Jsonb(metadata)),
+        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Json(checkpoint, dumps=_compact)),
+        p.add(Jsonb(metadata)),
         session=session, namespace=namespace,
     )
     return query, p.values
@@ -283,12 +289,12 @@ def insert_checkpoints(target: UUID, rows: Sequence[Mapping[str, Any]]) -> Query
     p = Params()
     return sql.SQL(
         "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
-        "metadata) SELECT {}, c.ns, c.id, c.parent, c.checkpoint, c.metadata FROM unnest({}, {}, {}, {}, {}) "
+        "metadata) SELECT {}, c.ns, c.id, c.parent, c.checkpoint::json, c.metadata FROM unnest({}, {}, {}, {}, {}) "
         "AS c(ns, id, parent, checkpoint, metadata) ON CONFLICT DO NOTHING"
     ).format(p.add(target, "uuid"), p.add([r["checkpoint_ns"] for r in rows], "text[]"),
              p.add([r["checkpoint_id"] for r in rows], "text[]"),
              p.add([r["parent_checkpoint_id"] for r in rows], "text[]"),
-             p.add([Jsonb(r["checkpoint"]) for r in rows], "jsonb[]"),
+             p.add([_compact(r["checkpoint"]) for r in rows], "text[]"),
              p.add([Jsonb(r["metadata"]) for r in rows], "jsonb[]")), p.values
 
 
@@ -328,7 +334,7 @@ def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id:
       ``number`` idx, ``blob``, ``runs``);
     - 3: the message rows its runs and its writes' runs cover, by ``position`` (seq): ``name`` message key,
       ``detail`` message id, ``type`` role, ``number`` the row's version (xmin), and ``path`` (content) and
-      ``body`` (metadata) only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them).
+      ``fields`` (metadata) only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them).
 
     The known rows go as one jsonb object {seq: version}, looked up per row (no join the planner could misjudge).
     """
@@ -344,25 +350,25 @@ def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id:
         "FROM c JOIN chat_checkpoint_writes w ON w.session_id = c.session_id AND w.checkpoint_ns = c.checkpoint_ns "
         "AND w.checkpoint_id = c.checkpoint_id), "
         "ranges AS MATERIALIZED (SELECT (e.runs ->> (2 * g))::bigint AS first_seq, "
-        "(e.runs ->> (2 * g + 1))::bigint AS last_seq FROM c, jsonb_each(c.checkpoint -> {runs}) AS e(channel, runs), "
-        "generate_series(0, jsonb_array_length(e.runs) / 2 - 1) AS g "
+        "(e.runs ->> (2 * g + 1))::bigint AS last_seq FROM c, json_each(c.checkpoint -> {runs}) AS e(channel, runs), "
+        "generate_series(0, json_array_length(e.runs) / 2 - 1) AS g "
         "UNION ALL SELECT w.message_runs[2 * g + 1], w.message_runs[2 * g + 2] FROM w, "
         "generate_series(0, cardinality(w.message_runs) / 2 - 1) AS g WHERE w.message_runs IS NOT NULL) "
         "SELECT 0 AS part, NULL::bigint AS position, c.checkpoint_id AS name, c.parent_checkpoint_id AS detail, "
         "NULL::text AS type, NULL::text AS path, NULL::bigint AS number, NULL::bytea AS blob, c.checkpoint AS body, "
-        "c.metadata, NULL::bigint[] AS runs FROM c "
-        "UNION ALL SELECT 1, NULL, b.channel, b.version, b.type, NULL, NULL, b.blob, NULL, NULL, NULL "
-        "FROM c CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v(channel, version) "
+        "c.metadata, NULL::bigint[] AS runs, NULL::jsonb AS fields FROM c "
+        "UNION ALL SELECT 1, NULL, b.channel, b.version, b.type, NULL, NULL, b.blob, NULL, NULL, NULL, NULL "
+        "FROM c CROSS JOIN LATERAL json_each_text(c.checkpoint -> 'channel_versions') AS v(channel, version) "
         "CROSS JOIN LATERAL (SELECT b.channel, b.version, b.type, b.blob FROM chat_checkpoint_blobs b "
         "WHERE b.session_id = c.session_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.channel "
         "AND b.version = v.version LIMIT 1) AS b "
-        "WHERE NOT coalesce(c.checkpoint -> 'channel_values', '{{}}') ? v.channel "
-        "AND NOT coalesce(c.checkpoint -> {runs}, '{{}}') ? v.channel "
+        "WHERE c.checkpoint -> 'channel_values' -> v.channel IS NULL "
+        "AND c.checkpoint -> {runs} -> v.channel IS NULL "
         "UNION ALL SELECT 2, row_number() OVER (ORDER BY w.task_path, w.task_id, w.idx), w.task_id, w.channel, "
-        "w.type, w.task_path, w.idx, w.blob, NULL, NULL, w.message_runs FROM w "
+        "w.type, w.task_path, w.idx, w.blob, NULL, NULL, w.message_runs, NULL FROM w "
         "UNION ALL SELECT 3, m.seq, m.message_key, m.message_id::text, m.role::text, "
         "CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.content END, m.xmin::text::bigint, "
-        "NULL, CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.metadata END, NULL, NULL "
+        "NULL, NULL, NULL, NULL, CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.metadata END "
         "FROM chat_messages m "
         "WHERE m.session_id = {session} AND m.seq >= (SELECT min(first_seq) FROM ranges) "
         "AND m.seq <= (SELECT max(last_seq) FROM ranges) "

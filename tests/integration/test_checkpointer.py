@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import psycopg
 import pytest
+from conftest import test_settings
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
@@ -16,9 +19,11 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.graph import START, MessagesState, StateGraph
+from psycopg.conninfo import make_conninfo
 
 from sony_rag import Database, InvalidInputError, SonyChatMessageHistory, delete_chat_session, get_chat_history
 from sony_rag.checkpointer import SonyCheckpointer, session_id_for_thread
+from sony_rag.migrate import migrate
 
 
 class _SyncDriven(SonyCheckpointer):
@@ -239,7 +244,7 @@ async def test_storage_stays_linear_in_the_conversation(db: Database) -> None:
     with db.pool().connection() as conn:
         rows, runs, write_blobs, write_runs = conn.execute(
             "SELECT (SELECT count(*) FROM chat_messages), "
-            "(SELECT max(jsonb_array_length(checkpoint -> 'sony_rag_message_runs' -> 'messages')) "
+            "(SELECT max(json_array_length(checkpoint -> 'sony_rag_message_runs' -> 'messages')) "
             "FROM chat_checkpoints), "
             "(SELECT count(*) FROM chat_checkpoint_writes WHERE channel = 'messages' AND blob IS NOT NULL), "
             "(SELECT count(*) FROM chat_checkpoint_writes WHERE message_runs IS NOT NULL)").fetchone()  # type: ignore[misc]
@@ -324,3 +329,41 @@ async def test_a_thread_loaded_again_shows_what_its_rows_hold_now(db: Database) 
     fixed = await saver.aget_tuple(config)
     assert fixed is not None
     assert [m.content for m in fixed.checkpoint["channel_values"]["messages"]] == ["hello!", "echo: hello"]
+
+
+@pytest.mark.skipif(bool(os.environ.get("TEST_DATABASE_URL")),
+                    reason="creates a database: the server given by TEST_DATABASE_URL may not allow CREATE DATABASE")
+async def test_a_thread_stored_before_migration_005_continues_after_it(server_url: str) -> None:
+    name = f"sony_rag_checkpoints_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(server_url, dbname=name)
+    try:
+        with Database(url, settings=test_settings()) as db:
+            migrate(db)
+            thread = str(uuid.uuid4())
+            config: RunnableConfig = {"configurable": {"thread_id": thread}}
+            graph = _graph(SonyCheckpointer(db))
+            graph.invoke({"messages": [HumanMessage("q0", id="q0")]}, config)
+            first_turn = graph.get_state(config).config
+            # The thread as 004 stored it: keys "<message id>:<digest>", bodies as jsonb holding their id.
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE chat_checkpoints ALTER COLUMN checkpoint TYPE jsonb USING checkpoint::jsonb")
+                conn.execute("UPDATE chat_checkpoints SET checkpoint = checkpoint || jsonb_build_object('id', "
+                             "checkpoint_id)")
+                conn.execute("UPDATE chat_messages SET message_key = (metadata -> 'data' ->> 'id') || ':' || "
+                             "message_key")
+                conn.execute("DELETE FROM sony_rag_migrations WHERE version = '005'")
+            assert migrate(db) == ["005_compact_checkpoints"]
+
+            graph = _graph(SonyCheckpointer(db))  # a new process: nothing cached
+            graph.invoke({"messages": [HumanMessage("q1", id="q1")]}, config)
+            assert [m.content for m in graph.get_state(config).values["messages"]] == \
+                ["q0", "echo: q0", "q1", "echo: q1"]
+            assert [m.content for m in graph.get_state(first_turn).values["messages"]] == ["q0", "echo: q0"]
+            # The rows written before the migration are recognised: each message is still one row.
+            rows = await get_chat_history(thread, limit=None, db=db)
+            assert [row["content"] for row in rows] == ["q0", "echo: q0", "q1", "echo: q1"]
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
