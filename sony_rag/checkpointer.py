@@ -249,13 +249,24 @@ class _Rows:
     order: dict[int, int]
 
 
-def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessage], keys: Sequence[str],
-                page_context: str | None) -> PlanGenerator[tuple[list[int], _Rows] | None]:
-    """Write the messages that have no row yet; return the list's runs and the rows; None if one can't be encoded.
+@dataclass
+class _NewRows:
+    """Messages a put writes as rows, in list order; before the INSERT they are known by references -1, -2, ..."""
+
+    keys: list[str]
+    encoded: list[EncodedMessage]
+
+
+def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessage],
+                keys: Sequence[str]) -> PlanGenerator[tuple[list[int], _Rows, _NewRows] | None]:
+    """Plan the rows of a messages list: return its runs, the rows and the messages to write; None if one of
+    them can't be encoded.
 
     A part of the put plan (used with ``yield from``). ``found``: the session's rows in order, read under its
     row lock (taken by the session upsert before), so the rows between a run's first and last are exactly the
-    run's messages, and rows added later come after them.
+    run's messages, and rows added later come after them. Rows to write get references -1, -2, ... in list
+    order, placed after the session's last row: the INSERT that writes them (with the checkpoint) numbers them
+    in that order, and replaces each reference by its row's seq.
     """
     if len(set(keys)) != len(keys):
         return None  # one message twice in a list: kept whole in a blob
@@ -270,18 +281,14 @@ def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessa
         yield execute(checkpoint_sql.adopt_rows(session_id, [seq for seq, _ in adopted], [key for _, key in adopted]))
         rows.seq_of.update((key, seq) for seq, key in adopted)
     missing = [(key, message) for key, message in zip(keys, messages, strict=True) if key not in rows.seq_of]
-    if missing:
-        try:
-            encoded: list[EncodedMessage] = [encode_message(message) for _, message in missing]
-        except InvalidInputError:
-            return None  # a message the codec cannot keep exactly: the whole list goes to a blob
-        inserted: list[Row] = yield fetch(checkpoint_sql.insert_messages(
-            session_id, [key for key, _ in missing], [e.role for e in encoded], [e.content for e in encoded],
-            [e.token_usage for e in encoded], page_context, [e.metadata for e in encoded]))
-        for row in inserted:
-            rows.seq_of[row["message_key"]] = row["seq"]
-            rows.order[row["seq"]] = len(rows.order)
-    return runs_of([rows.seq_of[key] for key in keys], rows.order), rows
+    try:
+        new = _NewRows([key for key, _ in missing], [encode_message(message) for _, message in missing])
+    except InvalidInputError:
+        return None  # a message the codec cannot keep exactly: the whole list goes to a blob
+    for reference, key in enumerate(new.keys, start=1):
+        rows.seq_of[key] = -reference
+        rows.order[-reference] = len(rows.order)
+    return runs_of([rows.seq_of[key] for key in keys], rows.order), rows, new
 
 
 def _compactable(serde: SerializerProtocol, keys: _KeyCache, pending: Sequence[Row],
@@ -334,17 +341,21 @@ def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put) -> PlanGenerator
         pending, found = yield Together([touch, fetch(checkpoint_sql.message_keys(put.session_id))])
     else:
         pending = yield touch
-    runs: dict[str, list[int]] = {}
+    runs: tuple[str, list[int]] | None = None
+    new = _NewRows([], [])
     compacted: list[tuple[str, str, int, list[int]]] = []
-    for channel, (messages, message_keys) in put.rows.items():
-        stored = yield from _store_rows(put.session_id, found, messages, message_keys, put.page_context)
+    for channel, (messages, message_keys) in put.rows.items():  # only the root "messages" channel qualifies
+        stored = yield from _store_rows(put.session_id, found, messages, message_keys)
         if stored is None:
             raise _NotRows(channel)
-        runs[channel] = stored[0]
+        runs, new = (channel, stored[0]), stored[2]
         compacted = _compactable(serde, keys, pending, stored[1])
-    body = {**put.body, _RUNS_KEY: runs} if runs else put.body
-    yield execute(checkpoint_sql.insert_checkpoint(put.session_id, put.namespace, put.checkpoint_id, put.parent_id,
-                                                   body, put.metadata, put.blobs, compacted, _ROWS_TYPE))
+    yield execute(checkpoint_sql.insert_checkpoint(
+        put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
+        compacted, _ROWS_TYPE, _RUNS_KEY, runs,
+        checkpoint_sql.NewMessages(new.keys, [e.role for e in new.encoded], [e.content for e in new.encoded],
+                                   [e.token_usage for e in new.encoded], put.page_context,
+                                   [e.metadata for e in new.encoded])))
 
 
 class _NotRows(Exception):
@@ -355,7 +366,7 @@ class _NotRows(Exception):
         self.channel = channel
 
 
-@plan(read_only=False)
+@plan(read_only=False, single_statement=True)
 def _put_writes(session_id: UUID, thread_name: str | None, namespace: str, checkpoint_id: str, task_id: str,
                 task_path: str, writes: list[tuple[int, str, str, bytes | None, list[int] | None]],
                 replace: bool) -> PlanGenerator[None]:

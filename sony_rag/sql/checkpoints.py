@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from psycopg import sql
-from psycopg.types.json import Json, Jsonb
+from psycopg.types.json import Jsonb
 
 from sony_rag.sql import Params, Query
 
@@ -66,44 +67,60 @@ def adopt_rows(session_id: UUID, seqs: Sequence[int], keys: Sequence[str]) -> Qu
     ).format(p.add(list(seqs), "bigint[]"), p.add(list(keys), "text[]"), p.add(session_id, "uuid")), p.values
 
 
-def insert_messages(session_id: UUID, keys: Sequence[str], roles: Sequence[str], contents: Sequence[str],
-                    token_usages: Sequence[int | None], page_context: str | None,
-                    metadatas: Sequence[dict[str, Any]]) -> Query:
-    """Return one INSERT of messages in list order (``seq`` follows it) returning each row's key and seq."""
-    p = Params()
-    return sql.SQL(
-        "INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, metadata, message_key) "
-        "SELECT {}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
-        "FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, "
-        "position) ORDER BY m.position RETURNING message_key, seq"
-    ).format(
-        p.add(session_id, "uuid"), p.add(page_context, "text"), p.add(list(keys), "text[]"),
-        p.add(list(roles), "text[]"), p.add(list(contents), "text[]"), p.add(list(token_usages), "int[]"),
-        p.add([Jsonb(m) for m in metadatas], "jsonb[]"),
-    ), p.values
+@dataclass(frozen=True)
+class NewMessages:
+    """Message rows to write with a checkpoint, in list order: the columns of each, and the page they share."""
+
+    keys: Sequence[str]
+    roles: Sequence[str]
+    contents: Sequence[str]
+    token_usages: Sequence[int | None]
+    page_context: str | None
+    metadatas: Sequence[dict[str, Any]]
 
 
 def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, parent_id: str | None,
                       checkpoint: dict[str, Any], metadata: dict[str, Any],
                       blobs: Sequence[tuple[str, str, str, bytes | None]],
-                      compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str) -> Query:
-    """Return one statement storing new channel versions ``(channel, version, type, blob)`` and a checkpoint,
-    and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
+                      compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str, runs_key: str,
+                      runs: tuple[str, Sequence[int]] | None, new: NewMessages) -> Query:
+    """Return one statement writing new message rows, new channel versions ``(channel, version, type, blob)``
+    and a checkpoint, and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
 
-    A checkpoint stored again under its id is replaced; a channel version already stored is kept as it is.
+    ``runs`` (channel, flat pairs of row seqs) goes into the checkpoint's body under ``runs_key``. In it and in
+    ``compacted``, -1, -2, ... stand for the rows of ``new`` in order: their seqs once inserted (``seq`` is an
+    identity, given in the order of the INSERT). A checkpoint stored again under its id is replaced; a channel
+    version already stored is kept as it is.
     """
     p = Params()
     channels, versions, types, data = (list(column) for column in zip(*blobs, strict=True)) if blobs \
         else ([], [], [], [])
     session = p.add(session_id, "uuid")
     namespace = p.add(checkpoint_ns, "text")
-    ids, tasks, indexes, runs = (list(column) for column in zip(*compacted, strict=True)) if compacted \
+    ids, tasks, indexes, write_runs = (list(column) for column in zip(*compacted, strict=True)) if compacted \
         else ([], [], [], [])
+    # The body is compact JSON text of an object with at least channel_values: the runs are spliced in as its
+    # first key, in SQL, once the new rows' seqs are known.
+    text = p.add(_compact(checkpoint), "text")
+    body = sql.SQL("{}::json").format(text)
+    if runs is not None:
+        body = sql.SQL(
+            "('{{' || to_json({})::text || ':{{' || to_json({})::text || ':' || array_to_json(coalesce((SELECT "
+            "array_agg(coalesce(n.seq, r.v) ORDER BY r.o) FROM unnest({}) WITH ORDINALITY AS r(v, o) "
+            "LEFT JOIN numbered n ON n.ref = r.v), '{{}}'))::text || '}},' || substr({}, 2))::json"
+        ).format(p.add(runs_key, "text"), p.add(runs[0], "text"), p.add(list(runs[1]), "bigint[]"), text)
     query = sql.SQL(
-        "WITH blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
+        "WITH new_rows AS (INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, metadata, "
+        "message_key) SELECT {session}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
+        "FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, "
+        "position) ORDER BY m.position RETURNING seq), "
+        "numbered AS (SELECT seq, -row_number() OVER (ORDER BY seq) AS ref FROM new_rows), "
+        "blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
         "SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob "
         "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING), "
-        "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = u.runs::bigint[] "
+        "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = "
+        "(SELECT array_agg(coalesce(n.seq, r.v) ORDER BY r.o) FROM unnest(u.runs::bigint[]) WITH ORDINALITY "
+        "AS r(v, o) LEFT JOIN numbered n ON n.ref = r.v) "
         "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {session} "
         "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id "
         "AND w.idx = u.idx) "
@@ -112,11 +129,13 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
         "metadata = EXCLUDED.metadata"
     ).format(
+        p.add(new.page_context, "text"), p.add(list(new.keys), "text[]"), p.add(list(new.roles), "text[]"),
+        p.add(list(new.contents), "text[]"), p.add(list(new.token_usages), "int[]"),
+        p.add([Jsonb(m) for m in new.metadatas], "jsonb[]"),
         p.add(channels, "text[]"), p.add(versions, "text[]"), p.add(types, "text[]"), p.add(data),
         p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
-        p.add([_runs_text(r) for r in runs], "text[]"),
-        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Json(checkpoint, dumps=_compact)),
-        p.add(Jsonb(metadata)),
+        p.add([_runs_text(r) for r in write_runs], "text[]"),
+        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), body, p.add(Jsonb(metadata)),
         session=session, namespace=namespace,
     )
     return query, p.values
