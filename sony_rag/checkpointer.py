@@ -177,7 +177,7 @@ class _MessageCache:
 
     def __init__(self, limit: int = 20_000) -> None:
         self._limit = limit
-        self._threads: OrderedDict[UUID, dict[int, tuple[int, BaseMessage]]] = OrderedDict()
+        self._threads: OrderedDict[UUID, dict[int, tuple[int, str | None, BaseMessage]]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
@@ -188,19 +188,19 @@ class _MessageCache:
             if rows is None:
                 return [], []
             self._threads.move_to_end(session_id)
-            return list(rows), [version for version, _ in rows.values()]
+            return list(rows), [entry[0] for entry in rows.values()]
 
-    def get(self, session_id: UUID, seq: int, version: int) -> BaseMessage | None:
-        """Return the cached message of a row at this version, or None."""
+    def get(self, session_id: UUID, seq: int, version: int) -> tuple[str | None, BaseMessage] | None:
+        """Return the cached message key and message of a row at this version, or None."""
         entry = self._threads.get(session_id, {}).get(seq)
-        return entry[1] if entry is not None and entry[0] == version else None
+        return (entry[1], entry[2]) if entry is not None and entry[0] == version else None
 
-    def put(self, session_id: UUID, seq: int, version: int, message: BaseMessage) -> None:
+    def put(self, session_id: UUID, seq: int, version: int, key: str | None, message: BaseMessage) -> None:
         """Keep the decoded message of a row (evicting the least recently loaded threads when over the limit)."""
         with self._lock:
             rows = self._threads.setdefault(session_id, {})
             self._size += seq not in rows
-            rows[seq] = (version, message)
+            rows[seq] = (version, key, message)
             while self._size > self._limit and self._threads:
                 _, evicted = self._threads.popitem(last=False)
                 self._size -= len(evicted)
@@ -478,24 +478,25 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
     write_rows = [row for row in found if row["part"] == 2]
     message_rows = [row for row in found if row["part"] == 3]
     seqs = [row["position"] for row in message_rows]
-    messages: list[BaseMessage] = []
+    messages: list[tuple[str | None, BaseMessage]] = []
     for row in message_rows:
-        message = None if row["fields"] is not None else cache.get(session_id, row["position"], row["number"])
-        if message is None:
+        entry = None if row["fields"] is not None else cache.get(session_id, row["position"], row["number"])
+        if entry is None:
             if row["fields"] is None:  # evicted since the statement was planned: read it again (rare)
                 return (yield from _load_one(serde, keys, _MessageCache(0), session_id, thread_id, namespace,
                                              checkpoint_id))
             message = message_from_row({"role": row["type"], "content": row["path"], "metadata": row["fields"],
                                         "message_id": row["detail"]})
-            cache.put(session_id, row["position"], row["number"], message)
-        messages.append(message)
+            entry = (row["name"], message)
+            cache.put(session_id, row["position"], row["number"], *entry)
+        messages.append(entry)
 
     def listed(runs: Sequence[int]) -> list[BaseMessage]:
         out: list[BaseMessage] = []
         for first, last in zip(runs[::2], runs[1::2], strict=True):
             for position in range(bisect_left(seqs, first), bisect_right(seqs, last)):
-                copy = _copy(messages[position])
-                key = message_rows[position]["name"]
+                key, message = messages[position]
+                copy = _copy(message)
                 if key is not None:
                     keys.remember(copy, key)
                 out.append(copy)

@@ -351,9 +351,9 @@ def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id:
     - 1: its channel versions stored as blobs (``name`` channel, ``detail`` version, ``type``, ``blob``);
     - 2: its pending writes in task order (``name`` task id, ``detail`` channel, ``type``, ``path`` task path,
       ``number`` idx, ``blob``, ``runs``);
-    - 3: the message rows its runs and its writes' runs cover, by ``position`` (seq): ``name`` message key,
-      ``detail`` message id, ``type`` role, ``number`` the row's version (xmin), and ``path`` (content) and
-      ``fields`` (metadata) only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them).
+    - 3: the message rows its runs and its writes' runs cover, by ``position`` (seq), with ``number`` the row's
+      version (xmin), and only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them):
+      ``name`` message key, ``detail`` message id, ``type`` role, ``path`` content, ``fields`` metadata.
 
     The known rows go as one jsonb object {seq: version}, looked up per row (no join the planner could misjudge).
     """
@@ -385,10 +385,10 @@ def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id:
         "AND c.checkpoint -> {runs} -> v.channel IS NULL "
         "UNION ALL SELECT 2, row_number() OVER (ORDER BY w.task_path, w.task_id, w.idx), w.task_id, w.channel, "
         "w.type, w.task_path, w.idx, w.blob, NULL, NULL, w.message_runs, NULL FROM w "
-        "UNION ALL SELECT 3, m.seq, m.message_key, m.message_id::text, m.role::text, "
-        "CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.content END, m.xmin::text::bigint, "
-        "NULL, NULL, NULL, NULL, CASE WHEN {known} ->> m.seq::text = m.xmin::text THEN NULL ELSE m.metadata END "
-        "FROM chat_messages m "
+        "UNION ALL SELECT 3, m.seq, k.message_key, k.message_id::text, k.role::text, k.content, "
+        "m.xmin::text::bigint, NULL, NULL, NULL, NULL, k.metadata "
+        "FROM chat_messages m LEFT JOIN LATERAL (SELECT m.message_key, m.message_id, m.role, m.content, m.metadata "
+        "WHERE {known} ->> m.seq::text IS DISTINCT FROM m.xmin::text) AS k ON true "
         "WHERE m.session_id = {session} AND m.seq >= (SELECT min(first_seq) FROM ranges) "
         "AND m.seq <= (SELECT max(last_seq) FROM ranges) "
         "AND EXISTS (SELECT 1 FROM ranges r WHERE m.seq BETWEEN r.first_seq AND r.last_seq) "

@@ -67,14 +67,15 @@ def test_the_message_cache_keeps_at_most_its_limit_and_only_matching_row_version
 
     cache = _MessageCache(limit=3)
     first, second = uuid.uuid4(), uuid.uuid4()
-    cache.put(first, 1, 100, HumanMessage("a", id="a"))
-    cache.put(first, 2, 100, HumanMessage("b", id="b"))
+    cache.put(first, 1, 100, "ka", HumanMessage("a", id="a"))
+    cache.put(first, 2, 100, None, HumanMessage("b", id="b"))
     assert cache.known(first) == ([1, 2], [100, 100])
     assert cache.get(first, 1, 101) is None  # the row changed since: decoded again
-    cache.put(second, 7, 5, HumanMessage("c", id="c"))
-    cache.put(second, 8, 5, HumanMessage("d", id="d"))  # four messages: the least recently loaded thread goes
+    assert cache.get(first, 1, 100) == ("ka", HumanMessage("a", id="a"))
+    cache.put(second, 7, 5, "kc", HumanMessage("c", id="c"))
+    cache.put(second, 8, 5, "kd", HumanMessage("d", id="d"))  # four messages: the least recently loaded goes
     assert cache.known(first) == ([], [])
-    assert cache.get(second, 8, 5) == HumanMessage("d", id="d")
+    assert cache.get(second, 8, 5) == ("kd", HumanMessage("d", id="d"))
 
 
 def test_a_copied_message_is_equal_and_independent() -> None:
