@@ -45,7 +45,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
-from sony_rag.executor import PlanGenerator, Together, execute, fetch, plan
+from sony_rag.executor import Plan, PlanGenerator, Together, execute, fetch, plan
 from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
@@ -477,19 +477,25 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
     blobs = {row["name"]: row for row in found if row["part"] == 1}
     write_rows = [row for row in found if row["part"] == 2]
     message_rows = [row for row in found if row["part"] == 3]
-    seqs = [row["position"] for row in message_rows]
-    messages: list[tuple[str | None, BaseMessage]] = []
+    entries: dict[int, tuple[str | None, BaseMessage]] = {}
+    evicted: list[int] = []
     for row in message_rows:
-        entry = None if row["fields"] is not None else cache.get(session_id, row["position"], row["number"])
-        if entry is None:
-            if row["fields"] is None:  # evicted since the statement was planned: read it again (rare)
-                return (yield from _load_one(serde, keys, _MessageCache(0), session_id, thread_id, namespace,
-                                             checkpoint_id))
+        if row["fields"] is not None:
             message = message_from_row({"role": row["type"], "content": row["path"], "metadata": row["fields"],
                                         "message_id": row["detail"]})
-            entry = (row["name"], message)
-            cache.put(session_id, row["position"], row["number"], *entry)
-        messages.append(entry)
+            entries[row["position"]] = (row["name"], message)
+            cache.put(session_id, row["position"], row["number"], row["name"], message)
+        else:
+            entry = cache.get(session_id, row["position"], row["number"])
+            if entry is None:
+                evicted.append(row["position"])
+            else:
+                entries[row["position"]] = entry
+    if evicted:  # dropped from the cache by other loads since the statement was planned (rare): read again
+        for row in (yield fetch(checkpoint_sql.select_message_rows(session_id, evicted))):
+            entries[row["seq"]] = (row["message_key"], message_from_row(row))
+    seqs = sorted(entries)
+    messages = [entries[seq] for seq in seqs]
 
     def listed(runs: Sequence[int]) -> list[BaseMessage]:
         out: list[BaseMessage] = []
@@ -685,7 +691,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         _page_context(config)  # refused here like in put, so a bad one fails the run at its first write
         return _put_writes(session_id, name, namespace, checkpoint_id, task_id, task_path, stored, replace)
 
-    def _plan_get(self, config: RunnableConfig) -> Any:
+    def _plan_get(self, config: RunnableConfig) -> Plan[CheckpointTuple | None]:
         session_id, _, thread = _thread_of(config)
         return _load_one(self.serde, self._keys, self._messages, session_id, thread, _namespace(config),
                          get_checkpoint_id(config))

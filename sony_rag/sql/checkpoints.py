@@ -237,6 +237,15 @@ def select_runs(session_ids: Sequence[UUID], starts: Sequence[int], ends: Sequen
              p.add(list(ends), "bigint[]")), p.values
 
 
+def select_message_rows(session_id: UUID, seqs: Sequence[int]) -> Query:
+    """Return a SELECT of some message rows of a session (by seq), with what decoding them needs."""
+    p = Params()
+    return sql.SQL(
+        "SELECT seq, message_id, message_key, role, content, metadata FROM chat_messages "
+        "WHERE session_id = {} AND seq = ANY({})"
+    ).format(p.add(session_id, "uuid"), p.add(list(seqs), "bigint[]")), p.values
+
+
 def delete_session(session_id: UUID) -> Query:
     """Return a DELETE of a thread's session: its messages, checkpoints, blobs and writes cascade."""
     p = Params()

@@ -367,3 +367,29 @@ async def test_a_thread_stored_before_migration_005_continues_after_it(server_ur
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_load_whose_cached_rows_are_evicted_meanwhile_reads_them_again(db: Database) -> None:
+    from sony_rag.checkpointer import _MessageCache
+
+    class Forgetful(_MessageCache):
+        """Reports rows as cached when the statement is planned, then has lost them (another load evicted them)."""
+
+        def get(self, session_id: uuid.UUID, seq: int, version: int) -> None:  # type: ignore[override]
+            return None
+
+    saver = SonyCheckpointer(db)
+    graph = _graph(saver)
+    config: RunnableConfig = {"configurable": {"thread_id": str(uuid.uuid4())}}
+    graph.invoke({"messages": [HumanMessage("hello", id="h")]}, config)
+    expected = saver.get_tuple(config)
+    assert expected is not None
+    forgetful = Forgetful()
+    for seq, version in zip(*saver._messages.known(session_id_for_thread(config["configurable"]["thread_id"])),
+                            strict=True):
+        forgetful.put(session_id_for_thread(config["configurable"]["thread_id"]), seq, version, None,
+                      HumanMessage("stale"))
+    saver._messages = forgetful
+    again = saver.get_tuple(config)
+    assert again is not None and again.checkpoint == expected.checkpoint
+    assert [m.content for m in again.checkpoint["channel_values"]["messages"]] == ["hello", "echo: hello"]
