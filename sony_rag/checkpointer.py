@@ -280,7 +280,17 @@ def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessa
     if adopted:
         yield execute(checkpoint_sql.adopt_rows(session_id, [seq for seq, _ in adopted], [key for _, key in adopted]))
         rows.seq_of.update((key, seq) for seq, key in adopted)
+    return _plan_rows(rows, messages, keys, frozenset())
+
+
+def _plan_rows(rows: _Rows, messages: Sequence[BaseMessage], keys: Sequence[str],
+               adoptable: frozenset[str]) -> tuple[list[int], _Rows, _NewRows] | None:
+    """Return the runs of a list over ``rows`` plus the rows it needs written (referenced -1, -2, ...), the
+    rows, and those messages encoded; None if one can't be encoded, or (with ``adoptable``) if a message to
+    write has the id of a row written without a key (adopting it needs the full read of the session)."""
     missing = [(key, message) for key, message in zip(keys, messages, strict=True) if key not in rows.seq_of]
+    if adoptable and any(message.id in adoptable for _, message in missing):
+        return None
     try:
         new = _NewRows([key for key, _ in missing], [encode_message(message) for _, message in missing])
     except InvalidInputError:
@@ -291,24 +301,117 @@ def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessa
     return runs_of([rows.seq_of[key] for key in keys], rows.order), rows, new
 
 
-def _compactable(serde: SerializerProtocol, keys: _KeyCache, pending: Sequence[Row],
-                 rows: _Rows) -> list[tuple[str, str, int, list[int]]]:
-    """Return the pending writes of messages that now have rows, with their runs: their blobs can go.
+# A pending write of messages not yet pointed at rows: (checkpoint_id, task_id, idx, the messages' row keys).
+_Write = tuple[str, str, int, list[str]]
+
+
+def _pending_writes(serde: SerializerProtocol, keys: _KeyCache, pending: Sequence[Row]) -> list[_Write]:
+    """Return the root-namespace writes of messages (read as blobs) that rows can stand for, with their keys."""
+    found = []
+    for write in pending:
+        if write["checkpoint_id"] is None:
+            continue
+        messages = _as_rows(MESSAGES_CHANNEL, "", serde.loads_typed((write["type"], write["blob"])))
+        if messages is not None:
+            found.append((write["checkpoint_id"], write["task_id"], write["idx"], [keys.key(m) for m in messages]))
+    return found
+
+
+def _compactable(writes: Sequence[_Write], rows: _Rows) -> tuple[list[tuple[str, str, int, list[int]]],
+                                                                  list[_Write]]:
+    """Return the pending writes of messages that now have rows, with their runs (their blobs can go), and the
+    writes that must wait.
 
     Writes arrive from LangGraph's background tasks in any order, so they are stored as blobs (rows are written
     by puts only, in the conversation's order); each put then points the writes whose messages it has stored at
     their rows. A write whose messages are not all rows yet stays a blob until a later put.
     """
-    compacted = []
-    for write in pending:
-        messages = _as_rows(MESSAGES_CHANNEL, "", serde.loads_typed((write["type"], write["blob"])))
-        if messages is None:
-            continue
-        seqs = [rows.seq_of.get(keys.key(message)) for message in messages]
-        if all(seq is not None for seq in seqs):
-            runs = runs_of([seq for seq in seqs if seq is not None], rows.order)
-            compacted.append((write["checkpoint_id"], write["task_id"], write["idx"], runs))
-    return compacted
+    compacted: list[tuple[str, str, int, list[int]]] = []
+    waiting: list[_Write] = []
+    for write in writes:
+        if all(key in rows.seq_of for key in write[3]):
+            compacted.append((*write[:3], runs_of([rows.seq_of[key] for key in write[3]], rows.order)))
+        elif write not in waiting:
+            waiting.append(write)
+    return compacted, waiting
+
+
+@dataclass
+class _Known:
+    """A session's rows as this process's last put left them, valid while its ``updated_at`` is unchanged."""
+
+    updated_at: Any
+    rows: _Rows
+    max_seq: int
+    adoptable: frozenset[str]  # ids of rows written without a key (by the history class)
+
+
+class _Sessions:
+    """The ``_Known`` state of the sessions this process put to recently, and the pending writes of messages it
+    made or saw there that no put has pointed at rows yet (bounded: the least recent sessions are dropped)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._known: OrderedDict[UUID, _Known] = OrderedDict()
+        self._writes: OrderedDict[UUID, list[_Write]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: UUID) -> tuple[_Known | None, list[_Write]]:
+        """Return a copy of what is known of the session (or None), and its writes waiting for rows."""
+        with self._lock:
+            writes = list(self._writes.get(session_id, []))
+            known = self._known.get(session_id)
+            if known is None:
+                return None, writes
+            self._known.move_to_end(session_id)
+            return _Known(known.updated_at, _Rows(dict(known.rows.seq_of), dict(known.rows.order)), known.max_seq,
+                          known.adoptable), writes
+
+    def set(self, session_id: UUID, known: _Known | None, waiting: Sequence[_Write], done: Sequence[_Write]) -> None:
+        """Record the session's state after a put (None: forget it), the writes still waiting, and those done."""
+        with self._lock:
+            if known is None:
+                self._known.pop(session_id, None)
+            else:
+                self._known[session_id] = known
+                self._known.move_to_end(session_id)
+            finished = {write[:3] for write in done}
+            writes = [write for write in self._writes.get(session_id, []) if write[:3] not in finished]
+            writes.extend(write for write in waiting if write not in writes)
+            self._writes[session_id] = writes
+            self._writes.move_to_end(session_id)
+            for cache in (self._known, self._writes):
+                while len(cache) > self._limit:
+                    cache.popitem(last=False)  # type: ignore[arg-type]
+
+    def add_write(self, session_id: UUID, write: _Write) -> None:
+        """Remember a pending write of messages this process made (committed), for the session's next put."""
+        with self._lock:
+            self._writes.setdefault(session_id, []).append(write)
+            self._writes.move_to_end(session_id)
+            while len(self._writes) > self._limit:
+                self._writes.popitem(last=False)
+
+
+def _settle(known: _Known, rows: _Rows, new_seqs: Sequence[int]) -> _Known:
+    """Return ``known`` with the rows written by a put: references -1, -2, ... replaced by their seqs."""
+    for reference, seq in enumerate(new_seqs, start=1):
+        position = rows.order.pop(-reference)
+        rows.order[seq] = position
+    rows.seq_of = {key: (new_seqs[-seq - 1] if seq < 0 else seq) for key, seq in rows.seq_of.items()}
+    known.rows = rows
+    known.max_seq = max(known.max_seq, *new_seqs) if new_seqs else known.max_seq
+    return known
+
+
+@dataclass
+class _Stored:
+    """What a put plan did: the session's rows after it (None: not known), the writes it pointed at rows, and
+    the writes of messages still waiting for rows."""
+
+    known: _Known | None
+    done: list[_Write]
+    waiting: list[_Write]
 
 
 # -- plans -------------------------------------------------------------------------------------------------
@@ -330,9 +433,18 @@ class _Put:
     rows: dict[str, tuple[list[BaseMessage], list[str]]]  # channel -> messages kept as rows, and their keys
 
 
+def _new_messages(new: _NewRows, page_context: str | None) -> checkpoint_sql.NewMessages:
+    return checkpoint_sql.NewMessages(new.keys, [e.role for e in new.encoded], [e.content for e in new.encoded],
+                                      [e.token_usage for e in new.encoded], page_context,
+                                      [e.metadata for e in new.encoded])
+
+
 @plan(read_only=False)
-def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put) -> PlanGenerator[None]:
-    """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint."""
+def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put, writes: Sequence[_Write]) -> PlanGenerator[_Stored]:
+    """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint;
+    return what it did (the session's rows are known after it when the checkpoint has rows).
+
+    ``writes``: pending writes of messages this process knows of; the put also reads the session's others."""
     touch = fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context, MESSAGES_CHANNEL))
     found: list[Row] = []
     if put.rows:
@@ -343,19 +455,48 @@ def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put) -> PlanGenerator
         pending = yield touch
     runs: tuple[str, list[int]] | None = None
     new = _NewRows([], [])
+    rows: _Rows | None = None
     compacted: list[tuple[str, str, int, list[int]]] = []
+    waiting: list[_Write] = []
     for channel, (messages, message_keys) in put.rows.items():  # only the root "messages" channel qualifies
         stored = yield from _store_rows(put.session_id, found, messages, message_keys)
         if stored is None:
             raise _NotRows(channel)
-        runs, new = (channel, stored[0]), stored[2]
-        compacted = _compactable(serde, keys, pending, stored[1])
-    yield execute(checkpoint_sql.insert_checkpoint(
+        runs, rows, new = (channel, stored[0]), stored[1], stored[2]
+        every = {write[:3]: write for write in (*_pending_writes(serde, keys, pending), *writes)}
+        compacted, waiting = _compactable(list(every.values()), rows)
+    result: list[Row] = yield fetch(checkpoint_sql.insert_checkpoint(
         put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
-        compacted, _ROWS_TYPE, _RUNS_KEY, runs,
-        checkpoint_sql.NewMessages(new.keys, [e.role for e in new.encoded], [e.content for e in new.encoded],
-                                   [e.token_usage for e in new.encoded], put.page_context,
-                                   [e.metadata for e in new.encoded])))
+        compacted, _ROWS_TYPE, _RUNS_KEY, runs, _new_messages(new, put.page_context)))
+    done = [write for write in writes if write not in waiting]
+    if rows is None:
+        return _Stored(None, [], list(writes))
+    adopted = set(rows.seq_of.values())
+    adoptable = frozenset(row["adoptable"] for row in found if row["adoptable"] is not None
+                          and row["seq"] not in adopted)
+    known = _Known(pending[0]["updated_at"], rows, max((row["seq"] for row in found), default=0), adoptable)
+    return _Stored(_settle(known, rows, result[0]["seqs"] or []), done, waiting)
+
+
+@plan(read_only=False, single_statement=True)
+def _put_known(put: _Put, known: _Known, writes: Sequence[_Write]) -> PlanGenerator[_Stored | None]:
+    """Store a checkpoint in one statement, trusting what this process knows of the session's rows; return the
+    rows as the put left them, or None when the session changed since (then nothing was written)."""
+    messages, message_keys = put.rows[MESSAGES_CHANNEL]
+    guard = checkpoint_sql.Guard(put.thread_name, put.page_context, known.updated_at, len(known.rows.order),
+                                 known.max_seq)
+    planned = _plan_rows(known.rows, messages, message_keys, known.adoptable)
+    if planned is None:
+        return None
+    runs, rows, new = planned
+    compacted, waiting = _compactable(writes, rows)
+    result: list[Row] = yield fetch(checkpoint_sql.insert_checkpoint(
+        put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
+        compacted, _ROWS_TYPE, _RUNS_KEY, (MESSAGES_CHANNEL, runs), _new_messages(new, put.page_context), guard))
+    if not result[0]["ok"]:
+        return None
+    known.updated_at = result[0]["updated_at"]
+    return _Stored(_settle(known, rows, result[0]["seqs"] or []), [w for w in writes if w not in waiting], waiting)
 
 
 class _NotRows(Exception):
@@ -635,6 +776,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         self.db = get_db(db)
         self._keys = _KeyCache()
         self._messages = _MessageCache()
+        self._sessions = _Sessions()
 
     # -- versions ---------------------------------------------------------------------------------------
 
@@ -673,7 +815,8 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                     _page_context(config), blobs, rows)
 
     def _plan_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                     task_path: str) -> Any:
+                     task_path: str) -> tuple[Plan[None], list[_Write]]:
+        """Return the plan storing a task's writes and the writes of messages the next put may point at rows."""
         session_id, name, _ = _thread_of(config)
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
@@ -689,7 +832,13 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
             for idx, (channel, value) in enumerate(writes)]
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         _page_context(config)  # refused here like in put, so a bad one fails the run at its first write
-        return _put_writes(session_id, name, namespace, checkpoint_id, task_id, task_path, stored, replace)
+        made: list[_Write] = []
+        if namespace == "":
+            for (idx, channel, *_), (_, value) in zip(stored, writes, strict=True):
+                messages = _as_rows(channel, namespace, value)
+                if messages is not None:
+                    made.append((checkpoint_id, task_id, idx, [self._keys.key(message) for message in messages]))
+        return _put_writes(session_id, name, namespace, checkpoint_id, task_id, task_path, stored, replace), made
 
     def _plan_get(self, config: RunnableConfig) -> Plan[CheckpointTuple | None]:
         session_id, _, thread = _thread_of(config)
@@ -727,7 +876,12 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         while True:
             put = self._plan_put(config, checkpoint, metadata, new_versions, as_blob)
             try:
-                self.db.run(_put(self.serde, self._keys, put))
+                known, writes = self._sessions.get(put.session_id)
+                fast = known is not None and set(put.rows) == {MESSAGES_CHANNEL}
+                stored = self.db.run(_put_known(put, known, writes)) if fast else None  # type: ignore[arg-type]
+                if stored is None:
+                    stored = self.db.run(_put(self.serde, self._keys, put, writes))
+                self._sessions.set(put.session_id, stored.known, stored.waiting, stored.done)
             except _NotRows as refused:
                 as_blob.add(refused.channel)  # rolled back: nothing of the first attempt stays
                 continue
@@ -737,7 +891,9 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                    task_path: str = "") -> None:
         """Store the pending writes of a task of the checkpoint in ``config``."""
         if writes:
-            self.db.run(self._plan_writes(config, writes, task_id, task_path))
+            planned, made = self._plan_writes(config, writes, task_id, task_path)
+            self.db.run(planned)
+            self._remember_writes(config, made)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete a thread: its session, messages, checkpoints and writes (a missing thread is no error)."""
@@ -774,7 +930,12 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         while True:
             put = self._plan_put(config, checkpoint, metadata, new_versions, as_blob)
             try:
-                await self.db.arun(_put(self.serde, self._keys, put))
+                known, writes = self._sessions.get(put.session_id)
+                fast = known is not None and set(put.rows) == {MESSAGES_CHANNEL}
+                stored = await self.db.arun(_put_known(put, known, writes)) if fast else None  # type: ignore[arg-type]
+                if stored is None:
+                    stored = await self.db.arun(_put(self.serde, self._keys, put, writes))
+                self._sessions.set(put.session_id, stored.known, stored.waiting, stored.done)
             except _NotRows as refused:
                 as_blob.add(refused.channel)
                 continue
@@ -784,7 +945,9 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                           task_path: str = "") -> None:
         """Store the pending writes of a task (see ``put_writes``), on the async pool."""
         if writes:
-            await self.db.arun(self._plan_writes(config, writes, task_id, task_path))
+            planned, made = self._plan_writes(config, writes, task_id, task_path)
+            await self.db.arun(planned)
+            self._remember_writes(config, made)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete a thread completely (see ``delete_thread``), on the async pool."""
@@ -803,6 +966,10 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         await self.db.arun(_prune_plan(thread_ids, strategy))
 
     # -- helpers ----------------------------------------------------------------------------------------
+
+    def _remember_writes(self, config: RunnableConfig, made: Sequence[_Write]) -> None:
+        for write in made:
+            self._sessions.add_write(session_id_for_thread((config.get("configurable") or {})["thread_id"]), write)
 
     @staticmethod
     def _stored_config(config: RunnableConfig, put: _Put) -> RunnableConfig:

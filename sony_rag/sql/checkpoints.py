@@ -37,13 +37,14 @@ def upsert_session(session_id: UUID, thread_name: str | None, current_page: str 
 
 def touch_session(session_id: UUID, thread_name: str | None, current_page: str | None, channel: str) -> Query:
     """Return ``upsert_session`` (which locks the session's row) and, in the same round trip, a SELECT of the
-    session's root-namespace pending writes to ``channel`` still stored as blobs."""
+    session's root-namespace pending writes to ``channel`` still stored as blobs; every row has the session's
+    new ``updated_at`` (one row with NULL write columns when there are none)."""
     upsert, p = upsert_session(session_id, thread_name, current_page)
     params = Params(dict(p))
     return sql.SQL(
-        "WITH touched AS ({}) SELECT checkpoint_id, task_id, idx, type, blob FROM chat_checkpoint_writes "
-        "WHERE session_id = {} AND checkpoint_ns = '' AND channel = {} AND message_runs IS NULL "
-        "AND blob IS NOT NULL"
+        "WITH touched AS ({} RETURNING updated_at) SELECT t.updated_at, w.checkpoint_id, w.task_id, w.idx, w.type, "
+        "w.blob FROM touched t LEFT JOIN chat_checkpoint_writes w ON w.session_id = {} AND w.checkpoint_ns = '' "
+        "AND w.channel = {} AND w.message_runs IS NULL AND w.blob IS NOT NULL"
     ).format(upsert, params.add(session_id, "uuid"), params.add(channel, "text")), params.values
 
 
@@ -68,6 +69,22 @@ def adopt_rows(session_id: UUID, seqs: Sequence[int], keys: Sequence[str]) -> Qu
 
 
 @dataclass(frozen=True)
+class Guard:
+    """A put's condition, for one statement without a transaction: the session is as the saver left it.
+
+    The session's ``updated_at`` (which every writer of the session changes, read on its newest version by the
+    upsert that locks it) is still ``updated_at``, and its rows are still ``count`` with the highest seq
+    ``max_seq``. The upsert also marks the session active, like ``upsert_session``.
+    """
+
+    thread_name: str | None
+    current_page: str | None
+    updated_at: Any
+    count: int
+    max_seq: int
+
+
+@dataclass(frozen=True)
 class NewMessages:
     """Message rows to write with a checkpoint, in list order: the columns of each, and the page they share."""
 
@@ -83,7 +100,7 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
                       checkpoint: dict[str, Any], metadata: dict[str, Any],
                       blobs: Sequence[tuple[str, str, str, bytes | None]],
                       compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str, runs_key: str,
-                      runs: tuple[str, Sequence[int]] | None, new: NewMessages) -> Query:
+                      runs: tuple[str, Sequence[int]] | None, new: NewMessages, guard: Guard | None = None) -> Query:
     """Return one statement writing new message rows, new channel versions ``(channel, version, type, blob)``
     and a checkpoint, and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
 
@@ -91,8 +108,23 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
     ``compacted``, -1, -2, ... stand for the rows of ``new`` in order: their seqs once inserted (``seq`` is an
     identity, given in the order of the INSERT). A checkpoint stored again under its id is replaced; a channel
     version already stored is kept as it is.
+
+    Returns one row: ``ok`` (false when ``guard`` did not hold: then nothing was written), ``updated_at`` (the
+    session's, when guarded) and ``seqs`` (of the new rows, in order).
     """
     p = Params()
+    ok: sql.Composable = sql.SQL("")
+    guarded = sql.SQL("true")
+    if guard is not None:
+        upsert, upsert_params = upsert_session(session_id, guard.thread_name, guard.current_page)
+        p = Params(dict(upsert_params))
+        ok = sql.SQL(
+            "touched AS ({} WHERE chat_sessions.updated_at = {} RETURNING updated_at), "
+            "ok AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM touched) AND (SELECT count(*) = {} "
+            "AND coalesce(max(seq), 0) = {} FROM chat_messages WHERE session_id = {}) AS ok), "
+        ).format(upsert, p.add(guard.updated_at, "timestamptz"), p.add(guard.count, "bigint"),
+                 p.add(guard.max_seq, "bigint"), p.add(session_id, "uuid"))
+        guarded = sql.SQL("(SELECT ok FROM ok)")
     channels, versions, types, data = (list(column) for column in zip(*blobs, strict=True)) if blobs \
         else ([], [], [], [])
     session = p.add(session_id, "uuid")
@@ -110,24 +142,27 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
             "LEFT JOIN numbered n ON n.ref = r.v), '{{}}'))::text || '}},' || substr({}, 2))::json"
         ).format(p.add(runs_key, "text"), p.add(runs[0], "text"), p.add(list(runs[1]), "bigint[]"), text)
     query = sql.SQL(
-        "WITH new_rows AS (INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, metadata, "
-        "message_key) SELECT {session}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
+        "WITH {ok}new_rows AS (INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, "
+        "metadata, message_key) SELECT {session}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
         "FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, "
-        "position) ORDER BY m.position RETURNING seq), "
+        "position) WHERE {guarded} ORDER BY m.position RETURNING seq), "
         "numbered AS (SELECT seq, -row_number() OVER (ORDER BY seq) AS ref FROM new_rows), "
         "blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
         "SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob "
-        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING), "
+        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) WHERE {guarded} "
+        "ON CONFLICT DO NOTHING), "
         "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = "
         "(SELECT array_agg(coalesce(n.seq, r.v) ORDER BY r.o) FROM unnest(u.runs::bigint[]) WITH ORDINALITY "
         "AS r(v, o) LEFT JOIN numbered n ON n.ref = r.v) "
         "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {session} "
         "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id "
-        "AND w.idx = u.idx) "
-        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
-        "metadata) VALUES ({session}, {namespace}, {}, {}, {}, {}) "
+        "AND w.idx = u.idx AND w.message_runs IS NULL AND {guarded}), "
+        "checkpoint AS (INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+        "checkpoint, metadata) SELECT {session}, {namespace}, {}, {}, {}, {} WHERE {guarded} "
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
-        "metadata = EXCLUDED.metadata"
+        "metadata = EXCLUDED.metadata) "
+        "SELECT {guarded} AS ok, {updated} AS updated_at, "
+        "(SELECT array_agg(seq ORDER BY seq) FROM new_rows) AS seqs"
     ).format(
         p.add(new.page_context, "text"), p.add(list(new.keys), "text[]"), p.add(list(new.roles), "text[]"),
         p.add(list(new.contents), "text[]"), p.add(list(new.token_usages), "int[]"),
@@ -136,7 +171,8 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
         p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
         p.add([_runs_text(r) for r in write_runs], "text[]"),
         p.add(checkpoint_id, "text"), p.add(parent_id, "text"), body, p.add(Jsonb(metadata)),
-        session=session, namespace=namespace,
+        session=session, namespace=namespace, ok=ok, guarded=guarded,
+        updated=sql.SQL("(SELECT updated_at FROM touched)" if guard is not None else "NULL::timestamptz"),
     )
     return query, p.values
 

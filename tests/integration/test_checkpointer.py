@@ -393,3 +393,20 @@ def test_a_load_whose_cached_rows_are_evicted_meanwhile_reads_them_again(db: Dat
     again = saver.get_tuple(config)
     assert again is not None and again.checkpoint == expected.checkpoint
     assert [m.content for m in again.checkpoint["channel_values"]["messages"]] == ["hello", "echo: hello"]
+
+
+async def test_two_processes_taking_turns_on_a_thread_keep_it_exact(db: Database) -> None:
+    first, second = _graph(SonyCheckpointer(db)), _graph(SonyCheckpointer(db))  # two savers: two processes
+    thread = str(uuid.uuid4())
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    for index, graph in enumerate([first, first, first, second, first]):
+        await graph.ainvoke({"messages": [HumanMessage(f"q{index}", id=f"q{index}")]}, config)
+        if index == 1:  # a row written with plain SQL, as another application might: not in the agent's state
+            with db.pool().connection() as conn:
+                conn.execute("INSERT INTO chat_messages (session_id, role, content) VALUES (%s, 'user', 'typed')",
+                             (session_id_for_thread(thread),))
+    expected = [text for index in range(5) for text in (f"q{index}", f"echo: q{index}")]
+    for graph in (first, second):
+        assert [m.content for m in (await graph.aget_state(config)).values["messages"]] == expected
+    rows = await get_chat_history(thread, limit=None, db=db)
+    assert [row["content"] for row in rows] == [*expected[:4], "typed", *expected[4:]]
