@@ -7,7 +7,7 @@ checkpoint keeps only *runs* of row numbers (``seq``), pairs (first, last) of ro
 session, so a growing conversation costs one pair per stored version instead of the whole list again, and a
 checkpoint restores exactly its own list after a removal, a summary, time travel or a fork. Other channels,
 versions and pending writes go to ``chat_checkpoints``, ``chat_checkpoint_blobs`` and ``chat_checkpoint_writes``
-(migration 004), keyed to the session with ``ON DELETE CASCADE``.
+(migrations 004 and 005), keyed to the session with ``ON DELETE CASCADE``.
 
 Every operation is a plan (no I/O) run by ``Database.run`` (sync) or ``Database.arun`` (async): one code path,
 native on both sides, and safe behind transaction poolers.
@@ -741,7 +741,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
     """LangGraph checkpointer (sync and async) on the chat tables; the conversation stays readable in SQL.
 
     Setup:
-        ``sony-rag migrate`` (migration 004 adds the checkpoint tables).
+        ``sony-rag migrate`` (migrations 004 and 005 add the checkpoint tables).
 
     Use with an agent:
         .. code-block:: python
