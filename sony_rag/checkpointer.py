@@ -25,6 +25,7 @@ import weakref
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID
@@ -384,8 +385,15 @@ class _Sessions:
                 while len(cache) > self._limit:
                     cache.popitem(last=False)  # type: ignore[arg-type]
 
+    def set_writes_done(self, session_id: UUID, done: Sequence[_Write]) -> None:
+        """Forget writes of the session (pointed at rows, or never stored)."""
+        with self._lock:
+            finished = {write[:3] for write in done}
+            if session_id in self._writes:
+                self._writes[session_id] = [w for w in self._writes[session_id] if w[:3] not in finished]
+
     def add_write(self, session_id: UUID, write: _Write) -> None:
-        """Remember a pending write of messages this process made (committed), for the session's next put."""
+        """Remember a pending write of messages this process makes, for the session's next put."""
         with self._lock:
             self._writes.setdefault(session_id, []).append(write)
             self._writes.move_to_end(session_id)
@@ -402,6 +410,13 @@ def _settle(known: _Known, rows: _Rows, new_seqs: Sequence[int]) -> _Known:
     known.rows = rows
     known.max_seq = max(known.max_seq, *new_seqs) if new_seqs else known.max_seq
     return known
+
+
+def _outcome(result: Row, writes: Sequence[_Write]) -> tuple[list[_Write], list[_Write]]:
+    """Return which of ``writes`` a put's statement pointed at rows, and which still wait (not compactable yet,
+    or not committed when it ran: LangGraph stores a step's writes beside the next put)."""
+    done = {(checkpoint_id, task_id, idx) for checkpoint_id, task_id, idx in result["compacted"] or []}
+    return [w for w in writes if w[:3] in done], [w for w in writes if w[:3] not in done]
 
 
 @dataclass
@@ -457,20 +472,20 @@ def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put, writes: Sequence
     new = _NewRows([], [])
     rows: _Rows | None = None
     compacted: list[tuple[str, str, int, list[int]]] = []
-    waiting: list[_Write] = []
+    every: dict[tuple[str, str, int], _Write] = {}
     for channel, (messages, message_keys) in put.rows.items():  # only the root "messages" channel qualifies
         stored = yield from _store_rows(put.session_id, found, messages, message_keys)
         if stored is None:
             raise _NotRows(channel)
         runs, rows, new = (channel, stored[0]), stored[1], stored[2]
         every = {write[:3]: write for write in (*_pending_writes(serde, keys, pending), *writes)}
-        compacted, waiting = _compactable(list(every.values()), rows)
+        compacted, _ = _compactable(list(every.values()), rows)
     result: list[Row] = yield fetch(checkpoint_sql.insert_checkpoint(
         put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
         compacted, _ROWS_TYPE, _RUNS_KEY, runs, _new_messages(new, put.page_context)))
-    done = [write for write in writes if write not in waiting]
     if rows is None:
         return _Stored(None, [], list(writes))
+    done, waiting = _outcome(result[0], list(every.values()))
     adopted = set(rows.seq_of.values())
     adoptable = frozenset(row["adoptable"] for row in found if row["adoptable"] is not None
                           and row["seq"] not in adopted)
@@ -489,14 +504,14 @@ def _put_known(put: _Put, known: _Known, writes: Sequence[_Write]) -> PlanGenera
     if planned is None:
         return None
     runs, rows, new = planned
-    compacted, waiting = _compactable(writes, rows)
+    compacted, _ = _compactable(writes, rows)
     result: list[Row] = yield fetch(checkpoint_sql.insert_checkpoint(
         put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
         compacted, _ROWS_TYPE, _RUNS_KEY, (MESSAGES_CHANNEL, runs), _new_messages(new, put.page_context), guard))
     if not result[0]["ok"]:
         return None
     known.updated_at = result[0]["updated_at"]
-    return _Stored(_settle(known, rows, result[0]["seqs"] or []), [w for w in writes if w not in waiting], waiting)
+    return _Stored(_settle(known, rows, result[0]["seqs"] or []), *_outcome(result[0], writes))
 
 
 class _NotRows(Exception):
@@ -892,8 +907,8 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         """Store the pending writes of a task of the checkpoint in ``config``."""
         if writes:
             planned, made = self._plan_writes(config, writes, task_id, task_path)
-            self.db.run(planned)
-            self._remember_writes(config, made)
+            with self._writes_recorded(config, made):
+                self.db.run(planned)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete a thread: its session, messages, checkpoints and writes (a missing thread is no error)."""
@@ -946,8 +961,8 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         """Store the pending writes of a task (see ``put_writes``), on the async pool."""
         if writes:
             planned, made = self._plan_writes(config, writes, task_id, task_path)
-            await self.db.arun(planned)
-            self._remember_writes(config, made)
+            with self._writes_recorded(config, made):
+                await self.db.arun(planned)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete a thread completely (see ``delete_thread``), on the async pool."""
@@ -967,9 +982,18 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
 
     # -- helpers ----------------------------------------------------------------------------------------
 
-    def _remember_writes(self, config: RunnableConfig, made: Sequence[_Write]) -> None:
+    @contextmanager
+    def _writes_recorded(self, config: RunnableConfig, made: Sequence[_Write]) -> Iterator[None]:
+        """Record writes of messages for the thread's next put before they are stored (a put running beside
+        the INSERT then tries them too), and forget them if storing fails."""
+        session_id = session_id_for_thread((config.get("configurable") or {})["thread_id"])
         for write in made:
-            self._sessions.add_write(session_id_for_thread((config.get("configurable") or {})["thread_id"]), write)
+            self._sessions.add_write(session_id, write)
+        try:
+            yield
+        except BaseException:
+            self._sessions.set_writes_done(session_id, made)
+            raise
 
     @staticmethod
     def _stored_config(config: RunnableConfig, put: _Put) -> RunnableConfig:

@@ -110,7 +110,8 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
     version already stored is kept as it is.
 
     Returns one row: ``ok`` (false when ``guard`` did not hold: then nothing was written), ``updated_at`` (the
-    session's, when guarded) and ``seqs`` (of the new rows, in order).
+    session's, when guarded), ``seqs`` (of the new rows, in order) and ``compacted`` (the writes pointed at rows,
+    as [checkpoint_id, task_id, idx]; a write not committed yet is not among them).
     """
     p = Params()
     ok: sql.Composable = sql.SQL("")
@@ -156,13 +157,14 @@ def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, 
         "AS r(v, o) LEFT JOIN numbered n ON n.ref = r.v) "
         "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {session} "
         "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id "
-        "AND w.idx = u.idx AND w.message_runs IS NULL AND {guarded}), "
+        "AND w.idx = u.idx AND w.message_runs IS NULL AND {guarded} RETURNING w.checkpoint_id, w.task_id, w.idx), "
         "checkpoint AS (INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
         "checkpoint, metadata) SELECT {session}, {namespace}, {}, {}, {}, {} WHERE {guarded} "
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
         "metadata = EXCLUDED.metadata) "
         "SELECT {guarded} AS ok, {updated} AS updated_at, "
-        "(SELECT array_agg(seq ORDER BY seq) FROM new_rows) AS seqs"
+        "(SELECT array_agg(seq ORDER BY seq) FROM new_rows) AS seqs, "
+        "(SELECT json_agg(json_build_array(checkpoint_id, task_id, idx)) FROM compacted) AS compacted"
     ).format(
         p.add(new.page_context, "text"), p.add(list(new.keys), "text[]"), p.add(list(new.roles), "text[]"),
         p.add(list(new.contents), "text[]"), p.add(list(new.token_usages), "int[]"),
