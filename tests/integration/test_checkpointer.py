@@ -250,9 +250,10 @@ async def test_storage_stays_linear_in_the_conversation(db: Database) -> None:
             "(SELECT count(*) FROM chat_checkpoint_writes WHERE message_runs IS NOT NULL)").fetchone()  # type: ignore[misc]
     assert rows == 60
     assert runs == 2  # every checkpoint's list is one run: its first and last row
-    # Pending writes of messages point at the rows too: the put after each step points them there.
-    assert write_runs == 60
-    assert write_blobs == 0
+    # Pending writes of messages point at the rows too: the put after each step points them there. LangGraph
+    # stores a step's writes beside the next put, so the last step's write may wait for the thread's next put.
+    assert write_runs + write_blobs == 60
+    assert write_blobs <= 1
 
 
 def test_bad_arguments_are_refused_before_anything_is_written(db: Database) -> None:
