@@ -7,7 +7,7 @@ checkpoint keeps only *runs* of row numbers (``seq``), pairs (first, last) of ro
 session, so a growing conversation costs one pair per stored version instead of the whole list again, and a
 checkpoint restores exactly its own list after a removal, a summary, time travel or a fork. Other channels,
 versions and pending writes go to ``chat_checkpoints``, ``chat_checkpoint_blobs`` and ``chat_checkpoint_writes``
-(migration 004), keyed to the session with ``ON DELETE CASCADE``.
+(migrations 004 and 005), keyed to the session with ``ON DELETE CASCADE``.
 
 Every operation is a plan (no I/O) run by ``Database.run`` (sync) or ``Database.arun`` (async): one code path,
 native on both sides, and safe behind transaction poolers.
@@ -18,10 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
+import threading
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID
@@ -42,12 +47,33 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
-from sony_rag.executor import PlanGenerator, execute, fetch, plan
+from sony_rag.executor import Plan, PlanGenerator, Together, execute, fetch, plan
 from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
 
 __all__ = ["MESSAGES_CHANNEL", "SonyCheckpointer", "message_from_row", "session_id_for_thread"]
+
+try:  # orjson (a dependency of langsmith, so nearly always there) parses the rows' metadata several times faster
+    import orjson
+
+    _fast_loads: Callable[[str], Any] = orjson.loads
+except ImportError:  # pragma: no cover
+    _fast_loads = json.loads
+
+
+# orjson reads an integer of more than 64 bits as a float: text with a run of 19 digits goes to json instead.
+_LONG_NUMBER: Final = re.compile(r"\d{19}")
+
+
+def _loads(text: str) -> Any:
+    """Return the value of JSON text exactly as json.loads does (also integers beyond 64 bits)."""
+    if _LONG_NUMBER.search(text):
+        return json.loads(text)
+    try:
+        return _fast_loads(text)
+    except ValueError:
+        return json.loads(text)  # the error, if any, as json words it
 
 MESSAGES_CHANNEL: Final = "messages"
 # The stored type of a channel value or write kept as chat_messages rows (its blob column is NULL).
@@ -110,14 +136,14 @@ def _page_context(config: RunnableConfig) -> str | None:
 
 
 def message_key(message: BaseMessage) -> str:
-    """Return the row key of a message: its id and a digest of its fields (a replaced message gets a new key).
+    """Return the row key of a message: a digest of its fields, id included (a replaced message gets a new key).
 
     The digest is of the fields as JSON with sorted keys, so a message read back from its row (where jsonb has
     reordered keys and artifacts are plain dicts) digests the same as the message that was written.
+    (Migration 004 wrote ``<id>:<digest>``; 005 keeps the digest alone, which is the same function's value.)
     """
     fields = json.dumps([message.type, message.model_dump()], sort_keys=True, default=repr, ensure_ascii=False)
-    digest = hashlib.blake2b(fields.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return f"{message.id}:{digest}"
+    return hashlib.blake2b(fields.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 class _KeyCache:
@@ -125,11 +151,13 @@ class _KeyCache:
 
     A conversation's messages are the same objects from step to step, so each is digested once, not at every
     checkpoint. Keyed by object identity (LangGraph replaces a message to change it, never edits it in place),
-    through weak references: an entry goes when its message does, so the cache keeps nothing alive.
+    through weak references, so the cache keeps nothing alive; entries of messages gone are swept out whenever
+    the cache has doubled since the last sweep.
     """
 
     def __init__(self) -> None:
         self._keys: dict[int, tuple[weakref.ref[BaseMessage], str]] = {}
+        self._sweep_at = 1024
 
     def key(self, message: BaseMessage) -> str:
         """Return the message's row key, digesting it only the first time."""
@@ -142,15 +170,63 @@ class _KeyCache:
 
     def remember(self, message: BaseMessage, key: str) -> None:
         """Record the key of a message (read from its row, or just digested)."""
-        identity = id(message)
-        keys = self._keys
+        self._keys[id(message)] = (weakref.ref(message), key)
+        if len(self._keys) > self._sweep_at:
+            alive = {identity: entry for identity, entry in list(self._keys.items()) if entry[0]() is not None}
+            self._keys = alive
+            self._sweep_at = max(1024, 2 * len(alive))
 
-        def forget(ref: weakref.ref[BaseMessage]) -> None:
-            entry = keys.get(identity)
-            if entry is not None and entry[0] is ref:
-                keys.pop(identity, None)
 
-        keys[identity] = (weakref.ref(message, forget), key)
+def _copy(message: BaseMessage) -> BaseMessage:
+    """Return a shallow copy of a message (what pydantic's ``model_copy`` makes, without its overhead)."""
+    copy = object.__new__(type(message))
+    object.__setattr__(copy, "__dict__", dict(message.__dict__))
+    object.__setattr__(copy, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
+    extra = message.__pydantic_extra__
+    object.__setattr__(copy, "__pydantic_extra__", None if extra is None else dict(extra))
+    private = message.__pydantic_private__
+    object.__setattr__(copy, "__pydantic_private__", None if private is None else dict(private))
+    return copy
+
+
+class _MessageCache:
+    """Messages decoded from ``chat_messages`` rows of recently loaded threads, so loading a thread again decodes
+    only its new rows.
+
+    Keyed by the row's identity (session, seq) and version (``xmin``, which every UPDATE changes): a row edited
+    in SQL is decoded again. Bounded: the least recently loaded threads go first once more than ``limit``
+    messages are kept. Loads get copies, so a caller changing a message it got does not change the cache.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._limit = limit
+        self._threads: OrderedDict[UUID, dict[int, tuple[int, str | None, BaseMessage]]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def known(self, session_id: UUID) -> tuple[list[int], list[int]]:
+        """Return the seqs and row versions of the session's cached rows."""
+        with self._lock:
+            rows = self._threads.get(session_id)
+            if rows is None:
+                return [], []
+            self._threads.move_to_end(session_id)
+            return list(rows), [entry[0] for entry in rows.values()]
+
+    def get(self, session_id: UUID, seq: int, version: int) -> tuple[str | None, BaseMessage] | None:
+        """Return the cached message key and message of a row at this version, or None."""
+        entry = self._threads.get(session_id, {}).get(seq)
+        return (entry[1], entry[2]) if entry is not None and entry[0] == version else None
+
+    def put(self, session_id: UUID, seq: int, version: int, key: str | None, message: BaseMessage) -> None:
+        """Keep the decoded message of a row (evicting the least recently loaded threads when over the limit)."""
+        with self._lock:
+            rows = self._threads.setdefault(session_id, {})
+            self._size += seq not in rows
+            rows[seq] = (version, key, message)
+            while self._size > self._limit and self._threads:
+                _, evicted = self._threads.popitem(last=False)
+                self._size -= len(evicted)
 
 
 def message_from_row(row: Mapping[str, Any]) -> BaseMessage:
@@ -196,17 +272,27 @@ class _Rows:
     order: dict[int, int]
 
 
-def _store_rows(session_id: UUID, messages: Sequence[BaseMessage], keys: Sequence[str],
-                page_context: str | None) -> PlanGenerator[tuple[list[int], _Rows] | None]:
-    """Write the messages that have no row yet; return the list's runs and the rows; None if one can't be encoded.
+@dataclass
+class _NewRows:
+    """Messages a put writes as rows, in list order; before the INSERT they are known by references -1, -2, ..."""
 
-    A part of the put plan (used with ``yield from``). Reads the session's order of rows under its row lock
-    (taken by the session upsert before it), so the rows between a run's first and last are exactly the run's
-    messages, and rows added later come after them.
+    keys: list[str]
+    encoded: list[EncodedMessage]
+
+
+def _store_rows(session_id: UUID, found: list[Row], messages: Sequence[BaseMessage],
+                keys: Sequence[str]) -> PlanGenerator[tuple[list[int], _Rows, _NewRows] | None]:
+    """Plan the rows of a messages list: return its runs, the rows and the messages to write; None if one of
+    them can't be encoded.
+
+    A part of the put plan (used with ``yield from``). ``found``: the session's rows in order, read under its
+    row lock (taken by the session upsert before), so the rows between a run's first and last are exactly the
+    run's messages, and rows added later come after them. Rows to write get references -1, -2, ... in list
+    order, placed after the session's last row: the INSERT that writes them (with the checkpoint) numbers them
+    in that order, and replaces each reference by its row's seq.
     """
     if len(set(keys)) != len(keys):
         return None  # one message twice in a list: kept whole in a blob
-    found: list[Row] = yield fetch(checkpoint_sql.message_keys(session_id))
     rows = _Rows({row["message_key"]: row["seq"] for row in found if row["message_key"] is not None},
                  {row["seq"]: position for position, row in enumerate(found)})
     # Rows written by the history class (no key) whose message is in the list are adopted, not written again:
@@ -217,39 +303,152 @@ def _store_rows(session_id: UUID, messages: Sequence[BaseMessage], keys: Sequenc
     if adopted:
         yield execute(checkpoint_sql.adopt_rows(session_id, [seq for seq, _ in adopted], [key for _, key in adopted]))
         rows.seq_of.update((key, seq) for seq, key in adopted)
+    return _plan_rows(rows, messages, keys, frozenset())
+
+
+def _plan_rows(rows: _Rows, messages: Sequence[BaseMessage], keys: Sequence[str],
+               adoptable: frozenset[str]) -> tuple[list[int], _Rows, _NewRows] | None:
+    """Return the runs of a list over ``rows`` plus the rows it needs written (referenced -1, -2, ...), the
+    rows, and those messages encoded; None if one can't be encoded, or (with ``adoptable``) if a message to
+    write has the id of a row written without a key (adopting it needs the full read of the session)."""
     missing = [(key, message) for key, message in zip(keys, messages, strict=True) if key not in rows.seq_of]
-    if missing:
-        try:
-            encoded: list[EncodedMessage] = [encode_message(message) for _, message in missing]
-        except InvalidInputError:
-            return None  # a message the codec cannot keep exactly: the whole list goes to a blob
-        inserted: list[Row] = yield fetch(checkpoint_sql.insert_messages(
-            session_id, [key for key, _ in missing], [e.role for e in encoded], [e.content for e in encoded],
-            [e.token_usage for e in encoded], page_context, [e.metadata for e in encoded]))
-        for row in inserted:
-            rows.seq_of[row["message_key"]] = row["seq"]
-            rows.order[row["seq"]] = len(rows.order)
-    return runs_of([rows.seq_of[key] for key in keys], rows.order), rows
+    if adoptable and any(message.id in adoptable for _, message in missing):
+        return None
+    try:
+        new = _NewRows([key for key, _ in missing], [encode_message(message) for _, message in missing])
+    except InvalidInputError:
+        return None  # a message the codec cannot keep exactly: the whole list goes to a blob
+    for reference, key in enumerate(new.keys, start=1):
+        rows.seq_of[key] = -reference
+        rows.order[-reference] = len(rows.order)
+    return runs_of([rows.seq_of[key] for key in keys], rows.order), rows, new
 
 
-def _compactable(serde: SerializerProtocol, keys: _KeyCache, pending: Sequence[Row],
-                 rows: _Rows) -> list[tuple[str, str, int, list[int]]]:
-    """Return the pending writes of messages that now have rows, with their runs: their blobs can go.
+# A pending write of messages not yet pointed at rows: (checkpoint_id, task_id, idx, the messages' row keys).
+_Write = tuple[str, str, int, list[str]]
+
+
+def _pending_writes(serde: SerializerProtocol, keys: _KeyCache, pending: Sequence[Row]) -> list[_Write]:
+    """Return the root-namespace writes of messages (read as blobs) that rows can stand for, with their keys."""
+    found = []
+    for write in pending:
+        if write["checkpoint_id"] is None:
+            continue
+        messages = _as_rows(MESSAGES_CHANNEL, "", serde.loads_typed((write["type"], write["blob"])))
+        if messages is not None:
+            found.append((write["checkpoint_id"], write["task_id"], write["idx"], [keys.key(m) for m in messages]))
+    return found
+
+
+def _compactable(writes: Sequence[_Write], rows: _Rows) -> tuple[list[tuple[str, str, int, list[int]]],
+                                                                  list[_Write]]:
+    """Return the pending writes of messages that now have rows, with their runs (their blobs can go), and the
+    writes that must wait.
 
     Writes arrive from LangGraph's background tasks in any order, so they are stored as blobs (rows are written
     by puts only, in the conversation's order); each put then points the writes whose messages it has stored at
     their rows. A write whose messages are not all rows yet stays a blob until a later put.
     """
-    compacted = []
-    for write in pending:
-        messages = _as_rows(MESSAGES_CHANNEL, "", serde.loads_typed((write["type"], write["blob"])))
-        if messages is None:
-            continue
-        seqs = [rows.seq_of.get(keys.key(message)) for message in messages]
-        if all(seq is not None for seq in seqs):
-            runs = runs_of([seq for seq in seqs if seq is not None], rows.order)
-            compacted.append((write["checkpoint_id"], write["task_id"], write["idx"], runs))
-    return compacted
+    compacted: list[tuple[str, str, int, list[int]]] = []
+    waiting: list[_Write] = []
+    for write in writes:
+        if all(key in rows.seq_of for key in write[3]):
+            compacted.append((*write[:3], runs_of([rows.seq_of[key] for key in write[3]], rows.order)))
+        elif write not in waiting:
+            waiting.append(write)
+    return compacted, waiting
+
+
+@dataclass
+class _Known:
+    """A session's rows as this process's last put left them, valid while its ``updated_at`` is unchanged."""
+
+    updated_at: Any
+    rows: _Rows
+    max_seq: int
+    adoptable: frozenset[str]  # ids of rows written without a key (by the history class)
+
+
+class _Sessions:
+    """The ``_Known`` state of the sessions this process put to recently, and the pending writes of messages it
+    made or saw there that no put has pointed at rows yet (bounded: the least recent sessions are dropped)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._known: OrderedDict[UUID, _Known] = OrderedDict()
+        self._writes: OrderedDict[UUID, list[_Write]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: UUID) -> tuple[_Known | None, list[_Write]]:
+        """Return a copy of what is known of the session (or None), and its writes waiting for rows."""
+        with self._lock:
+            writes = list(self._writes.get(session_id, []))
+            known = self._known.get(session_id)
+            if known is None:
+                return None, writes
+            self._known.move_to_end(session_id)
+            return _Known(known.updated_at, _Rows(dict(known.rows.seq_of), dict(known.rows.order)), known.max_seq,
+                          known.adoptable), writes
+
+    def set(self, session_id: UUID, known: _Known | None, waiting: Sequence[_Write], done: Sequence[_Write]) -> None:
+        """Record the session's state after a put (None: forget it), the writes still waiting, and those done."""
+        with self._lock:
+            if known is None:
+                self._known.pop(session_id, None)
+            else:
+                self._known[session_id] = known
+                self._known.move_to_end(session_id)
+            finished = {write[:3] for write in done}
+            writes = [write for write in self._writes.get(session_id, []) if write[:3] not in finished]
+            writes.extend(write for write in waiting if write not in writes)
+            self._writes[session_id] = writes
+            self._writes.move_to_end(session_id)
+            for cache in (self._known, self._writes):
+                while len(cache) > self._limit:
+                    cache.popitem(last=False)  # type: ignore[arg-type]
+
+    def set_writes_done(self, session_id: UUID, done: Sequence[_Write]) -> None:
+        """Forget writes of the session (pointed at rows, or never stored)."""
+        with self._lock:
+            finished = {write[:3] for write in done}
+            if session_id in self._writes:
+                self._writes[session_id] = [w for w in self._writes[session_id] if w[:3] not in finished]
+
+    def add_write(self, session_id: UUID, write: _Write) -> None:
+        """Remember a pending write of messages this process makes, for the session's next put."""
+        with self._lock:
+            self._writes.setdefault(session_id, []).append(write)
+            self._writes.move_to_end(session_id)
+            while len(self._writes) > self._limit:
+                self._writes.popitem(last=False)
+
+
+def _settle(known: _Known, rows: _Rows, new_seqs: Sequence[int]) -> _Known:
+    """Return ``known`` with the rows written by a put: references -1, -2, ... replaced by their seqs."""
+    for reference, seq in enumerate(new_seqs, start=1):
+        position = rows.order.pop(-reference)
+        rows.order[seq] = position
+    rows.seq_of = {key: (new_seqs[-seq - 1] if seq < 0 else seq) for key, seq in rows.seq_of.items()}
+    known.rows = rows
+    known.max_seq = max(known.max_seq, *new_seqs) if new_seqs else known.max_seq
+    return known
+
+
+def _outcome(result: Row, writes: Sequence[_Write]) -> tuple[list[_Write], list[_Write]]:
+    """Return which of ``writes`` a put's statement pointed at rows, and which still wait (not compactable yet,
+    or not committed when it ran: LangGraph stores a step's writes beside the next put)."""
+    done = {(checkpoint_id, task_id, idx) for checkpoint_id, task_id, idx in result["compacted"] or []}
+    return [w for w in writes if w[:3] in done], [w for w in writes if w[:3] not in done]
+
+
+@dataclass
+class _Stored:
+    """What a put plan did: the session's rows after it (None: not known), the writes it pointed at rows, and
+    the writes of messages still waiting for rows."""
+
+    known: _Known | None
+    done: list[_Write]
+    waiting: list[_Write]
 
 
 # -- plans -------------------------------------------------------------------------------------------------
@@ -271,22 +470,70 @@ class _Put:
     rows: dict[str, tuple[list[BaseMessage], list[str]]]  # channel -> messages kept as rows, and their keys
 
 
+def _new_messages(new: _NewRows, page_context: str | None) -> checkpoint_sql.NewMessages:
+    return checkpoint_sql.NewMessages(new.keys, [e.role for e in new.encoded], [e.content for e in new.encoded],
+                                      [e.token_usage for e in new.encoded], page_context,
+                                      [e.metadata for e in new.encoded])
+
+
 @plan(read_only=False)
-def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put) -> PlanGenerator[None]:
-    """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint."""
-    pending: list[Row] = yield fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context,
-                                                                  MESSAGES_CHANNEL))
-    runs: dict[str, list[int]] = {}
+def _put(serde: SerializerProtocol, keys: _KeyCache, put: _Put, writes: Sequence[_Write]) -> PlanGenerator[_Stored]:
+    """Store a checkpoint: the thread's session, new message rows, new channel versions and the checkpoint;
+    return what it did (the session's rows are known after it when the checkpoint has rows).
+
+    ``writes``: pending writes of messages this process knows of; the put also reads the session's others."""
+    touch = fetch(checkpoint_sql.touch_session(put.session_id, put.thread_name, put.page_context, MESSAGES_CHANNEL))
+    found: list[Row] = []
+    if put.rows:
+        # One round trip; the second statement runs after the first took the session's row lock, with a
+        # snapshot of its own (READ COMMITTED), so it sees every row a put that held the lock before wrote.
+        pending, found = yield Together([touch, fetch(checkpoint_sql.message_keys(put.session_id))])
+    else:
+        pending = yield touch
+    runs: tuple[str, list[int]] | None = None
+    new = _NewRows([], [])
+    rows: _Rows | None = None
     compacted: list[tuple[str, str, int, list[int]]] = []
-    for channel, (messages, message_keys) in put.rows.items():
-        stored = yield from _store_rows(put.session_id, messages, message_keys, put.page_context)
+    every: dict[tuple[str, str, int], _Write] = {}
+    for channel, (messages, message_keys) in put.rows.items():  # only the root "messages" channel qualifies
+        stored = yield from _store_rows(put.session_id, found, messages, message_keys)
         if stored is None:
             raise _NotRows(channel)
-        runs[channel] = stored[0]
-        compacted = _compactable(serde, keys, pending, stored[1])
-    body = {**put.body, _RUNS_KEY: runs} if runs else put.body
-    yield execute(checkpoint_sql.insert_checkpoint(put.session_id, put.namespace, put.checkpoint_id, put.parent_id,
-                                                   body, put.metadata, put.blobs, compacted, _ROWS_TYPE))
+        runs, rows, new = (channel, stored[0]), stored[1], stored[2]
+        every = {write[:3]: write for write in (*_pending_writes(serde, keys, pending), *writes)}
+        compacted, _ = _compactable(list(every.values()), rows)
+    result: list[Row] = yield fetch(checkpoint_sql.insert_checkpoint(
+        put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
+        compacted, _ROWS_TYPE, _RUNS_KEY, runs, _new_messages(new, put.page_context)))
+    if rows is None:
+        return _Stored(None, [], list(writes))
+    done, waiting = _outcome(result[0], list(every.values()))
+    adopted = set(rows.seq_of.values())
+    adoptable = frozenset(row["adoptable"] for row in found if row["adoptable"] is not None
+                          and row["seq"] not in adopted)
+    known = _Known(pending[0]["updated_at"], rows, max((row["seq"] for row in found), default=0), adoptable)
+    return _Stored(_settle(known, rows, result[0]["seqs"] or []), done, waiting)
+
+
+@plan(read_only=False, single_statement=True)
+def _put_known(put: _Put, known: _Known, writes: Sequence[_Write]) -> PlanGenerator[_Stored | None]:
+    """Store a checkpoint in one statement, trusting what this process knows of the session's rows; return the
+    rows as the put left them, or None when the session changed since (then nothing was written)."""
+    messages, message_keys = put.rows[MESSAGES_CHANNEL]
+    guard = checkpoint_sql.Guard(put.thread_name, put.page_context, known.updated_at, len(known.rows.order),
+                                 known.max_seq)
+    planned = _plan_rows(known.rows, messages, message_keys, known.adoptable)
+    if planned is None:
+        return None
+    runs, rows, new = planned
+    compacted, _ = _compactable(writes, rows)
+    result: list[Row] = yield fetch(checkpoint_sql.insert_checkpoint(
+        put.session_id, put.namespace, put.checkpoint_id, put.parent_id, put.body, put.metadata, put.blobs,
+        compacted, _ROWS_TYPE, _RUNS_KEY, (MESSAGES_CHANNEL, runs), _new_messages(new, put.page_context), guard))
+    if not result[0]["ok"]:
+        return None
+    known.updated_at = result[0]["updated_at"]
+    return _Stored(_settle(known, rows, result[0]["seqs"] or []), *_outcome(result[0], writes))
 
 
 class _NotRows(Exception):
@@ -297,7 +544,7 @@ class _NotRows(Exception):
         self.channel = channel
 
 
-@plan(read_only=False)
+@plan(read_only=False, single_statement=True)
 def _put_writes(session_id: UUID, thread_name: str | None, namespace: str, checkpoint_id: str, task_id: str,
                 task_path: str, writes: list[tuple[int, str, str, bytes | None, list[int] | None]],
                 replace: bool) -> PlanGenerator[None]:
@@ -326,11 +573,12 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
     sessions: list[UUID] = []
     starts: list[int] = []
     ends: list[int] = []
-    lists = [{"session_id": row["session_id"], "message_runs": runs, "channel": channel} for row in found
+    lists = [{"session_id": row["session_id"], "message_runs": runs, "channel": channel, "type": _ROWS_TYPE}
+             for row in found
              for channel, runs in row["checkpoint"].get(_RUNS_KEY, {}).items()]
     for item in (*lists, *write_rows):
         runs = item["message_runs"]
-        if runs is not None:
+        if runs is not None and item["type"] == _ROWS_TYPE:
             item["first_run"] = len(starts)
             for start, end in zip(runs[::2], runs[1::2], strict=True):
                 sessions.append(item["session_id"])
@@ -343,7 +591,7 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
     decoded: dict[tuple[UUID, int], BaseMessage] = {}
 
     def value_of(item: Row) -> Any:
-        if item.get("message_runs") is None:
+        if item["type"] != _ROWS_TYPE:
             return serde.loads_typed((item["type"], item["blob"]))
         messages: list[BaseMessage] = []
         first = item["first_run"]
@@ -380,12 +628,93 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
         parent = row["parent_checkpoint_id"]
         tuples.append(CheckpointTuple(
             config={"configurable": {**configurable, "checkpoint_id": row["checkpoint_id"]}},
-            checkpoint={**body, "channel_values": values},  # type: ignore[typeddict-item]
+            checkpoint={**body, "id": row["checkpoint_id"], "channel_values": values},  # type: ignore[typeddict-item]
             metadata=row["metadata"],
             parent_config={"configurable": {**configurable, "checkpoint_id": parent}} if parent else None,
             pending_writes=writes.get((row["session_id"], row["checkpoint_ns"], row["checkpoint_id"]), []),
         ))
     return tuples
+
+
+@plan(read_only=True)
+def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, session_id: UUID, thread_id: str,
+              namespace: str, checkpoint_id: str | None) -> PlanGenerator[CheckpointTuple | None]:
+    """Return a thread's checkpoint (its newest when no id) with its values and pending writes, or None.
+
+    One statement brings the checkpoint, its blobs, its writes and the message rows its runs cover; rows whose
+    decoded message is cached come without their content.
+    """
+    known_seqs, known_versions = cache.known(session_id)
+    found: list[Row] = yield fetch(checkpoint_sql.select_checkpoint_whole(
+        session_id, namespace, checkpoint_id, _RUNS_KEY, known_seqs, known_versions))
+    if not found or found[0]["part"] != 0:
+        return None
+    head = found[0]
+    body = head["body"]
+    runs_of_lists: dict[str, list[int]] = body.pop(_RUNS_KEY, {})
+    blobs = {row["name"]: row for row in found if row["part"] == 1}
+    write_rows = [row for row in found if row["part"] == 2]
+    message_rows = [row for row in found if row["part"] == 3]
+    entries: dict[int, tuple[str | None, BaseMessage]] = {}
+    evicted: list[int] = []
+    for row in message_rows:
+        if row["fields"] is not None:
+            message = message_from_row({"role": row["type"], "content": row["path"], "metadata": _loads(row["fields"]),
+                                        "message_id": row["detail"]})
+            entries[row["position"]] = (row["name"], message)
+            cache.put(session_id, row["position"], row["number"], row["name"], message)
+        else:
+            entry = cache.get(session_id, row["position"], row["number"])
+            if entry is None:
+                evicted.append(row["position"])
+            else:
+                entries[row["position"]] = entry
+    if evicted:  # dropped from the cache by other loads since the statement was planned (rare): read again
+        for row in (yield fetch(checkpoint_sql.select_message_rows(session_id, evicted))):
+            entries[row["seq"]] = (row["message_key"], message_from_row(row))
+    seqs = sorted(entries)
+    messages = [entries[seq] for seq in seqs]
+
+    def listed(runs: Sequence[int]) -> list[BaseMessage]:
+        out: list[BaseMessage] = []
+        for first, last in zip(runs[::2], runs[1::2], strict=True):
+            for position in range(bisect_left(seqs, first), bisect_right(seqs, last)):
+                key, message = messages[position]
+                copy = _copy(message)
+                if key is not None:
+                    keys.remember(copy, key)
+                out.append(copy)
+        return out
+
+    values = dict(body.get("channel_values", {}))
+    for channel, runs in runs_of_lists.items():
+        values[channel] = listed(runs)
+    missing = []
+    for channel, version in body.get("channel_versions", {}).items():
+        if channel in values:
+            continue
+        blob = blobs.get(channel)
+        if blob is not None and blob["detail"] == str(version):
+            if blob["type"] != "empty":
+                values[channel] = serde.loads_typed((blob["type"], blob["blob"]))
+        elif isinstance(version, float) and "e" in repr(version):
+            missing.append((session_id, namespace, channel, str(version)))
+        # else: no value stored for this version (a channel emptied at this step), as in the checkpoint itself
+    if missing:  # jsonb spells a float with an exponent differently from str(): looked up exactly (rare)
+        for blob in (yield fetch(checkpoint_sql.select_blobs(missing))):
+            if blob["type"] != "empty":
+                values[blob["channel"]] = serde.loads_typed((blob["type"], blob["blob"]))
+    pending = [(row["name"], row["detail"], listed(row["runs"]) if row["type"] == _ROWS_TYPE
+                else serde.loads_typed((row["type"], row["blob"]))) for row in write_rows]
+    configurable = {"thread_id": thread_id, "checkpoint_ns": namespace}
+    parent = head["detail"]
+    return CheckpointTuple(
+        config={"configurable": {**configurable, "checkpoint_id": head["name"]}},
+        checkpoint={**body, "id": head["name"], "channel_values": values},  # type: ignore[typeddict-item]
+        metadata=head["metadata"],
+        parent_config={"configurable": {**configurable, "checkpoint_id": parent}} if parent else None,
+        pending_writes=pending,
+    )
 
 
 @plan(read_only=False)
@@ -449,7 +778,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
     """LangGraph checkpointer (sync and async) on the chat tables; the conversation stays readable in SQL.
 
     Setup:
-        ``sony-rag migrate`` (migration 004 adds the checkpoint tables).
+        ``sony-rag migrate`` (migrations 004 and 005 add the checkpoint tables).
 
     Use with an agent:
         .. code-block:: python
@@ -483,6 +812,8 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         super().__init__(serde=serde)
         self.db = get_db(db)
         self._keys = _KeyCache()
+        self._messages = _MessageCache()
+        self._sessions = _Sessions()
 
     # -- versions ---------------------------------------------------------------------------------------
 
@@ -510,28 +841,46 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                 inline[channel] = value  # small values ride in the checkpoint's own row, as PostgresSaver does
         blobs: list[tuple[str, str, str, bytes | None]] = []
         for channel, version in new_versions.items():
-            if channel not in values:
-                blobs.append((channel, str(version), "empty", None))
-            elif channel not in rows and channel not in inline:
+            # A channel without a value at this version gets no row: a load finds none and leaves it out.
+            if channel in values and channel not in rows and channel not in inline:
                 blobs.append((channel, str(version), *self.serde.dumps_typed(values[channel])))
-        body = {key: value for key, value in checkpoint.items() if key != "channel_values"}
+        # The id is the row's checkpoint_id column already: not kept twice.
+        body = {key: value for key, value in checkpoint.items() if key not in ("channel_values", "id")}
         body["channel_values"] = inline
         stored_metadata = json.loads(_dumps_metadata(get_serializable_checkpoint_metadata(config, metadata)))
         return _Put(session_id, name, namespace, checkpoint["id"], get_checkpoint_id(config), body, stored_metadata,
                     _page_context(config), blobs, rows)
 
     def _plan_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                     task_path: str) -> Any:
+                     task_path: str) -> tuple[Plan[None], list[_Write]]:
+        """Return the plan storing a task's writes and the writes of messages the next put may point at rows."""
         session_id, name, _ = _thread_of(config)
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
             raise InvalidInputError("put_writes needs configurable.checkpoint_id (the checkpoint the writes follow)")
+        namespace = _namespace(config)
+        # A write of messages that a put can later point at rows stays a blob until then (message_runs NULL);
+        # any other write of the root messages channel (messages without ids) is marked at once (empty runs),
+        # so puts do not read it again and again.
         stored: list[tuple[int, str, str, bytes | None, list[int] | None]] = [
-            (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value), None)
+            (WRITES_IDX_MAP.get(channel, idx), channel, *self.serde.dumps_typed(value),
+             [] if channel == MESSAGES_CHANNEL and namespace == "" and _as_rows(channel, namespace, value) is None
+             else None)
             for idx, (channel, value) in enumerate(writes)]
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         _page_context(config)  # refused here like in put, so a bad one fails the run at its first write
-        return _put_writes(session_id, name, _namespace(config), checkpoint_id, task_id, task_path, stored, replace)
+        made: list[_Write] = []
+        if namespace == "":
+            for (idx, channel, *_), (_, value) in zip(stored, writes, strict=True):
+                messages = _as_rows(channel, namespace, value)
+                if messages is not None:
+                    made.append((checkpoint_id, task_id, idx, [self._keys.key(message) for message in messages]))
+        return _put_writes(session_id, name, namespace, checkpoint_id, task_id, task_path, stored, replace), made
+
+    def _plan_get(self, config: RunnableConfig) -> Plan[CheckpointTuple | None]:
+        session_id, _, thread = _thread_of(config)
+        return _load_one(self.serde, self._keys, self._messages, session_id, thread, _namespace(config),
+                         get_checkpoint_id(config))
 
     def _plan_load(self, config: RunnableConfig | None, *, filter: Mapping[str, Any] | None = None,
                    before: RunnableConfig | None = None, limit: int | None = None, latest: bool = False) -> Any:
@@ -550,8 +899,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Return the checkpoint of ``config`` (its newest when no checkpoint_id), or None if there is none."""
-        found = self.db.run(self._plan_load(config, latest=True))
-        return found[0] if found else None
+        return self.db.run(self._plan_get(config))
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
@@ -565,7 +913,12 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         while True:
             put = self._plan_put(config, checkpoint, metadata, new_versions, as_blob)
             try:
-                self.db.run(_put(self.serde, self._keys, put))
+                known, writes = self._sessions.get(put.session_id)
+                fast = known is not None and set(put.rows) == {MESSAGES_CHANNEL}
+                stored = self.db.run(_put_known(put, known, writes)) if fast else None  # type: ignore[arg-type]
+                if stored is None:
+                    stored = self.db.run(_put(self.serde, self._keys, put, writes))
+                self._sessions.set(put.session_id, stored.known, stored.waiting, stored.done)
             except _NotRows as refused:
                 as_blob.add(refused.channel)  # rolled back: nothing of the first attempt stays
                 continue
@@ -575,7 +928,9 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                    task_path: str = "") -> None:
         """Store the pending writes of a task of the checkpoint in ``config``."""
         if writes:
-            self.db.run(self._plan_writes(config, writes, task_id, task_path))
+            planned, made = self._plan_writes(config, writes, task_id, task_path)
+            with self._writes_recorded(config, made):
+                self.db.run(planned)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete a thread: its session, messages, checkpoints and writes (a missing thread is no error)."""
@@ -597,8 +952,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Return the checkpoint of ``config`` (see ``get_tuple``), on the async pool."""
-        found = await self.db.arun(self._plan_load(config, latest=True))
-        return found[0] if found else None
+        return await self.db.arun(self._plan_get(config))
 
     async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
@@ -613,7 +967,12 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         while True:
             put = self._plan_put(config, checkpoint, metadata, new_versions, as_blob)
             try:
-                await self.db.arun(_put(self.serde, self._keys, put))
+                known, writes = self._sessions.get(put.session_id)
+                fast = known is not None and set(put.rows) == {MESSAGES_CHANNEL}
+                stored = await self.db.arun(_put_known(put, known, writes)) if fast else None  # type: ignore[arg-type]
+                if stored is None:
+                    stored = await self.db.arun(_put(self.serde, self._keys, put, writes))
+                self._sessions.set(put.session_id, stored.known, stored.waiting, stored.done)
             except _NotRows as refused:
                 as_blob.add(refused.channel)
                 continue
@@ -623,7 +982,9 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
                           task_path: str = "") -> None:
         """Store the pending writes of a task (see ``put_writes``), on the async pool."""
         if writes:
-            await self.db.arun(self._plan_writes(config, writes, task_id, task_path))
+            planned, made = self._plan_writes(config, writes, task_id, task_path)
+            with self._writes_recorded(config, made):
+                await self.db.arun(planned)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete a thread completely (see ``delete_thread``), on the async pool."""
@@ -642,6 +1003,19 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         await self.db.arun(_prune_plan(thread_ids, strategy))
 
     # -- helpers ----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _writes_recorded(self, config: RunnableConfig, made: Sequence[_Write]) -> Iterator[None]:
+        """Record writes of messages for the thread's next put before they are stored (a put running beside
+        the INSERT then tries them too), and forget them if storing fails."""
+        session_id = session_id_for_thread((config.get("configurable") or {})["thread_id"])
+        for write in made:
+            self._sessions.add_write(session_id, write)
+        try:
+            yield
+        except BaseException:
+            self._sessions.set_writes_done(session_id, made)
+            raise
 
     @staticmethod
     def _stored_config(config: RunnableConfig, put: _Put) -> RunnableConfig:

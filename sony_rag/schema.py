@@ -137,11 +137,11 @@ def _checkpoint_key() -> tuple[Column, Column]:
                                                                 default="''::text")
 
 
-# LangGraph checkpoints of SonyCheckpointer (migration 004): a thread is a chat session.
+# LangGraph checkpoints of SonyCheckpointer (migrations 004, 005: a compact json body): a thread is a chat session.
 CHAT_CHECKPOINTS = Table(
     "chat_checkpoints",
     (*_checkpoint_key(), Column("checkpoint_id", "text", nullable=False), Column("parent_checkpoint_id", "text"),
-     Column("checkpoint", "jsonb", nullable=False), _metadata()),
+     Column("checkpoint", "json", nullable=False), _metadata()),
     primary_key=("session_id", "checkpoint_ns", "checkpoint_id"),
     foreign_keys={"chat_checkpoints_session_id_fkey": _CASCADE_TO_SESSION},
 )

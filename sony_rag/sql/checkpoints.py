@@ -3,7 +3,9 @@ chat_messages rows that the root ``messages`` channel refers to (see ``sony_rag.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -16,6 +18,10 @@ _CHECKPOINT_COLUMNS = sql.SQL(
     "c.session_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.checkpoint, c.metadata, "
     "s.metadata ->> 'langgraph_thread_id' AS thread_name"
 )
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def upsert_session(session_id: UUID, thread_name: str | None, current_page: str | None) -> Query:
@@ -31,13 +37,14 @@ def upsert_session(session_id: UUID, thread_name: str | None, current_page: str 
 
 def touch_session(session_id: UUID, thread_name: str | None, current_page: str | None, channel: str) -> Query:
     """Return ``upsert_session`` (which locks the session's row) and, in the same round trip, a SELECT of the
-    session's root-namespace pending writes to ``channel`` still stored as blobs."""
+    session's root-namespace pending writes to ``channel`` still stored as blobs; every row has the session's
+    new ``updated_at`` (one row with NULL write columns when there are none)."""
     upsert, p = upsert_session(session_id, thread_name, current_page)
     params = Params(dict(p))
     return sql.SQL(
-        "WITH touched AS ({}) SELECT checkpoint_id, task_id, idx, type, blob FROM chat_checkpoint_writes "
-        "WHERE session_id = {} AND checkpoint_ns = '' AND channel = {} AND message_runs IS NULL "
-        "AND blob IS NOT NULL"
+        "WITH touched AS ({} RETURNING updated_at) SELECT t.updated_at, w.checkpoint_id, w.task_id, w.idx, w.type, "
+        "w.blob FROM touched t LEFT JOIN chat_checkpoint_writes w ON w.session_id = {} AND w.checkpoint_ns = '' "
+        "AND w.channel = {} AND w.message_runs IS NULL AND w.blob IS NOT NULL"
     ).format(upsert, params.add(session_id, "uuid"), params.add(channel, "text")), params.values
 
 
@@ -61,57 +68,113 @@ def adopt_rows(session_id: UUID, seqs: Sequence[int], keys: Sequence[str]) -> Qu
     ).format(p.add(list(seqs), "bigint[]"), p.add(list(keys), "text[]"), p.add(session_id, "uuid")), p.values
 
 
-def insert_messages(session_id: UUID, keys: Sequence[str], roles: Sequence[str], contents: Sequence[str],
-                    token_usages: Sequence[int | None], page_context: str | None,
-                    metadatas: Sequence[dict[str, Any]]) -> Query:
-    """Return one INSERT of messages in list order (``seq`` follows it) returning each row's key and seq."""
-    p = Params()
-    return sql.SQL(
-        "INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, metadata, message_key) "
-        "SELECT {}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
-        "FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, "
-        "position) ORDER BY m.position RETURNING message_key, seq"
-    ).format(
-        p.add(session_id, "uuid"), p.add(page_context, "text"), p.add(list(keys), "text[]"),
-        p.add(list(roles), "text[]"), p.add(list(contents), "text[]"), p.add(list(token_usages), "int[]"),
-        p.add([Jsonb(m) for m in metadatas], "jsonb[]"),
-    ), p.values
+@dataclass(frozen=True)
+class Guard:
+    """A put's condition, for one statement without a transaction: the session is as the saver left it.
+
+    The session's ``updated_at`` (which every writer of the session changes, read on its newest version by the
+    upsert that locks it) is still ``updated_at``, and its rows are still ``count`` with the highest seq
+    ``max_seq``. The upsert also marks the session active, like ``upsert_session``.
+    """
+
+    thread_name: str | None
+    current_page: str | None
+    updated_at: Any
+    count: int
+    max_seq: int
+
+
+@dataclass(frozen=True)
+class NewMessages:
+    """Message rows to write with a checkpoint, in list order: the columns of each, and the page they share."""
+
+    keys: Sequence[str]
+    roles: Sequence[str]
+    contents: Sequence[str]
+    token_usages: Sequence[int | None]
+    page_context: str | None
+    metadatas: Sequence[dict[str, Any]]
 
 
 def insert_checkpoint(session_id: UUID, checkpoint_ns: str, checkpoint_id: str, parent_id: str | None,
                       checkpoint: dict[str, Any], metadata: dict[str, Any],
                       blobs: Sequence[tuple[str, str, str, bytes | None]],
-                      compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str) -> Query:
-    """Return one statement storing new channel versions ``(channel, version, type, blob)`` and a checkpoint,
-    and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
+                      compacted: Sequence[tuple[str, str, int, list[int]]], rows_type: str, runs_key: str,
+                      runs: tuple[str, Sequence[int]] | None, new: NewMessages, guard: Guard | None = None) -> Query:
+    """Return one statement writing new message rows, new channel versions ``(channel, version, type, blob)``
+    and a checkpoint, and pointing root-namespace writes ``(checkpoint_id, task_id, idx, runs)`` at message rows.
 
-    A checkpoint stored again under its id is replaced; a channel version already stored is kept as it is.
+    ``runs`` (channel, flat pairs of row seqs) goes into the checkpoint's body under ``runs_key``. In it and in
+    ``compacted``, -1, -2, ... stand for the rows of ``new`` in order: their seqs once inserted (``seq`` is an
+    identity, given in the order of the INSERT). A checkpoint stored again under its id is replaced; a channel
+    version already stored is kept as it is.
+
+    Returns one row: ``ok`` (false when ``guard`` did not hold: then nothing was written), ``updated_at`` (the
+    session's, when guarded), ``seqs`` (of the new rows, in order) and ``compacted`` (the writes pointed at rows,
+    as [checkpoint_id, task_id, idx]; a write not committed yet is not among them).
     """
     p = Params()
+    ok: sql.Composable = sql.SQL("")
+    guarded = sql.SQL("true")
+    if guard is not None:
+        upsert, upsert_params = upsert_session(session_id, guard.thread_name, guard.current_page)
+        p = Params(dict(upsert_params))
+        ok = sql.SQL(
+            "touched AS ({} WHERE chat_sessions.updated_at = {} RETURNING updated_at), "
+            "ok AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM touched) AND (SELECT count(*) = {} "
+            "AND coalesce(max(seq), 0) = {} FROM chat_messages WHERE session_id = {}) AS ok), "
+        ).format(upsert, p.add(guard.updated_at, "timestamptz"), p.add(guard.count, "bigint"),
+                 p.add(guard.max_seq, "bigint"), p.add(session_id, "uuid"))
+        guarded = sql.SQL("(SELECT ok FROM ok)")
     channels, versions, types, data = (list(column) for column in zip(*blobs, strict=True)) if blobs \
         else ([], [], [], [])
     session = p.add(session_id, "uuid")
     namespace = p.add(checkpoint_ns, "text")
-    ids, tasks, indexes, runs = (list(column) for column in zip(*compacted, strict=True)) if compacted \
+    ids, tasks, indexes, write_runs = (list(column) for column in zip(*compacted, strict=True)) if compacted \
         else ([], [], [], [])
+    # The body is compact JSON text of an object with at least channel_values: the runs are spliced in as its
+    # first key, in SQL, once the new rows' seqs are known.
+    text = p.add(_compact(checkpoint), "text")
+    body = sql.SQL("{}::json").format(text)
+    if runs is not None:
+        body = sql.SQL(
+            "('{{' || to_json({})::text || ':{{' || to_json({})::text || ':' || array_to_json(coalesce((SELECT "
+            "array_agg(coalesce(n.seq, r.v) ORDER BY r.o) FROM unnest({}) WITH ORDINALITY AS r(v, o) "
+            "LEFT JOIN numbered n ON n.ref = r.v), '{{}}'))::text || '}},' || substr({}, 2))::json"
+        ).format(p.add(runs_key, "text"), p.add(runs[0], "text"), p.add(list(runs[1]), "bigint[]"), text)
     query = sql.SQL(
-        "WITH blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
+        "WITH {ok}new_rows AS (INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, "
+        "metadata, message_key) SELECT {session}, m.role, m.content, m.token_usage, {}, m.metadata, m.message_key "
+        "FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, "
+        "position) WHERE {guarded} ORDER BY m.position RETURNING seq), "
+        "numbered AS (SELECT seq, -row_number() OVER (ORDER BY seq) AS ref FROM new_rows), "
+        "blobs AS (INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
         "SELECT {session}, {namespace}, b.channel, b.version, b.type, b.blob "
-        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) ON CONFLICT DO NOTHING), "
-        "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = u.runs::bigint[] "
+        "FROM unnest({}, {}, {}, {}::bytea[]) AS b(channel, version, type, blob) WHERE {guarded} "
+        "ON CONFLICT DO NOTHING), "
+        "compacted AS (UPDATE chat_checkpoint_writes w SET type = {}, blob = NULL, message_runs = "
+        "(SELECT array_agg(coalesce(n.seq, r.v) ORDER BY r.o) FROM unnest(u.runs::bigint[]) WITH ORDINALITY "
+        "AS r(v, o) LEFT JOIN numbered n ON n.ref = r.v) "
         "FROM unnest({}, {}, {}, {}) AS u(checkpoint_id, task_id, idx, runs) WHERE w.session_id = {session} "
         "AND w.checkpoint_ns = '' AND w.checkpoint_id = u.checkpoint_id AND w.task_id = u.task_id "
-        "AND w.idx = u.idx) "
-        "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
-        "metadata) VALUES ({session}, {namespace}, {}, {}, {}, {}) "
+        "AND w.idx = u.idx AND w.message_runs IS NULL AND {guarded} RETURNING w.checkpoint_id, w.task_id, w.idx), "
+        "checkpoint AS (INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+        "checkpoint, metadata) SELECT {session}, {namespace}, {}, {}, {}, {} WHERE {guarded} "
         "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET checkpoint = EXCLUDED.checkpoint, "
-        "metadata = EXCLUDED.metadata"
+        "metadata = EXCLUDED.metadata) "
+        "SELECT {guarded} AS ok, {updated} AS updated_at, "
+        "(SELECT array_agg(seq ORDER BY seq) FROM new_rows) AS seqs, "
+        "(SELECT json_agg(json_build_array(checkpoint_id, task_id, idx)) FROM compacted) AS compacted"
     ).format(
+        p.add(new.page_context, "text"), p.add(list(new.keys), "text[]"), p.add(list(new.roles), "text[]"),
+        p.add(list(new.contents), "text[]"), p.add(list(new.token_usages), "int[]"),
+        p.add([Jsonb(m) for m in new.metadatas], "jsonb[]"),
         p.add(channels, "text[]"), p.add(versions, "text[]"), p.add(types, "text[]"), p.add(data),
         p.add(rows_type, "text"), p.add(ids, "text[]"), p.add(tasks, "text[]"), p.add(indexes, "int[]"),
-        p.add([_runs_text(r) for r in runs], "text[]"),
-        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), p.add(Jsonb(checkpoint)), p.add(Jsonb(metadata)),
-        session=session, namespace=namespace,
+        p.add([_runs_text(r) for r in write_runs], "text[]"),
+        p.add(checkpoint_id, "text"), p.add(parent_id, "text"), body, p.add(Jsonb(metadata)),
+        session=session, namespace=namespace, ok=ok, guarded=guarded,
+        updated=sql.SQL("(SELECT updated_at FROM touched)" if guard is not None else "NULL::timestamptz"),
     )
     return query, p.values
 
@@ -212,6 +275,15 @@ def select_runs(session_ids: Sequence[UUID], starts: Sequence[int], ends: Sequen
              p.add(list(ends), "bigint[]")), p.values
 
 
+def select_message_rows(session_id: UUID, seqs: Sequence[int]) -> Query:
+    """Return a SELECT of some message rows of a session (by seq), with what decoding them needs."""
+    p = Params()
+    return sql.SQL(
+        "SELECT seq, message_id, message_key, role, content, metadata FROM chat_messages "
+        "WHERE session_id = {} AND seq = ANY({})"
+    ).format(p.add(session_id, "uuid"), p.add(list(seqs), "bigint[]")), p.values
+
+
 def delete_session(session_id: UUID) -> Query:
     """Return a DELETE of a thread's session: its messages, checkpoints, blobs and writes cascade."""
     p = Params()
@@ -283,12 +355,12 @@ def insert_checkpoints(target: UUID, rows: Sequence[Mapping[str, Any]]) -> Query
     p = Params()
     return sql.SQL(
         "INSERT INTO chat_checkpoints (session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
-        "metadata) SELECT {}, c.ns, c.id, c.parent, c.checkpoint, c.metadata FROM unnest({}, {}, {}, {}, {}) "
+        "metadata) SELECT {}, c.ns, c.id, c.parent, c.checkpoint::json, c.metadata FROM unnest({}, {}, {}, {}, {}) "
         "AS c(ns, id, parent, checkpoint, metadata) ON CONFLICT DO NOTHING"
     ).format(p.add(target, "uuid"), p.add([r["checkpoint_ns"] for r in rows], "text[]"),
              p.add([r["checkpoint_id"] for r in rows], "text[]"),
              p.add([r["parent_checkpoint_id"] for r in rows], "text[]"),
-             p.add([Jsonb(r["checkpoint"]) for r in rows], "jsonb[]"),
+             p.add([_compact(r["checkpoint"]) for r in rows], "text[]"),
              p.add([Jsonb(r["metadata"]) for r in rows], "jsonb[]")), p.values
 
 
@@ -299,8 +371,9 @@ def copy_blobs_and_writes(source: UUID, target: UUID, old_seqs: Sequence[int],
     src, dst = p.add(source, "uuid"), p.add(target, "uuid")
     old, new = p.add(list(old_seqs), "bigint[]"), p.add(list(new_seqs), "bigint[]")
     write_runs = sql.SQL(
-        "(SELECT array_agg(m.new_seq ORDER BY r.position) FROM unnest(w.message_runs) WITH ORDINALITY "
-        "AS r(seq, position) JOIN unnest({old}, {new}) AS m(old_seq, new_seq) ON m.old_seq = r.seq)"
+        "CASE WHEN w.message_runs IS NOT NULL THEN coalesce((SELECT array_agg(m.new_seq ORDER BY r.position) "
+        "FROM unnest(w.message_runs) WITH ORDINALITY AS r(seq, position) JOIN unnest({old}, {new}) "
+        "AS m(old_seq, new_seq) ON m.old_seq = r.seq), '{{}}') END"
     ).format(old=old, new=new)
     blobs = sql.SQL(
         "INSERT INTO chat_checkpoint_blobs (session_id, checkpoint_ns, channel, version, type, blob) "
@@ -314,3 +387,62 @@ def copy_blobs_and_writes(source: UUID, target: UUID, old_seqs: Sequence[int],
         "ON CONFLICT DO NOTHING"
     ).format(src=src, dst=dst, runs=write_runs)
     return [(blobs, p.values), (writes, p.values)]
+
+
+def select_checkpoint_whole(session_id: UUID, checkpoint_ns: str, checkpoint_id: str | None, runs_key: str,
+                            known_seqs: Sequence[int], known_versions: Sequence[int]) -> Query:
+    """Return one SELECT of a thread's checkpoint (its newest when ``checkpoint_id`` is None) with everything
+    ``get_tuple`` needs, as rows told apart by ``part``, in order:
+
+    - 0: the checkpoint (``name`` its id, ``detail`` its parent, ``body``, ``metadata``);
+    - 1: its channel versions stored as blobs (``name`` channel, ``detail`` version, ``type``, ``blob``);
+    - 2: its pending writes in task order (``name`` task id, ``detail`` channel, ``type``, ``path`` task path,
+      ``number`` idx, ``blob``, ``runs``);
+    - 3: the message rows its runs and its writes' runs cover, by ``position`` (seq), with ``number`` the row's
+      version (xmin), and only for rows not among ``known_seqs`` at ``known_versions`` (the caller has them):
+      ``name`` message key, ``detail`` message id, ``type`` role, ``path`` content, ``fields`` metadata (as
+      JSON text: the caller parses it with a faster parser than psycopg's).
+
+    The known rows go as one jsonb object {seq: version}, looked up per row (no join the planner could misjudge).
+    """
+    p = Params()
+    session = p.add(session_id, "uuid")
+    which = sql.SQL(" AND checkpoint_id = {}").format(p.add(checkpoint_id, "text")) if checkpoint_id is not None \
+        else sql.SQL("")
+    return sql.SQL(
+        "WITH c AS MATERIALIZED (SELECT session_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, "
+        "metadata FROM chat_checkpoints WHERE session_id = {session} AND checkpoint_ns = {}{} "
+        "ORDER BY checkpoint_id DESC LIMIT 1), "
+        "w AS MATERIALIZED (SELECT w.task_id, w.task_path, w.idx, w.channel, w.type, w.blob, w.message_runs "
+        "FROM c JOIN chat_checkpoint_writes w ON w.session_id = c.session_id AND w.checkpoint_ns = c.checkpoint_ns "
+        "AND w.checkpoint_id = c.checkpoint_id), "
+        "ranges AS MATERIALIZED (SELECT (e.runs ->> (2 * g))::bigint AS first_seq, "
+        "(e.runs ->> (2 * g + 1))::bigint AS last_seq FROM c, json_each(c.checkpoint -> {runs}) AS e(channel, runs), "
+        "generate_series(0, json_array_length(e.runs) / 2 - 1) AS g "
+        "UNION ALL SELECT w.message_runs[2 * g + 1], w.message_runs[2 * g + 2] FROM w, "
+        "generate_series(0, cardinality(w.message_runs) / 2 - 1) AS g WHERE w.message_runs IS NOT NULL) "
+        "SELECT 0 AS part, NULL::bigint AS position, c.checkpoint_id AS name, c.parent_checkpoint_id AS detail, "
+        "NULL::text AS type, NULL::text AS path, NULL::bigint AS number, NULL::bytea AS blob, c.checkpoint AS body, "
+        "c.metadata, NULL::bigint[] AS runs, NULL::text AS fields FROM c "
+        "UNION ALL SELECT 1, NULL, b.channel, b.version, b.type, NULL, NULL, b.blob, NULL, NULL, NULL, NULL "
+        "FROM c CROSS JOIN LATERAL json_each_text(c.checkpoint -> 'channel_versions') AS v(channel, version) "
+        "CROSS JOIN LATERAL (SELECT b.channel, b.version, b.type, b.blob FROM chat_checkpoint_blobs b "
+        "WHERE b.session_id = c.session_id AND b.checkpoint_ns = c.checkpoint_ns AND b.channel = v.channel "
+        "AND b.version = v.version LIMIT 1) AS b "
+        "WHERE c.checkpoint -> 'channel_values' -> v.channel IS NULL "
+        "AND c.checkpoint -> {runs} -> v.channel IS NULL "
+        "UNION ALL SELECT 2, row_number() OVER (ORDER BY w.task_path, w.task_id, w.idx), w.task_id, w.channel, "
+        "w.type, w.task_path, w.idx, w.blob, NULL, NULL, w.message_runs, NULL FROM w "
+        "UNION ALL SELECT 3, m.seq, k.message_key, k.message_id::text, k.role::text, k.content, "
+        "m.xmin::text::bigint, NULL, NULL, NULL, NULL, k.metadata::text "
+        "FROM chat_messages m LEFT JOIN LATERAL (SELECT m.message_key, m.message_id, m.role, m.content, m.metadata "
+        "WHERE {known} ->> m.seq::text IS DISTINCT FROM m.xmin::text) AS k ON true "
+        "WHERE m.session_id = {session} AND m.seq >= (SELECT min(first_seq) FROM ranges) "
+        "AND m.seq <= (SELECT max(last_seq) FROM ranges) "
+        "AND EXISTS (SELECT 1 FROM ranges r WHERE m.seq BETWEEN r.first_seq AND r.last_seq) "
+        "ORDER BY part, position"
+    ).format(
+        p.add(checkpoint_ns, "text"), which, session=session, runs=p.add(runs_key, "text"),
+        known=p.add(Jsonb({str(seq): str(version) for seq, version in zip(known_seqs, known_versions, strict=True)}),
+                    "jsonb"),
+    ), p.values

@@ -60,3 +60,41 @@ def test_versions_increase_and_differ_between_forks() -> None:
     assert saver.get_next_version(7) > 8
     forks = {saver.get_next_version(first) for _ in range(50)}
     assert len(forks) == 50 and all(2 < version < 3 for version in forks)
+
+
+def test_the_message_cache_keeps_at_most_its_limit_and_only_matching_row_versions() -> None:
+    from sony_rag.checkpointer import _MessageCache
+
+    cache = _MessageCache(limit=3)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    cache.put(first, 1, 100, "ka", HumanMessage("a", id="a"))
+    cache.put(first, 2, 100, None, HumanMessage("b", id="b"))
+    assert cache.known(first) == ([1, 2], [100, 100])
+    assert cache.get(first, 1, 101) is None  # the row changed since: decoded again
+    assert cache.get(first, 1, 100) == ("ka", HumanMessage("a", id="a"))
+    cache.put(second, 7, 5, "kc", HumanMessage("c", id="c"))
+    cache.put(second, 8, 5, "kd", HumanMessage("d", id="d"))  # four messages: the least recently loaded goes
+    assert cache.known(first) == ([], [])
+    assert cache.get(second, 8, 5) == ("kd", HumanMessage("d", id="d"))
+
+
+def test_a_copied_message_is_equal_and_independent() -> None:
+    from sony_rag.checkpointer import _copy
+
+    original = AIMessage("answer", id="x", tool_calls=[{"name": "f", "args": {}, "id": "c", "type": "tool_call"}])
+    copy = _copy(original)
+    assert copy == original and copy is not original and type(copy) is AIMessage
+    copy.content = "changed"
+    assert original.content == "answer"
+    assert copy.model_dump()["content"] == "changed"
+
+
+def test_message_metadata_text_parses_exactly_as_json_does() -> None:
+    import json
+
+    from sony_rag.checkpointer import _loads
+
+    for text in ['{"a": 1, "b": [1.5, "x\\u00e9"], "c": null}', '{"big": 123456789012345678901234567890}',
+                 '{"neg": -98765432109876543210, "max": 9223372036854775807}', '{"f": 1e-07}']:
+        assert _loads(text) == json.loads(text)
+        assert [type(v) for v in _loads(text).values()] == [type(v) for v in json.loads(text).values()]

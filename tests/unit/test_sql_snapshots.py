@@ -39,6 +39,7 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("SNAPSHOT_UPDATE") == "1"
 
 S1, S2, M1, M2 = (UUID(int=n) for n in (1, 2, 3, 4))
+_NEW = checkpoints.NewMessages(["k1"], ["user"], ["hi"], [None], "/p", [{}])
 DAY = timedelta(days=1)
 SESSION_COLUMNS = {"user_agent": "agent", "current_page": "/p", "metadata": {"k": "v"}}
 
@@ -90,10 +91,15 @@ CASES: dict[str, Callable[[], Built]] = {
     "checkpoints.touch_session": lambda: checkpoints.touch_session(S1, "thread-1", "/p", "messages"),
     "checkpoints.message_keys": lambda: checkpoints.message_keys(S1),
     "checkpoints.adopt_rows": lambda: checkpoints.adopt_rows(S1, [1, 2], ["k1", "k2"]),
-    "checkpoints.insert_messages": lambda: checkpoints.insert_messages(S1, ["k1"], ["user"], ["hi"], [None], "/p",
-                                                                       [{}]),
     "checkpoints.insert_checkpoint": lambda: checkpoints.insert_checkpoint(
-        S1, "", "c1", None, {"v": 1}, {}, [("channel", "1", "json", b"x")], [("c0", "t1", 0, [1, 2])], "messages"),
+        S1, "", "c1", None, {"v": 1}, {}, [("channel", "1", "json", b"x")], [("c0", "t1", 0, [1, 2])], "messages",
+        "runs", ("messages", [1, 2, -1, -1]), _NEW),
+    "checkpoints.insert_checkpoint_guarded": lambda: checkpoints.insert_checkpoint(
+        S1, "", "c1", None, {"v": 1}, {}, [], [], "messages", "runs", None, _NEW,
+        checkpoints.Guard("thread-1", "/p", "2026-01-01T00:00:00+00:00", 2, 2)),
+    "checkpoints.select_checkpoint_whole": lambda: checkpoints.select_checkpoint_whole(S1, "", None, "runs", [1],
+                                                                                       [7]),
+    "checkpoints.select_message_rows": lambda: checkpoints.select_message_rows(S1, [1, 2]),
     "checkpoints.insert_writes": lambda: checkpoints.insert_writes(S1, "thread-1", "", "c1", "t1", "",
                                                                    [(0, "channel", "json", b"x", None)],
                                                                    replace=False),

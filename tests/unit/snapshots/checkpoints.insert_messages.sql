@@ -1,2 +1,0 @@
-INSERT INTO chat_messages (session_id, role, content, token_usage, page_context, metadata, message_key) SELECT %(p0)s::uuid, m.role, m.content, m.token_usage, %(p1)s::text, m.metadata, m.message_key FROM unnest(%(p2)s::text[], %(p3)s::text[], %(p4)s::text[], %(p5)s::int[], %(p6)s::jsonb[]) WITH ORDINALITY AS m(message_key, role, content, token_usage, metadata, position) ORDER BY m.position RETURNING message_key, seq
--- params: p0, p1, p2, p3, p4, p5, p6
