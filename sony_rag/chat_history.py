@@ -15,7 +15,7 @@ from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.executor import Plan
-from sony_rag.message_codec import decode_message, encode_message
+from sony_rag.message_codec import decode_message, encode_message, load_json
 from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
 
@@ -201,8 +201,8 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
 
 
 def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
-    # The rows were just decoded from the wire: nothing else holds their metadata.
-    return [decode_message(row["role"], row["content"], row["metadata"], owned=True) for row in rows]
+    # The metadata arrives as JSON text (sql.messages.newest): parsed here, it is held by nothing else.
+    return [decode_message(row["role"], row["content"], load_json(row["metadata"]), owned=True) for row in rows]
 
 
 __all__ = ["SonyChatMessageHistory"]
