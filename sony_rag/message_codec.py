@@ -52,6 +52,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -80,6 +81,8 @@ try:  # a dependency of langchain-core's langsmith on CPython; json does the sam
     import orjson as _orjson
 except ImportError:  # pragma: no cover - PyPy
     _orjson = None  # type: ignore[assignment]
+
+_LONG_NUMBER: Final = re.compile(r"[0-9]{20}")
 from sony_rag.errors import InvalidInputError, InvalidMetadataError
 from sony_rag.types import Role
 
@@ -177,10 +180,13 @@ def load_json(text: str | bytes | None) -> Any:
     """Return the value of a JSON document (None for None); raises ValueError for text that is not JSON."""
     if text is None:
         return None
-    if _orjson is not None:
+    if isinstance(text, bytes):
+        text = text.decode()
+    # orjson reads an integer beyond 64 bits as a float: a document with 20 digits in a row goes to json.
+    if _orjson is not None and _LONG_NUMBER.search(text) is None:
         try:
             return _orjson.loads(text)
-        except _orjson.JSONDecodeError:  # e.g. an integer beyond 64 bits: json reads every valid document
+        except _orjson.JSONDecodeError:  # e.g. 1e400, which json reads as inf
             pass
     return json.loads(text)
 
