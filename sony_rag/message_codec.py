@@ -76,6 +76,8 @@ from langchain_core.messages import (
 )
 
 from sony_rag import validation
+from sony_rag.errors import InvalidInputError, InvalidMetadataError
+from sony_rag.types import Role
 
 try:  # a dependency of langchain-core's langsmith on CPython; json does the same, more slowly, without it
     import orjson as _orjson
@@ -83,8 +85,6 @@ except ImportError:  # pragma: no cover - PyPy
     _orjson = None  # type: ignore[assignment]
 
 _LONG_NUMBER: Final = re.compile(r"[0-9]{20}")
-from sony_rag.errors import InvalidInputError, InvalidMetadataError
-from sony_rag.types import Role
 
 __all__ = ["CODEC_VERSION", "EncodedMessage", "decode_message", "encode_message", "load_json"]
 
