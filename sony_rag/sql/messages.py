@@ -83,30 +83,29 @@ def _append_text(create: bool, messages: int) -> sql.SQL:
                  metadata=p.add(None, "jsonb"))
     if not messages:
         return _rendered(sql.SQL("WITH session AS ({}) SELECT count(*) AS sessions FROM session").format(session))
+    # The messages are read from the session CTE, so its row lock is held before any seq value is drawn:
+    # concurrent writers to one session queue there, and seq order is commit order.
     if messages == 1:
         # The common call (add_message, insert_chat_message) binds plain values: arrays cost the client their
         # text encoding (a jsonb[] escapes every quote) and the server their parsing, unnest and sort.
-        return _rendered(sql.SQL(
-            "WITH session AS ({session}), inserted AS ("
-            "INSERT INTO chat_messages (message_id, session_id, role, content, token_usage, page_context, metadata) "
-            "SELECT {id}, s.session_id, {role}, {content}, {usage}, {page}, {metadata} FROM session AS s "
-            "ON CONFLICT (message_id) DO NOTHING) "
-            "SELECT count(*) AS sessions FROM session"
-        ).format(session=session, page=page, id=p.add(None, "uuid"), role=p.add(None, "text"),
-                 content=p.add(None, "text"), usage=p.add(None, "int"), metadata=p.add(None, "jsonb")))
-    # The messages are read from the session CTE, so its row lock is held before any seq value is drawn:
-    # concurrent writers to one session queue there, and seq order is commit order. ORDER BY the array
-    # position makes seq follow the caller's order within the batch.
+        rows = sql.SQL(
+            "SELECT {id}, s.session_id, {role}, {content}, {usage}, {page}, {metadata} FROM session AS s"
+        ).format(id=p.add(None, "uuid"), role=p.add(None, "text"), content=p.add(None, "text"),
+                 usage=p.add(None, "int"), page=page, metadata=p.add(None, "jsonb"))
+    else:
+        # ORDER BY the array position makes seq follow the caller's order within the batch.
+        rows = sql.SQL(
+            "SELECT m.message_id, s.session_id, m.role, m.content, m.token_usage, {page}, m.metadata "
+            "FROM session AS s, unnest({ids}, {roles}, {contents}, {usages}, {metadatas}) WITH ORDINALITY "
+            "AS m(message_id, role, content, token_usage, metadata, position) ORDER BY m.position"
+        ).format(page=page, ids=p.add(None, "uuid[]"), roles=p.add(None, "text[]"), contents=p.add(None, "text[]"),
+                 usages=p.add(None, "int[]"), metadatas=p.add(None, "jsonb[]"))
     return _rendered(sql.SQL(
         "WITH session AS ({session}), inserted AS ("
         "INSERT INTO chat_messages (message_id, session_id, role, content, token_usage, page_context, metadata) "
-        "SELECT m.message_id, s.session_id, m.role, m.content, m.token_usage, {page}, m.metadata "
-        "FROM session AS s, unnest({ids}, {roles}, {contents}, {usages}, {metadatas}) WITH ORDINALITY "
-        "AS m(message_id, role, content, token_usage, metadata, position) ORDER BY m.position "
-        "ON CONFLICT (message_id) DO NOTHING) "
+        "{rows} ON CONFLICT (message_id) DO NOTHING) "
         "SELECT count(*) AS sessions FROM session"
-    ).format(session=session, page=page, ids=p.add(None, "uuid[]"), roles=p.add(None, "text[]"),
-             contents=p.add(None, "text[]"), usages=p.add(None, "int[]"), metadatas=p.add(None, "jsonb[]")))
+    ).format(session=session, rows=rows))
 
 
 def newest(session_id: UUID, limit: int | None, *, message_only: bool = False) -> Query:
