@@ -52,7 +52,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -79,14 +78,7 @@ from sony_rag import validation
 from sony_rag.errors import InvalidInputError, InvalidMetadataError
 from sony_rag.types import Role
 
-try:  # a dependency of langchain-core's langsmith on CPython; json does the same, more slowly, without it
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - PyPy
-    _orjson = None  # type: ignore[assignment]
-
-_LONG_NUMBER: Final = re.compile(r"[0-9]{20}")
-
-__all__ = ["CODEC_VERSION", "EncodedMessage", "decode_message", "encode_message", "load_json"]
+__all__ = ["CODEC_VERSION", "EncodedMessage", "decode_message", "encode_message"]
 
 CODEC_VERSION: Final = 1
 
@@ -174,21 +166,6 @@ def encode_message(message: BaseMessage) -> EncodedMessage:
         token_usage=_token_usage(message),
         metadata=_storable({"lc": CODEC_VERSION, "type": message.type, "data": data}),
     )
-
-
-def load_json(text: str | bytes | None) -> Any:
-    """Return the value of a JSON document (None for None); raises ValueError for text that is not JSON."""
-    if text is None:
-        return None
-    if isinstance(text, bytes):
-        text = text.decode()
-    # orjson reads an integer beyond 64 bits as a float: a document with 20 digits in a row goes to json.
-    if _orjson is not None and _LONG_NUMBER.search(text) is None:
-        try:
-            return _orjson.loads(text)
-        except _orjson.JSONDecodeError:  # e.g. 1e400, which json reads as inf
-            pass
-    return json.loads(text)
 
 
 def decode_message(role: str, content: str, metadata: Mapping[str, Any] | None, *,

@@ -14,7 +14,7 @@ from sony_rag.sql import Params, Query
 
 COLUMNS = sql.SQL("message_id, session_id, role, content, created_at, token_usage, page_context, metadata, seq")
 # What a LangChain message is rebuilt from: fewer columns to send and decode (no UUIDs, no timestamps). The
-# metadata comes as its JSON text (what the server sends for jsonb anyway), for the reader's faster parser.
+# metadata comes as its JSON text (what the server sends for jsonb anyway), which the reader parses itself.
 _MESSAGE_COLUMNS = sql.SQL("role, content, metadata::text AS metadata")
 
 

@@ -107,7 +107,7 @@ async def test_every_message_type_round_trips_equal(db: Database, mode: str) -> 
 
 
 async def test_numbers_of_every_size_read_back_exactly(db: Database, mode: str) -> None:
-    # Integers beyond 64 bits and long fractions: the reader's fast JSON parser must not turn them into floats.
+    # Integers beyond 64 bits and long fractions: the reader parses the metadata text itself, and must keep them.
     kwargs = {"big": 123456789012345678901234567890, "edge": 2**64, "max": 2**63 - 1, "fraction": 0.1 + 0.2,
               "tiny": 1e-24}
     sent = [AIMessage("numbers", additional_kwargs=kwargs), HumanMessage("plain")]

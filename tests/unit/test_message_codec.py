@@ -27,7 +27,7 @@ from langchain_core.messages import (
 )
 
 from sony_rag.errors import InvalidInputError, InvalidMetadataError, InvalidRoleError, InvalidTextError
-from sony_rag.message_codec import EncodedMessage, decode_message, encode_message, load_json
+from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 
 BLOCKS: list[str | dict[str, Any]] = [
     {"type": "text", "text": "Look at "},
@@ -491,10 +491,3 @@ def test_metadata_is_kept_exactly_when_the_json_rule_accepts_it(value: Any) -> N
     stored = encoded.metadata["data"]["additional_kwargs"]["v"]
     assert json.dumps(stored, allow_nan=False) == json.dumps(value, allow_nan=False)
     assert stored == json.loads(json.dumps(value))
-
-
-@pytest.mark.parametrize("text", ['{"n": 123456789012345678901234567890}', '{"a": [1, 2.5, null, "ü"]}',
-                                  b'{"b": {"c": true}}'])
-def test_load_json_reads_every_document_as_json_does(text: str | bytes) -> None:
-    assert load_json(text) == json.loads(text)
-    assert load_json(None) is None
