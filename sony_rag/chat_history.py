@@ -20,6 +20,14 @@ from sony_rag.message_codec import decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
 
+try:  # on CPython a dependency of langchain-core (through langsmith); without it json reads every row
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None  # type: ignore[assignment]
+
+_DIGITS = bytes.maketrans(b"0123456789", b"##########")
+_TWENTY_DIGITS = b"#" * 20
+
 
 class SonyChatMessageHistory(BaseChatMessageHistory):
     """Chat message history of one ``chat_sessions`` row, stored in ``chat_messages``.
@@ -220,14 +228,6 @@ def _json(text: str | None) -> Any:
             except _orjson.JSONDecodeError:  # e.g. 1e400, which json reads as inf
                 pass
     return json.loads(text)
-
-
-try:  # on CPython a dependency of langchain-core (through langsmith); without it json reads every row
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None  # type: ignore[assignment]
-_DIGITS = bytes.maketrans(b"0123456789", b"##########")
-_TWENTY_DIGITS = b"#" * 20
 
 
 __all__ = ["SonyChatMessageHistory"]

@@ -172,8 +172,9 @@ def decode_message(role: str, content: str, metadata: Mapping[str, Any] | None, 
                    owned: bool = False) -> BaseMessage:
     """Return the message a row stands for; raises InvalidRoleError or InvalidMetadataError for a bad row.
 
-    ``owned``: the caller hands ``metadata`` over (freshly read, used nowhere else), so it is not copied, and
-    a row in this codec's layout is built straight from its fields (the checks below run only if that fails).
+    ``owned``: the caller hands ``metadata`` over (freshly read, used nowhere else), so it is not copied (the
+    message may keep parts of it, and its ``data`` may gain the row's ``content``), and a row in this codec's
+    layout is built straight from its fields (the checks below run only if that fails).
     """
     if owned and type(metadata) is dict:
         data = metadata.get("data")
