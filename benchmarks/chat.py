@@ -2,6 +2,10 @@
 history and the documented async functions) beside langchain-postgres's PostgresChatMessageHistory, in
 interleaved rounds (ours, then the peer's, per round) with the per-round ratio's median and spread.
 
+Each row also says where the time goes: the client's CPU per call (this thread: encoding, pool, driver,
+decoding) and the server's (the CPU of the backends the call used, from /proc when the server runs on this
+machine). What is left of the wall time is waiting: for the commit's WAL flush, and for a core on a busy machine.
+
     python -m benchmarks.chat [--chat-ops 1000] [--smoke]
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -17,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from benchmarks.common import Bench, Report, percentiles, run_standalone, why_not
@@ -24,7 +30,7 @@ from sony_rag.message_codec import encode_message
 from sony_rag.operations import create_chat_session, get_chat_history, insert_chat_message
 from sony_rag.sql import messages as message_sql
 
-COLUMNS = ["contender", "operation", "ops", "p50 ms", "p95 ms", "vs peer"]
+COLUMNS = ["contender", "operation", "ops", "p50 ms", "p95 ms", "vs peer", "client cpu us", "server cpu us"]
 READ = 50
 LC_TABLE = "lc_chat_history"
 
@@ -51,27 +57,56 @@ class Contender:
     operation: str
     call: Callable[[int], Any]
     is_async: bool = False
+    backends: Callable[[], list[int]] = list  # the server processes its calls run on
     durations: list[float] = field(default_factory=list)
     round_p50s: list[float] = field(default_factory=list)
+    client_cpu: float = 0.0  # seconds, over all timed calls
+    server_cpu: float | None = 0.0  # seconds, over all timed calls; None when /proc cannot tell
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_cpu(pids: Sequence[int]) -> float | None:
+    """Return the CPU seconds (user + system) these processes used so far; None if /proc does not show them."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / _TICK
 
 
 def _block(runner: asyncio.Runner, contender: Contender, count: int) -> None:
-    """Time ``count`` calls of ``contender`` (after one warm-up call), adding to its durations."""
+    """Time ``count`` calls of ``contender`` (after one warm-up call), adding to its durations and CPU."""
+    if contender.is_async:
+        runner.run(contender.call(-1))
+    else:
+        contender.call(-1)
+    pids = contender.backends()
+    server_before, client_before = _process_cpu(pids), time.thread_time()
     if contender.is_async:
         durations = runner.run(_time_in_loop(contender.call, count))
     else:
-        contender.call(-1)
         durations = []
         for index in range(count):
             started = time.perf_counter()
             contender.call(index)
             durations.append(time.perf_counter() - started)
+    contender.client_cpu += time.thread_time() - client_before
+    server_after = _process_cpu(pids)
+    if contender.server_cpu is not None and server_before is not None and server_after is not None:
+        contender.server_cpu += server_after - server_before
+    else:
+        contender.server_cpu = None
     contender.durations.extend(durations)
     contender.round_p50s.append(statistics.median(durations) * 1000)
 
 
 async def _time_in_loop(operation: Callable[[int], Awaitable[Any]], count: int) -> list[float]:
-    await operation(-1)  # warm up
     durations = []
     for index in range(count):
         started = time.perf_counter()
@@ -119,20 +154,26 @@ def sony(bench: Bench, runner: asyncio.Runner, stack: contextlib.ExitStack) -> l
                                            [None], None, [encoded.metadata], create_session={})
         bare.execute(query, params).fetchall()
 
+    # The pools' backends (both pools: the idle ones add nothing), read before each block.
+    monitor = stack.enter_context(psycopg.connect(bench.url, autocommit=True))
+
+    def pooled() -> list[int]:
+        return [row[0] for row in monitor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sony-rag'")]
+
     history = "sony-rag SonyChatMessageHistory"
     functions = "sony-rag insert_chat_message / get_chat_history (async)"
     return [
-        Contender(history, "append 1 (add_message)", lambda i: writer.add_message(message(i))),
-        Contender(history, f"read newest {READ} (.messages)", lambda i: reader.messages),
-        Contender(functions, "append 1", append, is_async=True),
-        Contender(functions, f"read newest {READ}", read, is_async=True),
-        Contender("sony-rag append statement", FLOOR, statement_alone),
+        Contender(history, "append 1 (add_message)", lambda i: writer.add_message(message(i)), backends=pooled),
+        Contender(history, f"read newest {READ} (.messages)", lambda i: reader.messages, backends=pooled),
+        Contender(functions, "append 1", append, is_async=True, backends=pooled),
+        Contender(functions, f"read newest {READ}", read, is_async=True, backends=pooled),
+        Contender("sony-rag append statement", FLOOR, statement_alone, backends=lambda: [bare.info.backend_pid]),
     ]
 
 
 def langchain(bench: Bench, runner: asyncio.Runner, stack: contextlib.ExitStack) -> list[Contender]:
     """Return langchain-postgres's PostgresChatMessageHistory contenders, sync and async, on its own table."""
-    import psycopg
     from langchain_postgres import PostgresChatMessageHistory
 
     conn = stack.enter_context(psycopg.connect(bench.url, autocommit=True))
@@ -153,14 +194,21 @@ def langchain(bench: Bench, runner: asyncio.Runner, stack: contextlib.ExitStack)
     async def read(i: int) -> Any:
         return await read_history.aget_messages()
 
+    def sync_backend() -> list[int]:
+        return [conn.info.backend_pid]
+
+    def async_backend() -> list[int]:
+        return [aconn.info.backend_pid]
+
     name = "langchain-postgres PostgresChatMessageHistory"
     return [
-        Contender(name, "append 1 (add_message)", lambda i: writer.add_message(message(i))),
-        Contender(name, f"read newest {READ} (.messages)", lambda i: reader.messages),
-        Contender(f"{name} (async)", "append 1", append, is_async=True),
-        Contender(f"{name} (async)", f"read newest {READ}", read, is_async=True),
+        Contender(name, "append 1 (add_message)", lambda i: writer.add_message(message(i)), backends=sync_backend),
+        Contender(name, f"read newest {READ} (.messages)", lambda i: reader.messages, backends=sync_backend),
+        Contender(f"{name} (async)", "append 1", append, is_async=True, backends=async_backend),
+        Contender(f"{name} (async)", f"read newest {READ}", read, is_async=True, backends=async_backend),
         # Its add_message is one INSERT on the connection it was given: the peer's floor is its append itself.
-        Contender(name, "append 1 (add_message), beside our floor", lambda i: writer.add_message(message(i))),
+        Contender(name, "append 1 (add_message), beside our floor", lambda i: writer.add_message(message(i)),
+                  backends=sync_backend),
     ]
 
 
@@ -199,8 +247,11 @@ def run(bench: Bench) -> Report:
                     if mine.operation != FLOOR:
                         report.target(f"{mine.contender} {mine.operation} vs {peer.contender}", middle, "<= 1.0x",
                                       middle <= 1.0)
-                report.add(contender=contender.contender, operation=contender.operation,
-                           ops=len(contender.durations), **{"p50 ms": p50, "p95 ms": p95, "vs peer": ratio})
+                ops = len(contender.durations)
+                server = None if contender.server_cpu is None else contender.server_cpu / ops * 1e6
+                report.add(contender=contender.contender, operation=contender.operation, ops=ops,
+                           **{"p50 ms": p50, "p95 ms": p95, "vs peer": ratio,
+                              "client cpu us": contender.client_cpu / ops * 1e6, "server cpu us": server})
     for row in report.rows:
         if row["contender"].startswith("sony-rag") and row["operation"].startswith("read"):
             report.target(f"{row['contender']} read of {READ} p50", row["p50 ms"], "< 2 ms", row["p50 ms"] < 2.0)
@@ -211,7 +262,11 @@ def run(bench: Bench) -> Report:
         "that grows by one message per call. 'vs peer' is the median over rounds of our p50 / the peer's p50 "
         "in the same round, with the lowest and highest round in brackets. The server-floor row runs our append "
         "statement alone on a plain connection: what the server spends on it (a session touch, a message row, "
-        "the documented indexes of both tables), beside the peer's one-table INSERT.")
+        "the documented indexes of both tables), beside the peer's one-table INSERT. 'client cpu us' is this "
+        "thread's CPU per call (encoding, pool, driver, decoding); 'server cpu us' the CPU per call of the "
+        "server processes the call ran on (clock ticks from /proc, summed over all rounds; '-' when the server "
+        "is not on this machine). Neither counts the wait for the commit's WAL flush, which every append, ours "
+        "and the peer's, spends once.")
     return report
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,14 @@ from sony_rag.executor import Plan
 from sony_rag.message_codec import decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
+
+try:  # on CPython a dependency of langchain-core (through langsmith); without it json reads every row
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None  # type: ignore[assignment]
+
+_DIGITS = bytes.maketrans(b"0123456789", b"##########")
+_TWENTY_DIGITS = b"#" * 20
 
 
 class SonyChatMessageHistory(BaseChatMessageHistory):
@@ -201,8 +210,24 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
 
 
 def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
-    # The rows were just decoded from the wire: nothing else holds their metadata.
-    return [decode_message(row["role"], row["content"], row["metadata"], owned=True) for row in rows]
+    # The metadata arrives as JSON text (sql.messages.newest), parsed here (orjson: a third of json's cost per
+    # row); held by nothing else, it becomes the message's fields.
+    return [decode_message(row["role"], row["content"], _json(row["metadata"]), owned=True) for row in rows]
+
+
+def _json(text: str | None) -> Any:
+    if text is None:
+        return None
+    if _orjson is not None:
+        raw = text.encode()
+        # orjson reads an integer beyond 64 bits as a float; such a number has 20 digits in a row, and a document
+        # with any 20-digit run goes to json (the check costs a fifth of what orjson saves over json).
+        if _TWENTY_DIGITS not in raw.translate(_DIGITS):
+            try:
+                return _orjson.loads(raw)
+            except _orjson.JSONDecodeError:  # e.g. 1e400, which json reads as inf
+                pass
+    return json.loads(text)
 
 
 __all__ = ["SonyChatMessageHistory"]

@@ -13,8 +13,9 @@ from psycopg.types.json import Jsonb
 from sony_rag.sql import Params, Query
 
 COLUMNS = sql.SQL("message_id, session_id, role, content, created_at, token_usage, page_context, metadata, seq")
-# What a LangChain message is rebuilt from: fewer columns to send and decode (no UUIDs, no timestamps).
-_MESSAGE_COLUMNS = sql.SQL("role, content, metadata")
+# What a LangChain message is rebuilt from: fewer columns to send and decode (no UUIDs, no timestamps). The
+# metadata comes as its JSON text (what the server sends for jsonb anyway), which the reader parses itself.
+_MESSAGE_COLUMNS = sql.SQL("role, content, metadata::text AS metadata")
 
 
 def insert_many(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
@@ -51,13 +52,17 @@ def append(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], 
     if create_session is not None:
         values += [create_session.get("user_agent"), create_session.get("current_page"),
                    Jsonb(create_session.get("metadata") or {})]
-    if message_ids:
+    count = len(message_ids)
+    if count == 1:
+        values += [message_ids[0], roles[0], contents[0], token_usages[0], Jsonb(metadatas[0])]
+    elif count:
         values += [list(message_ids), list(roles), list(contents), list(token_usages), [Jsonb(m) for m in metadatas]]
-    return _append_text(create_session is not None, bool(message_ids)), _named(values)
+    return _append_text(create_session is not None, min(count, 2)), _named(values)
 
 
 @functools.lru_cache(maxsize=8)
-def _append_text(create: bool, with_messages: bool) -> sql.SQL:
+def _append_text(create: bool, messages: int) -> sql.SQL:
+    """Return the append statement for no messages, one (``messages`` 1) or a batch (2)."""
     # Composed once per shape: composing it on every append cost about 0.1 ms, a tenth of the server's work.
     p = Params()  # placeholders only; append() binds the values in this order
     sid = p.add(None, "uuid")
@@ -76,27 +81,37 @@ def _append_text(create: bool, with_messages: bool) -> sql.SQL:
             " current_page = COALESCE({page}, chat_sessions.current_page) RETURNING session_id"
         ).format(sid=sid, agent=p.add(None, "text"), page=page, current=p.add(None, "text"),
                  metadata=p.add(None, "jsonb"))
-    if not with_messages:
+    if not messages:
         return _rendered(sql.SQL("WITH session AS ({}) SELECT count(*) AS sessions FROM session").format(session))
     # The messages are read from the session CTE, so its row lock is held before any seq value is drawn:
-    # concurrent writers to one session queue there, and seq order is commit order. ORDER BY the array
-    # position makes seq follow the caller's order within the batch.
+    # concurrent writers to one session queue there, and seq order is commit order.
+    if messages == 1:
+        # The common call (add_message, insert_chat_message) binds plain values: arrays cost the client their
+        # text encoding (a jsonb[] escapes every quote) and the server their parsing, unnest and sort.
+        rows = sql.SQL(
+            "SELECT {id}, s.session_id, {role}, {content}, {usage}, {page}, {metadata} FROM session AS s"
+        ).format(id=p.add(None, "uuid"), role=p.add(None, "text"), content=p.add(None, "text"),
+                 usage=p.add(None, "int"), page=page, metadata=p.add(None, "jsonb"))
+    else:
+        # ORDER BY the array position makes seq follow the caller's order within the batch.
+        rows = sql.SQL(
+            "SELECT m.message_id, s.session_id, m.role, m.content, m.token_usage, {page}, m.metadata "
+            "FROM session AS s, unnest({ids}, {roles}, {contents}, {usages}, {metadatas}) WITH ORDINALITY "
+            "AS m(message_id, role, content, token_usage, metadata, position) ORDER BY m.position"
+        ).format(page=page, ids=p.add(None, "uuid[]"), roles=p.add(None, "text[]"), contents=p.add(None, "text[]"),
+                 usages=p.add(None, "int[]"), metadatas=p.add(None, "jsonb[]"))
     return _rendered(sql.SQL(
         "WITH session AS ({session}), inserted AS ("
         "INSERT INTO chat_messages (message_id, session_id, role, content, token_usage, page_context, metadata) "
-        "SELECT m.message_id, s.session_id, m.role, m.content, m.token_usage, {page}, m.metadata "
-        "FROM session AS s, unnest({ids}, {roles}, {contents}, {usages}, {metadatas}) WITH ORDINALITY "
-        "AS m(message_id, role, content, token_usage, metadata, position) ORDER BY m.position "
-        "ON CONFLICT (message_id) DO NOTHING) "
+        "{rows} ON CONFLICT (message_id) DO NOTHING) "
         "SELECT count(*) AS sessions FROM session"
-    ).format(session=session, page=page, ids=p.add(None, "uuid[]"), roles=p.add(None, "text[]"),
-             contents=p.add(None, "text[]"), usages=p.add(None, "int[]"), metadatas=p.add(None, "jsonb[]")))
+    ).format(session=session, rows=rows))
 
 
 def newest(session_id: UUID, limit: int | None, *, message_only: bool = False) -> Query:
     """Return a SELECT of a session's newest ``limit`` messages (all when None), oldest first.
 
-    ``message_only`` selects just what a LangChain message is made of (role, content, metadata).
+    ``message_only`` selects just what a LangChain message is made of (role, content, and metadata as JSON text).
     """
     values: list[Any] = [session_id] if limit is None else [session_id, limit]
     return _newest_text(message_only, limit is not None), _named(values)
@@ -109,7 +124,8 @@ def _newest_text(message_only: bool, limited: bool) -> sql.SQL:
     if not limited:
         return _rendered(sql.SQL("SELECT {} FROM chat_messages WHERE session_id = {} ORDER BY seq").format(
             columns, p.add(None)))
-    inner = sql.SQL("{}, seq").format(columns) if message_only else columns  # the outer query orders by seq
+    # The outer query orders by seq (and turns the metadata into text).
+    inner = sql.SQL("role, content, metadata, seq") if message_only else columns
     # The inner ORDER BY seq DESC LIMIT reads only `limit` index entries, however long the session is.
     return _rendered(sql.SQL(
         "SELECT {} FROM (SELECT {} FROM chat_messages WHERE session_id = {} ORDER BY seq DESC LIMIT {}) newest "

@@ -23,14 +23,16 @@ def _append_plan(session_id: object, texts: list[str], *, create: bool) -> plans
                               if create else None)
 
 
+@pytest.mark.parametrize("texts", [["one"], ["one", "two", "three"]], ids=["one message", "a batch"])
 @pytest.mark.parametrize("create", [True, False])
-def test_an_append_sent_twice_appends_once_in_order(db: Database, create: bool) -> None:
+def test_an_append_sent_twice_appends_once_in_order(db: Database, create: bool, texts: list[str]) -> None:
     session_id = asyncio.run(create_chat_session(db=db))
-    append = _append_plan(session_id, ["one", "two", "three"], create=create)
+    append = _append_plan(session_id, texts, create=create)
     db.run(append)
     db.run(append)  # as a retry after a lost connection would: the same message ids
     rows = asyncio.run(get_chat_history(session_id, db=db))
-    assert [row["content"] for row in rows] == ["one", "two", "three"]
+    assert [row["content"] for row in rows] == texts
+    assert {row["page_context"] for row in rows} == {"/cart"}
 
 
 def test_an_append_to_a_missing_session_creates_it_with_its_columns(db: Database) -> None:

@@ -100,6 +100,20 @@ async def test_every_message_type_round_trips_equal(db: Database, mode: str) -> 
         assert got.model_dump() == sent.model_dump()
 
 
+async def test_numbers_of_every_size_read_back_exactly(db: Database, mode: str) -> None:
+    # Integers beyond 64 bits and long fractions: the reader parses the metadata text itself, and must keep them.
+    kwargs = {"big": 123456789012345678901234567890, "edge": 2**64, "max": 2**63 - 1, "fraction": 0.1 + 0.2,
+              "tiny": 1e-24}
+    sent = [AIMessage("numbers", additional_kwargs=kwargs), HumanMessage("plain")]
+    history = SonyChatMessageHistory(new_id(), db)
+    await add(history, sent, mode)
+
+    restored = await read(SonyChatMessageHistory(history.session_id, db), mode)
+
+    assert restored == sent
+    assert type(restored[0].additional_kwargs["big"]) is int
+
+
 async def test_columns_hold_the_documented_role_and_token_usage(db: Database) -> None:
     history = SonyChatMessageHistory(new_id(), db, page_context="/products/sofa-123")
     history.add_messages([

@@ -450,3 +450,44 @@ def test_block_content_property(parts: list[str | dict[str, Any]]) -> None:
     expected = "".join(part if isinstance(part, str) else part.get("text", "") for part in parts)
     assert encoded.content == expected
     assert decoded == message
+
+
+# Values the project's JSON rule accepts and refuses alike: tuples, non-string keys, NaN, whole floats too large to
+# read back, NUL characters, lone surrogates, integers beyond 64 bits, nesting near the depth limit.
+_ANY_SCALAR = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63, max_value=2**70)
+               | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e300, 2.0**53, 2.0**60 + 0.5])
+               | st.text(max_size=5) | st.sampled_from(["a\x00b", "\ud800", "ok"]))
+_ANY_VALUE = st.recursive(
+    _ANY_SCALAR,
+    lambda children: (st.lists(children, max_size=3) | st.tuples(children)
+                      | st.dictionaries(st.text(max_size=3) | st.integers(), children, max_size=3)),
+    max_leaves=12,
+)
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_ANY_VALUE | st.sampled_from([_deep(40), _deep(70)]))
+def test_metadata_is_kept_exactly_when_the_json_rule_accepts_it(value: Any) -> None:
+    from sony_rag import validation
+
+    message = AIMessage("x", additional_kwargs={"v": value})
+    try:
+        validation.metadata({"v": value})
+        accepted = True
+    except InvalidMetadataError:
+        accepted = False
+    if not accepted:
+        with pytest.raises(InvalidMetadataError):
+            encode_message(message)
+        return
+    encoded = encode_message(message)
+    stored = encoded.metadata["data"]["additional_kwargs"]["v"]
+    assert json.dumps(stored, allow_nan=False) == json.dumps(value, allow_nan=False)
+    assert stored == json.loads(json.dumps(value))
