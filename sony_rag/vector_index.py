@@ -184,8 +184,7 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
 
 
 def pgvector_defaults_suffice(capabilities: Capabilities, k: int, *, ef_search: int | None = None) -> bool:
-    """Return True when ``ann_settings`` for ``k`` would set only what pgvector uses unset: HNSW before 0.8 with
-    ``hnsw.ef_search`` at its default (no ``ef_search`` asked above it, ``2 * k`` at most the default)."""
+    """Return True when ``ann_settings`` for ``k`` sets only pgvector's defaults (HNSW before 0.8, ef_search 40)."""
     index = capabilities.vector_index
     return (index is not None and index.method == "hnsw" and not capabilities.iterative_scan
             and ann_settings(capabilities, k, ef_search=ef_search) == {"hnsw.ef_search": str(DEFAULT_EF_SEARCH)})
