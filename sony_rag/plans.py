@@ -37,6 +37,7 @@ from sony_rag.vector_index import (
     estimate_key,
     estimated_scan_bound,
     exact_scan_bound,
+    pgvector_defaults_suffice,
     remember_estimate,
     vector_index_from_row,
 )
@@ -210,6 +211,7 @@ def upsert_embeddings(rows: Iterable[EmbeddingRow]) -> PlanGenerator[int]:
 class _VectorPlan:
     use_index: bool  # False: an exact scan answers (no index, or a metadata filter estimated to match few rows)
     exact_below: int | None  # with the index: count the filter's matches this far, and scan exactly below
+    literal_limit: bool = False  # no settings sent: the statement must carry its limit as a literal
 
 
 def _metadata_only(shape: Any) -> bool:
@@ -222,14 +224,17 @@ def _metadata_only(shape: Any) -> bool:
 
 
 def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter, k: int, probes: int | None,
-                        ef_search: int | None, *, generic_unfiltered: bool = False) -> PlanGenerator[_VectorPlan]:
+                        ef_search: int | None, *, generic_unfiltered: bool = False,
+                        literal_limit: bool = False) -> PlanGenerator[_VectorPlan]:
     """Set the index's settings for a search of ``k`` rows; return whether to use the index and when to scan exactly.
 
     The one choice behind search, MMR's candidates and hybrid's vector leg: a filter is counted in the search's
     statement (``exact_scan_bound``), or, when only metadata keys make it and the table is too large to count
     it, estimated from ANALYZE's statistics (``estimated_scan_bound``; one statement the first time a filter is
     seen while the capabilities are cached) and scanned exactly when the estimate is below the bound.
-    ``generic_unfiltered``: without a filter, run the statement's generic plan (see below).
+    ``generic_unfiltered``: without a filter, run the statement's generic plan (see below). ``literal_limit``:
+    the caller can write ``k`` into its statement as a literal; then, where the settings would be pgvector's own
+    defaults, none are sent and the returned choice says so (see below).
     """
     use_index = capabilities.vector_index is not None
     kind = filter_kind(filter)
@@ -255,6 +260,16 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
         # planning it on every call: 0.5 ms of a 2.8 ms HNSW search, 1.2-1.8 ms of hybrid's 15 CTEs. Postgres's
         # own choice keeps planning, as the generic cost of ``LIMIT $n`` looks higher.
         generic = generic_unfiltered and kind == "none"
+        if (generic and literal_limit and exact_below is None
+                and pgvector_defaults_suffice(capabilities, k, ef_search=ef_search)):
+            # No settings statement (its pipelined second statement costs 0.15-0.2 ms of client CPU per call):
+            # with ``k`` a literal (validated int) the generic plan costs what a custom one does, so Postgres's
+            # own choice (plan_cache_mode auto) runs the generic plan from the sixth execution on. Sound whatever
+            # the server's settings: ef_search is what pgvector uses unset, and a server default that differs is
+            # the operator's; one below k comes back short and the statement's exact fallback answers; a
+            # plan_cache_mode forced by the server only costs planning. Only where nothing else is set: not
+            # counted (exact_below), not pgvector 0.8 (iterative scans), not IVFFlat (probes 1 is never ours).
+            return _VectorPlan(use_index, exact_below, literal_limit=True)
         yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known),
                         "plan_cache_mode": "force_generic_plan" if generic else "force_custom_plan"})
     return _VectorPlan(use_index, exact_below)
@@ -272,12 +287,14 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.F
     starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
-    choice = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search, generic_unfiltered=True)
+    choice = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search, generic_unfiltered=True,
+                                            literal_limit=True)
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
     rows: list[Row] = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=choice.use_index,
                                                         exact_below=choice.exact_below, max_distance=max_distance,
-                                                        with_embedding=with_embedding))
+                                                        with_embedding=with_embedding,
+                                                        literal_limit=choice.literal_limit))
     return rows
 
 

@@ -183,6 +183,13 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
     return settings
 
 
+def pgvector_defaults_suffice(capabilities: Capabilities, k: int, *, ef_search: int | None = None) -> bool:
+    """Return True when ``ann_settings`` for ``k`` sets only pgvector's defaults (HNSW before 0.8, ef_search 40)."""
+    index = capabilities.vector_index
+    return (index is not None and index.method == "hnsw" and not capabilities.iterative_scan
+            and ann_settings(capabilities, k, ef_search=ef_search) == {"hnsw.ef_search": str(DEFAULT_EF_SEARCH)})
+
+
 def exact_scan_bound(capabilities: Capabilities, filter_kind: str, *, k: int = 10,
                      probes: int | None = None) -> int | None:
     """Return below how many matching rows a search scans them exactly; None: let the index answer.

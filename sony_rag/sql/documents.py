@@ -193,16 +193,20 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
 
 def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = True,
             exact_below: int | None = None, max_distance: float | None = None,
-            with_embedding: bool = False) -> Query:
+            with_embedding: bool = False, literal_limit: bool = False) -> Query:
     """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
 
     With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
     (counted that far in the same statement) is answered by an exact scan of those rows, and so is any search
     the index answers with fewer than ``limit`` rows. Rows come back sorted by distance even when the index
-    returned them in relaxed order. The text is composed once per shape of call.
+    returned them in relaxed order. The text is composed once per shape of call. With ``literal_limit`` the
+    limit (an int, checked here) is written into the text instead of bound, so that a prepared statement's
+    generic plan costs what a custom one does (one text per limit).
     """
     counted = exact_below is not None
-    flags = (use_index, counted, max_distance is not None, with_embedding)
+    if literal_limit and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"a literal limit must be a positive int, not {limit!r}")
+    flags = (use_index, counted, max_distance is not None, with_embedding, limit if literal_limit else None)
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
@@ -212,7 +216,8 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
             q, p.add(v["max_distance"], "float8"))
         columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
         bound = p.add(v["exact_below"]) if counted else None
-        ctes = _nearest_ctes(q, filter_sql, distance_cond, p.add(v["limit"]), bound, use_index=use_index,
+        limit_sql = sql.Literal(limit) if literal_limit else p.add(v["limit"])
+        ctes = _nearest_ctes(q, filter_sql, distance_cond, limit_sql, bound, use_index=use_index,
                              columns=columns)
         return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
 

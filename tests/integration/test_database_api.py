@@ -819,6 +819,40 @@ async def test_search_count_is_exact_under_a_selective_metadata_filter(
     assert [r["content_chunk"] for r in results] == _exact_top(vectors, query, rare, 10)
 
 
+async def test_an_unfiltered_hnsw_search_is_exact_in_count_whatever_the_servers_ef_search(
+        database_url: str, db: Database, many_rows: tuple[Vec, npt.NDArray[np.bool_]]) -> None:
+    from helpers import test_settings
+
+    vectors, _ = many_rows
+    sql_rows(db, "DROP INDEX idx_document_embeddings_vector")
+    sql_rows(db, "CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                 "USING hnsw (embedding vector_cosine_ops)")
+    db.forget_capabilities()
+    query = _random_unit(np.random.default_rng(11), 1)[0]
+    exact = _exact_top(vectors, query, np.ones(len(vectors), dtype=bool), 10)
+    # pgvector's default ef_search (40): the index answers, k rows closest first.
+    for _ in range(8):  # past the executions after which Postgres may run the statement's generic plan
+        found = await search_similar_embeddings(query, limit=10, db=db)
+        assert len(found) == 10
+        _assert_ranked(found, vectors, query)
+    if db.transaction_pooler:
+        return  # PgBouncer refuses the startup option below
+    # A server whose ef_search is below k: on pgvector 0.6 the search sends none (pgvector's defaults), so the
+    # index comes back short and the exact scan answers; on 0.8 the search sets its own and scans iteratively.
+    # (A statement timeout would replace the connection's options.)
+    low = Database(psycopg.conninfo.make_conninfo(database_url, options="-c hnsw.ef_search=3"),
+                   settings=test_settings(statement_timeout_ms=0))
+    try:
+        for _ in range(8):
+            found = await search_similar_embeddings(query, limit=10, db=low)
+            assert len(found) == 10
+            _assert_ranked(found, vectors, query)
+            if not db.capabilities().iterative_scan:
+                assert [r["content_chunk"] for r in found] == exact
+    finally:
+        low.close()
+
+
 async def test_search_count_is_exact_with_a_threshold(
         db: Database, many_rows: tuple[Vec, npt.NDArray[np.bool_]]) -> None:
     vectors, _ = many_rows

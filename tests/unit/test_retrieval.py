@@ -65,6 +65,9 @@ def test_a_server_without_pgvector_is_refused_before_any_statement() -> None:
 
 
 HNSW = Capabilities(pgvector_version=(0, 6, 2), vector_index=VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+HNSW_08 = Capabilities(pgvector_version=(0, 8, 0), vector_index=VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+IVFFLAT = Capabilities(pgvector_version=(0, 6, 2), vector_index=VectorIndex("ivfflat", 100, None, None),
+                       table_rows=100_000)
 
 
 def _first_steps(request: SearchRequest, statistics: tuple[tuple[str, float], ...] = ()) -> tuple[Any, Any]:
@@ -75,8 +78,23 @@ def _first_steps(request: SearchRequest, statistics: tuple[tuple[str, float], ..
     return settings, steps.send(None)
 
 
+def test_an_unfiltered_hnsw_search_at_pgvectors_defaults_sends_no_settings_and_its_limit_as_a_literal() -> None:
+    steps = search_plan(SearchRequest.of(VECTOR, k=7), HNSW, HybridOptions()).start()
+    statement = next(steps)
+    assert isinstance(statement, Fetch)
+    text = str(statement.query)
+    assert "LIMIT 7" in text and not any(isinstance(value, int) for value in statement.params.values())
+    # Anything else pgvector would not do unset still sends its settings, with a forced plan and a bound limit.
+    counted = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=1_000)
+    for request, capabilities in ((SearchRequest.of(VECTOR, k=21), HNSW),
+                                  (SearchRequest.of(VECTOR, ef_search=41), HNSW), (SearchRequest.of(VECTOR), HNSW_08),
+                                  (SearchRequest.of(VECTOR), IVFFLAT), (SearchRequest.of(VECTOR), counted)):
+        settings = search_plan(request, capabilities, HybridOptions()).start().send(None)
+        assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_generic_plan"
+
+
 def test_only_an_unfiltered_search_runs_a_generic_plan() -> None:
-    for request in (SearchRequest.of(VECTOR), SearchRequest.of(VECTOR, mode="hybrid", text="oak")):
+    for request in (SearchRequest.of(VECTOR, k=30), SearchRequest.of(VECTOR, mode="hybrid", text="oak")):
         settings, _ = _first_steps(request)
         assert isinstance(settings, SetLocal) and settings.settings["plan_cache_mode"] == "force_generic_plan"
     for request in (SearchRequest.of(VECTOR, source_type="faq"), SearchRequest.of(VECTOR, filter={"a": 1}),
