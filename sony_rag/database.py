@@ -132,18 +132,23 @@ class Database:
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments every connection of this database is opened with."""
+        # Keyword arguments override the URL's own parameters, so what the URL sets (an application_name, startup
+        # options such as Neon's endpoint=...) is kept, and ours is added to it, not put in its place.
+        given = conninfo_to_dict(self.conninfo)
         kwargs: dict[str, Any] = {
             "autocommit": True,  # every plan opens its own explicit transaction
             "connect_timeout": max(1, round(self.settings.connect_timeout)),
-            "application_name": "sony-rag",
         }
+        if not given.get("application_name"):
+            kwargs["application_name"] = "sony-rag"
         if self.transaction_pooler:
             # PgBouncer in transaction mode hands each transaction to any server connection: a statement
             # prepared on one is missing on the next ("prepared statement _pg3_0 does not exist").
             kwargs["prepare_threshold"] = None
         elif self.settings.statement_timeout_ms:
             # A startup parameter costs no round trip; behind a pooler the executor uses SET LOCAL instead.
-            kwargs["options"] = f"-c statement_timeout={self.settings.statement_timeout_ms}"
+            timeout = f"-c statement_timeout={self.settings.statement_timeout_ms}"
+            kwargs["options"] = f"{given['options']} {timeout}" if given.get("options") else timeout
         return kwargs
 
     def _per_transaction_settings(self) -> dict[str, str] | None:

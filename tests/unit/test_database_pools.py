@@ -115,6 +115,14 @@ def test_explicit_no_pooler_on_a_pooler_host_keeps_prepared_statements() -> None
     assert kwargs["options"] == "-c statement_timeout=30000"
 
 
+def test_the_urls_own_startup_options_and_application_name_are_kept() -> None:
+    url = f"{NEON_DIRECT}&options=endpoint%3Dep-cool-darkness-123456&application_name=widget"
+    kwargs = Database(url, settings=settings(statement_timeout_ms=1234)).connection_kwargs()
+    assert kwargs["options"] == "endpoint=ep-cool-darkness-123456 -c statement_timeout=1234"
+    assert "application_name" not in kwargs  # the URL's "widget" stands
+    assert Database(NEON_DIRECT, settings=settings()).connection_kwargs()["application_name"] == "sony-rag"
+
+
 def test_zero_statement_timeout_sends_no_option() -> None:
     kwargs = Database(NEON_DIRECT, settings=settings(statement_timeout_ms=0)).connection_kwargs()
     assert "options" not in kwargs
