@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,17 +15,9 @@ from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.executor import Plan
-from sony_rag.message_codec import decode_message, encode_message
+from sony_rag.message_codec import decode_message, encode_message, loads_exact
 from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
-
-try:  # on CPython a dependency of langchain-core (through langsmith); without it json reads every row
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None  # type: ignore[assignment]
-
-_DIGITS = bytes.maketrans(b"0123456789", b"##########")
-_TWENTY_DIGITS = b"#" * 20
 
 
 class SonyChatMessageHistory(BaseChatMessageHistory):
@@ -216,18 +207,7 @@ def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
 
 
 def _json(text: str | None) -> Any:
-    if text is None:
-        return None
-    if _orjson is not None:
-        raw = text.encode()
-        # orjson reads an integer beyond 64 bits as a float; such a number has 20 digits in a row, and a document
-        # with any 20-digit run goes to json (the check costs a fifth of what orjson saves over json).
-        if _TWENTY_DIGITS not in raw.translate(_DIGITS):
-            try:
-                return _orjson.loads(raw)
-            except _orjson.JSONDecodeError:  # e.g. 1e400, which json reads as inf
-                pass
-    return json.loads(text)
+    return None if text is None else loads_exact(text)
 
 
 __all__ = ["SonyChatMessageHistory"]

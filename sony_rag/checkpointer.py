@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import secrets
 import threading
 import uuid
 import weakref
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,32 +47,11 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
 from sony_rag.executor import Plan, PlanGenerator, Together, execute, fetch, plan
-from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
+from sony_rag.message_codec import EncodedMessage, decode_message, encode_message, loads_exact
 from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
 
 __all__ = ["MESSAGES_CHANNEL", "SonyCheckpointer", "message_from_row", "session_id_for_thread"]
-
-try:  # orjson (a dependency of langsmith, so nearly always there) parses the rows' metadata several times faster
-    import orjson
-
-    _fast_loads: Callable[[str], Any] = orjson.loads
-except ImportError:  # pragma: no cover
-    _fast_loads = json.loads
-
-
-# orjson reads an integer of more than 64 bits as a float: text with a run of 19 digits goes to json instead.
-_LONG_NUMBER: Final = re.compile(r"\d{19}")
-
-
-def _loads(text: str) -> Any:
-    """Return the value of JSON text exactly as json.loads does (also integers beyond 64 bits)."""
-    if _LONG_NUMBER.search(text):
-        return json.loads(text)
-    try:
-        return _fast_loads(text)
-    except ValueError:
-        return json.loads(text)  # the error, if any, as json words it
 
 MESSAGES_CHANNEL: Final = "messages"
 # The stored type of a channel value or write kept as chat_messages rows (its blob column is NULL).
@@ -659,8 +637,8 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
     evicted: list[int] = []
     for row in message_rows:
         if row["fields"] is not None:
-            message = message_from_row({"role": row["type"], "content": row["path"], "metadata": _loads(row["fields"]),
-                                        "message_id": row["detail"]})
+            message = message_from_row({"role": row["type"], "content": row["path"],
+                                        "metadata": loads_exact(row["fields"]), "message_id": row["detail"]})
             entries[row["position"]] = (row["name"], message)
             cache.put(session_id, row["position"], row["number"], row["name"], message)
         else:

@@ -27,7 +27,7 @@ from langchain_core.messages import (
 )
 
 from sony_rag.errors import InvalidInputError, InvalidMetadataError, InvalidRoleError, InvalidTextError
-from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
+from sony_rag.message_codec import EncodedMessage, decode_message, encode_message, loads_exact
 
 BLOCKS: list[str | dict[str, Any]] = [
     {"type": "text", "text": "Look at "},
@@ -491,3 +491,13 @@ def test_metadata_is_kept_exactly_when_the_json_rule_accepts_it(value: Any) -> N
     stored = encoded.metadata["data"]["additional_kwargs"]["v"]
     assert json.dumps(stored, allow_nan=False) == json.dumps(value, allow_nan=False)
     assert stored == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("text", ["-9999999999999999999", "18446744073709551616", "9223372036854775808",
+                                  '{"n": -9223372036854775809}', "1e400", '{"a": [1, 2.5, "x"]}',
+                                  '{"a": 1, "b": [1.5, "x\\u00e9"], "c": null}',
+                                  '{"big": 123456789012345678901234567890}',
+                                  '{"neg": -98765432109876543210, "max": 9223372036854775807}', '{"f": 1e-07}'])
+def test_metadata_json_reads_back_exactly_as_json_does(text: str) -> None:
+    # orjson turns integers outside 64 bits into floats; the codec's reader must not.
+    assert repr(loads_exact(text)) == repr(json.loads(text))
