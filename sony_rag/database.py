@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
+from sony_rag.connection_pools import RecentFirstAsyncConnectionPool, RecentFirstConnectionPool
 from sony_rag.conninfo import describe_conninfo, normalize_url
 from sony_rag.embedded import embedded_url
 from sony_rag.errors import (
@@ -282,7 +283,7 @@ class Database:
             if self._closed:
                 raise DatabaseUnavailableError("this Database was closed")
             if self._pool is None:
-                self._pool = ConnectionPool(
+                self._pool = RecentFirstConnectionPool(
                     self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
                     configure=self._configure, check=self._check,
@@ -307,7 +308,7 @@ class Database:
                 # A pool belongs to the loop that opened it; asyncio.run() twice means two loops.
                 stale, self._apool = self._apool, None
             if self._apool is None:
-                self._apool = AsyncConnectionPool(
+                self._apool = RecentFirstAsyncConnectionPool(
                     self.conninfo, kwargs=self.connection_kwargs(), min_size=self.settings.pool_min_size,
                     max_size=self.settings.pool_max_size, timeout=self.settings.pool_timeout,
                     configure=self._aconfigure, check=self._acheck,
