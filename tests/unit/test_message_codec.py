@@ -497,7 +497,9 @@ def test_metadata_is_kept_exactly_when_the_json_rule_accepts_it(value: Any) -> N
                                   '{"n": -9223372036854775809}', "1e400", '{"a": [1, 2.5, "x"]}',
                                   '{"a": 1, "b": [1.5, "x\\u00e9"], "c": null}',
                                   '{"big": 123456789012345678901234567890}',
-                                  '{"neg": -98765432109876543210, "max": 9223372036854775807}', '{"f": 1e-07}'])
+                                  '{"neg": -98765432109876543210, "max": 9223372036854775807}', '{"f": 1e-07}',
+                                  '{"f": 1e19, "g": -9.3e18}', '[1, [2, {"deep": [18446744073709551616]}]]',
+                                  '{"id": "12345678901234567890123", "n": 3}'])
 def test_metadata_json_reads_back_exactly_as_json_does(text: str) -> None:
     # orjson turns integers outside 64 bits into floats; the codec's reader must not.
     assert repr(loads_exact(text)) == repr(json.loads(text))
