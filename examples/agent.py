@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from sony_rag import Database, SonyVectorStore
+from sony_rag.cli import exit_without_shop_extra
 from sony_rag.embeddings import get_embeddings
 from sony_rag.ingest import ingest_paths
 from sony_rag.migrate import migrate
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--session", help="continue this session (printed by an earlier run)")
     parser.add_argument("question", nargs="*", help="what to ask (default: a sample question)")
     args = parser.parse_args()
+    exit_without_shop_extra("examples/agent.py")  # as `sony-rag chat` does: one line naming the extra, exit 2
 
     embeddings = get_embeddings()
     with Database() as db:

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from sony_rag import Database, SonyRagError, SonyVectorStore
-from sony_rag.cli import exit_code_for
+from sony_rag.cli import exit_code_for, exit_without_shop_extra
 from sony_rag.console import Console
 from sony_rag.embeddings import embeddings_name, get_embeddings
 from sony_rag.ingest import ingest_paths
@@ -70,6 +70,7 @@ def run(console: Console) -> None:
 def main() -> int:
     """Run the demo and return the exit code (that of the sony-rag command for the same error)."""
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # pgserver's harmless notice
+    exit_without_shop_extra("examples/demo.py")  # the agent needs it: say so before the database starts
     console = Console()
     try:
         run(console)

@@ -22,7 +22,6 @@ from typing import Any
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import START, MessagesState, StateGraph
 
 from sony_rag import (
     Database,
@@ -33,6 +32,7 @@ from sony_rag import (
     create_chat_session,
     get_chat_history,
 )
+from sony_rag.cli import exit_without_shop_extra
 from sony_rag.embeddings import get_embeddings
 from sony_rag.ingest import ingest_paths
 from sony_rag.migrate import migrate
@@ -54,6 +54,9 @@ PROMPT = ChatPromptTemplate.from_messages([
 async def main() -> None:
     """Record a selection, then ask two questions through the chain in one session."""
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # pgserver's harmless notice
+    exit_without_shop_extra("examples/rag_chain.py")  # one line naming the extra, exit 2, as `sony-rag chat`
+    from langgraph.graph import START, MessagesState, StateGraph  # the graph runtime: the shop extra brings it
+
     embeddings = get_embeddings()
     async with Database() as db:
         migrate(db)

@@ -261,12 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(_attach_negative_ages(sys.argv[1:] if argv is None else argv))
         _check_arguments(args)
+        if args.command == "chat":
+            # The agent is the shop application, not the library: say what to install before anything starts.
+            exit_without_shop_extra("sony-rag chat")
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    if args.command == "chat" and importlib.util.find_spec("langchain") is None:
-        # The agent is the shop application, not the library: say what to install before anything starts.
-        print(f"error: sony-rag chat needs the shop application's extra: {SHOP_INSTALL}", file=sys.stderr)
-        return EXIT_USAGE
     out, err = consoles()
     try:
         return _dispatch(args, out, err)
@@ -280,6 +279,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `sony-rag ... | head`: the reader left; Python's own flush at exit must not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+def exit_without_shop_extra(needed_by: str) -> None:
+    """Return when the shop extra is installed; else print a one-line error naming it and raise SystemExit(2).
+
+    ``needed_by`` names what needs it (``sony-rag chat``, an example): scripts that run the shop's agent exit as
+    the command does, without a traceback.
+    """
+    try:
+        installed = importlib.util.find_spec("langchain") is not None
+    except (ImportError, ValueError):  # an import hook refusing the name, a module without a spec in sys.modules
+        installed = False
+    if not installed:
+        print(f"error: {needed_by} needs the shop application's extra: {SHOP_INSTALL}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def _attach_negative_ages(argv: Sequence[str]) -> list[str]:
@@ -690,4 +704,4 @@ _HANDLERS: Final[dict[str, Callable[[argparse.Namespace, Any, Console, Console],
 }
 
 __all__ = ["EXIT_CODES_HELP", "EXIT_DATABASE", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "MAX_K", "Age",
-           "build_parser", "consoles", "exit_code_for", "main", "say"]
+           "build_parser", "consoles", "exit_code_for", "exit_without_shop_extra", "main", "say"]

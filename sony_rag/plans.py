@@ -39,6 +39,7 @@ from sony_rag.vector_index import (
     exact_scan_bound,
     pgvector_defaults_suffice,
     remember_estimate,
+    remember_word_statistics,
     vector_index_from_row,
 )
 
@@ -323,17 +324,24 @@ class HybridOptions:
 def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int,
                   filter: document_sql.Filter, capabilities: Capabilities, options: HybridOptions, *,
                   min_similarity: float | None = None, with_embedding: bool = False, probes: int | None = None,
-                  ef_search: int | None = None,
-                  word_statistics: Sequence[tuple[str, float]] = ()) -> PlanGenerator[list[Row]]:
+                  ef_search: int | None = None) -> PlanGenerator[list[Row]]:
     """Return up to ``k`` rows ranked by fusing vector and keyword search, in one statement.
 
     The vector leg picks its plan as ``search`` does (exact when few rows match the filter or the index comes
     back short). Rows carry ``distance`` (cosine) and ``rrf``; ``min_similarity`` drops rows below it (in the
-    statement, before its limit). ``word_statistics``: ``common_word_statistics``'s rows, (lexeme, estimated
-    rows); the text leg does not look up a word more rows hold than it may rank.
+    statement, before its limit). The text leg does not look up a word more rows hold than it may rank, by
+    ANALYZE's statistics: read in a statement of their own the first time, then kept with ``capabilities``
+    (``word_statistics``).
     """
     fetch_k = max(k, options.fetch_k)
     text_candidates = max(options.text_candidates, fetch_k)
+    word_statistics = capabilities.word_statistics
+    if word_statistics is None:
+        # Read once per capabilities (a minute at most): read in the hybrid statement itself, pg_stats cost more
+        # than half of the statement's server time at 100k rows. First, so no settings travel with it.
+        common = yield fetch(document_sql.common_word_statistics())
+        word_statistics = tuple((str(row["lexeme"]), float(row["rows"])) for row in common)
+        remember_word_statistics(capabilities, word_statistics)
     choice = yield from _vector_plan_choice(capabilities, filter, fetch_k, probes, ef_search, generic_unfiltered=True)
     rows: list[Row] = yield fetch(document_sql.hybrid(
         query_vector, query_text, k, fetch_k, filter, config=options.config, rrf_k=options.rrf_k,
@@ -343,13 +351,6 @@ def hybrid_search(query_vector: npt.NDArray[np.float32], query_text: str, k: int
         max_distance=None if min_similarity is None else 1.0 - min_similarity,
         common_words=[word for word, rows in word_statistics if rows > text_candidates]))
     return rows
-
-
-@plan(read_only=True, replica=True)
-def common_word_statistics() -> PlanGenerator[tuple[tuple[str, float], ...]]:
-    """Return (lexeme, estimated rows) for each word ANALYZE counted as common in the text index's column."""
-    rows = yield fetch(document_sql.common_word_statistics())
-    return tuple((str(row["lexeme"]), float(row["rows"])) for row in rows)
 
 
 @plan(read_only=True, replica=True)

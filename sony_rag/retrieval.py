@@ -9,8 +9,7 @@ differ only in how they name their arguments and shape the rows they get back.
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +31,6 @@ MAX_K: Final = 1000
 SEARCH_MODES: Final = ("vector", "keyword", "hybrid")
 
 Row = dict[str, Any]
-WordStatistics = Sequence[tuple[str, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,45 +107,21 @@ class SearchRequest:
 
 def run(db: Database, request: SearchRequest, options: plans.HybridOptions) -> list[Row]:
     """Return the rows answering ``request`` on ``db`` (see ``search_plan``); raises SonyRagError subclasses."""
-    capabilities = db.capabilities()
-    statistics: WordStatistics | None = ()
-    if request.mode == "hybrid":
-        statistics = _cached_statistics(db, capabilities)
-        if statistics is None:
-            statistics = db.run(plans.common_word_statistics())
-            _STATISTICS[db] = (capabilities, statistics)
-    return db.run(search_plan(request, capabilities, options, statistics or ()))
+    return db.run(search_plan(request, db.capabilities(), options))
 
 
 async def arun(db: Database, request: SearchRequest, options: plans.HybridOptions) -> list[Row]:
     """Return the rows answering ``request`` on ``db``, from async code (see ``run``)."""
-    capabilities = await db.acapabilities()
-    statistics: WordStatistics | None = ()
-    if request.mode == "hybrid":
-        statistics = _cached_statistics(db, capabilities)
-        if statistics is None:
-            statistics = await db.arun(plans.common_word_statistics())
-            _STATISTICS[db] = (capabilities, statistics)
-    return await db.arun(search_plan(request, capabilities, options, statistics or ()))
+    return await db.arun(search_plan(request, await db.acapabilities(), options))
 
 
-# Which words the text index's statistics call common, per Database, read again whenever its capabilities are (at
-# most a minute apart, and at once after ``forget_capabilities``): reading them in the hybrid statement itself
-# (pg_stats) cost more than half of the statement's server time at 100k rows.
-_STATISTICS: weakref.WeakKeyDictionary[Database, tuple[Capabilities, WordStatistics]] = weakref.WeakKeyDictionary()
-
-
-def _cached_statistics(db: Database, capabilities: Capabilities) -> WordStatistics | None:
-    cached = _STATISTICS.get(db)
-    return cached[1] if cached is not None and cached[0] is capabilities else None
-
-
-def search_plan(request: SearchRequest, capabilities: Capabilities, options: plans.HybridOptions,
-                word_statistics: WordStatistics = ()) -> Plan[list[Row]]:
+def search_plan(request: SearchRequest, capabilities: Capabilities,
+                options: plans.HybridOptions) -> Plan[list[Row]]:
     """Return the plan answering ``request``: rows closest first (vector), fused (hybrid) or by text (keyword).
 
     Each row carries ``distance`` (cosine); hybrid rows ``rrf``, keyword rows ``word_coverage`` and
-    ``text_score``. ``word_statistics``: ``plans.common_word_statistics()``'s answer, for hybrid's text leg.
+    ``text_score``. What the plan learns on the way (a metadata filter's estimated matches, hybrid's common
+    words) is kept with ``capabilities``, so the next search of its kind sends one statement.
     Raises SchemaNotReadyError when pgvector is missing (the query could not even be sent).
     """
     require_pgvector(capabilities)
@@ -162,7 +136,7 @@ def search_plan(request: SearchRequest, capabilities: Capabilities, options: pla
                                     min_similarity=request.min_similarity, with_embedding=request.with_embedding)
     return plans.hybrid_search(request.vector, request.text, k, request.filter, capabilities, options,
                                min_similarity=request.min_similarity, with_embedding=request.with_embedding,
-                               probes=request.probes, ef_search=request.ef_search, word_statistics=word_statistics)
+                               probes=request.probes, ef_search=request.ef_search)
 
 
 def require_pgvector(capabilities: Capabilities) -> None:

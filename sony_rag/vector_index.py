@@ -61,6 +61,8 @@ REBUILD_COMMAND: Final = "sony-rag index rebuild"
 
 _MIB: Final = 1024 * 1024
 
+WordStatistics = tuple[tuple[str, float], ...]
+
 
 @dataclass(frozen=True)
 class VectorIndex:
@@ -89,6 +91,9 @@ class Capabilities:
     # Matches of metadata-only filters estimated from ANALYZE's statistics (``estimate_key`` -> rows, None
     # without statistics): as fresh as these capabilities (read again every minute), and bounded.
     estimates: dict[str, float | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # The words ANALYZE's statistics count as common in the text index's column, (lexeme, estimated rows), read by
+    # the first hybrid search with these capabilities (None until then), so refreshed with them.
+    word_statistics: WordStatistics | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def iterative_scan(self) -> bool:
@@ -264,6 +269,12 @@ def remember_estimate(capabilities: Capabilities, key: str, rows: float | None) 
     capabilities.estimates[key] = rows
 
 
+def remember_word_statistics(capabilities: Capabilities, statistics: WordStatistics) -> None:
+    """Remember the text index's common-word statistics with these capabilities (see ``word_statistics``)."""
+    # Frozen for comparison and hashing, which ignore this field: a cache filled in later, like ``estimates``.
+    object.__setattr__(capabilities, "word_statistics", statistics)
+
+
 # -- sizing ----------------------------------------------------------------------------------------------------
 
 
@@ -393,6 +404,7 @@ __all__ = [
     "Capabilities",
     "IndexProblem",
     "VectorIndex",
+    "WordStatistics",
     "ann_settings",
     "auto_lists",
     "capabilities_from_row",
@@ -406,6 +418,7 @@ __all__ = [
     "ivfflat_is_stale",
     "parse_version",
     "remember_estimate",
+    "remember_word_statistics",
     "trained_comment",
     "vector_index_from_row",
     "warn_once",

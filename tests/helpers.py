@@ -5,10 +5,40 @@ pytest puts tests/ on sys.path (rootdir conftest, no package), so every test fol
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from sony_rag.database import Database
 from sony_rag.settings import Settings
 
-__all__ = ["restore_migration_vector_index", "test_settings"]
+__all__ = ["HIDE_LANGCHAIN", "env_without_shop_extra", "restore_migration_vector_index", "test_settings"]
+
+# Two ways a Python without the shop extra looks (``sitecustomize`` bodies): langchain, not langchain_core, absent
+# from sys.modules' point of view (find_spec returns None, import raises), or refused by an import hook in front
+# of sys.meta_path (find_spec and import raise ModuleNotFoundError).
+HIDE_LANGCHAIN = {
+    "sys.modules": "import sys\nsys.modules['langchain'] = None\n",
+    "meta path finder": (
+        "import sys\n"
+        "class HideLangchain:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name == 'langchain' or name.startswith('langchain.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, HideLangchain)\n"
+    ),
+}
+
+
+def env_without_shop_extra(folder: Path, how: str = "meta path finder", **variables: str) -> dict[str, str]:
+    """Return an environment whose Python cannot import langchain (``HIDE_LANGCHAIN[how]``), plus ``variables``.
+
+    Writes ``folder/sitecustomize.py``: a subprocess given this environment stands in for an install without the
+    shop extra (``langchain_core`` and ``langgraph`` stay importable).
+    """
+    (folder / "sitecustomize.py").write_text(HIDE_LANGCHAIN[how], encoding="utf-8")
+    return {**os.environ, "PYTHONPATH": str(folder), **variables}
 
 
 def test_settings(**overrides: object) -> Settings:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import restore_migration_vector_index
+from helpers import HIDE_LANGCHAIN, env_without_shop_extra, restore_migration_vector_index
 
 from sony_rag.cli import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, main
 from sony_rag.database import Database
@@ -459,11 +459,10 @@ def test_core_dependencies_leave_out_the_agent_and_rich() -> None:
     assert pyproject["project"]["optional-dependencies"]["shop"] == ["langchain>=1.0"]
 
 
-def test_chat_without_the_shop_extra_says_what_to_install(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", sorted(HIDE_LANGCHAIN))
+def test_chat_without_the_shop_extra_says_what_to_install(tmp_path: Path, how: str) -> None:
     # langchain hidden from the interpreter stands in for an install without the extra.
-    hide = tmp_path / "sitecustomize.py"
-    hide.write_text("import sys\nsys.modules['langchain'] = None  # what find_spec and import see when it is absent\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}
+    env = env_without_shop_extra(tmp_path, how, DATABASE_URL="postgresql://nobody@127.0.0.1:9/none")
     done = subprocess.run([sys.executable, "-m", "sony_rag", "chat"], capture_output=True, text=True, timeout=60,
                           env=env, input="hi\n", check=False)
     assert done.returncode == EXIT_USAGE

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import env_without_shop_extra
 
+from sony_rag.cli import EXIT_USAGE
 from sony_rag.database import Database
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -62,6 +64,20 @@ def test_demo(db: Database, database_url: str) -> None:
     assert "the offline answerer" in out
     assert "[product:solvik-loveseat]" in out and "[faq:faq-shipping-cost]" in out and "[policy:returns]" in out
     assert re.search(r"sony-rag chat --session\s+[0-9a-f-]{36}", out)
+
+
+@pytest.mark.parametrize("name", ["agent.py", "rag_chain.py", "demo.py"])
+def test_an_example_of_the_shop_says_what_to_install_without_its_extra(tmp_path: Path, name: str) -> None:
+    """Without langchain (the shop extra) the example exits as ``sony-rag chat`` does: one line naming the extra."""
+    env = env_without_shop_extra(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:9/none",
+                                 SONY_RAG_EMBEDDINGS="fake")
+    done = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120,
+                          env=env, check=False, cwd=EXAMPLES.parent)
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: examples/{name} needs the shop application's extra: pip install 'sony-rag[shop]'"]
+    assert done.stdout == ""
 
 
 @pytest.mark.parametrize("name", ["quickstart.py", "agent.py", "rag_chain.py", "demo.py"])

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 import pytest
 from psycopg import sql
 
@@ -31,8 +32,12 @@ from sony_rag.executor import (
     _Round,
     plan,
 )
+from sony_rag.plans import HybridOptions
+from sony_rag.retrieval import SearchRequest, search_plan
+from sony_rag.vector_index import Capabilities, VectorIndex
 
 SESSION = UUID(int=7)
+VECTOR = np.ones(384, dtype=np.float32)
 NEW_SESSION = {"user_agent": "widget", "current_page": "/sofa", "metadata": {"locale": "en"}}
 
 
@@ -144,6 +149,48 @@ def test_replacing_sources_locks_deletes_per_type_then_copies_once() -> None:
     assert [list(step.params.values()) for step in steps[1:3]] == [["faq", ["b", "a"]], ["policy", ["x"]]]
     _, steps = run(plans.replace_sources([("faq", "a")], []), [[], 1])
     assert [type(step) for step in steps] == [Fetch, Execute]  # nothing to copy: no COPY
+
+
+# -- searches ------------------------------------------------------------------------------------------
+
+
+def _common_words(statement: Any) -> list[Any]:
+    """Return the text[] values a hybrid statement binds: the common words its text leg does not look up."""
+    assert isinstance(statement, Fetch)
+    return [value for value in statement.params.values() if isinstance(value, list)]
+
+
+def _reads_word_statistics(step: Any) -> bool:
+    return isinstance(step, Fetch) and "most_common_elems" in text(step)
+
+
+def test_hybrid_reads_the_word_statistics_once_then_takes_them_from_the_capabilities() -> None:
+    capabilities = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+    hybrid = SearchRequest.of(VECTOR, mode="hybrid", text="oak sofa")
+    statistics = [{"lexeme": "sofa", "rows": 5000.0}, {"lexeme": "brass", "rows": 3.0}]
+    rows, steps = run(search_plan(hybrid, capabilities, HybridOptions()), [statistics, None, [{"id": 1}]])
+    assert rows == [{"id": 1}]
+    # First, in a statement of its own with no settings; then the search's settings and its one statement.
+    assert _reads_word_statistics(steps[0]) and [type(step) for step in steps[1:]] == [SetLocal, Fetch]
+    assert _common_words(steps[2]) == [["sofa"]]  # more rows than the text leg ranks (200)
+    assert capabilities.word_statistics == (("sofa", 5000.0), ("brass", 3.0))
+    # The next hybrid search with these capabilities sends its settings and its statement only, the same words bound.
+    again = SearchRequest.of(VECTOR, mode="hybrid", text="sofa", k=5)
+    rows, steps = run(search_plan(again, capabilities, HybridOptions()), [None, []])
+    assert rows == [] and [type(step) for step in steps] == [SetLocal, Fetch]
+    assert _common_words(steps[1]) == [["sofa"]]
+    # A table ANALYZE never saw has no common words: that answer is kept too, not asked for again.
+    unanalysed = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=-1)
+    run(search_plan(hybrid, unanalysed, HybridOptions()), [[], None, []])
+    assert unanalysed.word_statistics == ()
+    _, steps = run(search_plan(hybrid, unanalysed, HybridOptions()), [None, []])
+    assert not any(_reads_word_statistics(step) for step in steps)
+    # Vector and keyword searches never ask for them.
+    for request, replies in ((SearchRequest.of(VECTOR, k=30), [None, []]),
+                             (SearchRequest.of(VECTOR, mode="keyword", text="oak"), [[]])):
+        fresh = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+        _, steps = run(search_plan(request, fresh, HybridOptions()), replies)
+        assert not any(_reads_word_statistics(step) for step in steps) and fresh.word_statistics is None
 
 
 # -- where the executor puts statements and settings -----------------------------------------------------

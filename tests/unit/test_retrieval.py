@@ -71,10 +71,14 @@ IVFFLAT = Capabilities(pgvector_version=(0, 6, 2), vector_index=VectorIndex("ivf
 
 
 def _first_steps(request: SearchRequest, statistics: tuple[tuple[str, float], ...] = ()) -> tuple[Any, Any]:
-    steps = search_plan(request, HNSW, HybridOptions(), statistics).start()
+    # Fresh capabilities each time: a plan keeps what it reads (word statistics, estimates) with them.
+    capabilities = Capabilities(HNSW.pgvector_version, HNSW.vector_index, table_rows=HNSW.table_rows)
+    steps = search_plan(request, capabilities, HybridOptions()).start()
     settings = next(steps)
-    if isinstance(settings, Fetch):  # a metadata filter on a large table is estimated first: no statistics here
-        settings = steps.send([{"rows": None}])
+    while isinstance(settings, Fetch):  # hybrid's word statistics, a large table's metadata estimate: read first
+        common_words = "most_common_elems" in settings.query.as_string(None)
+        settings = steps.send([{"lexeme": word, "rows": rows} for word, rows in statistics] if common_words
+                              else [{"rows": None}])
     return settings, steps.send(None)
 
 
@@ -114,3 +118,4 @@ def test_hybrid_skips_the_words_more_rows_hold_than_its_text_leg_ranks() -> None
     assert _lists(statement) == [["sofa", "oak"]]  # more than text_candidates (200) rows
     _, wide = _first_steps(SearchRequest.of(VECTOR, k=300, mode="hybrid", text="oak sofa"), statistics)
     assert _lists(wide) == [["sofa"]]  # k=300 ranks up to 300 text rows
+
