@@ -38,13 +38,14 @@ from pydantic import Field
 
 from sony_rag import plans
 from sony_rag import validation as check
+from sony_rag.cli import SHOP_INSTALL
 from sony_rag.embeddings import word_stems
 from sony_rag.errors import ConfigurationError, InvalidInputError
 from sony_rag.executor import PlanGenerator, plan
 from sony_rag.plans import Row
 from sony_rag.vectorstore import SonyVectorStore
 
-INSTALL_HINT: Final = "pip install 'sony-rag[shop]'"
+INSTALL_HINT: Final = SHOP_INSTALL  # one wording, the CLI's
 
 OFFLINE_NOTICE: Final = (
     "(This is sony-rag's offline answerer: no chat model is configured, so it quotes the passages it "
