@@ -15,6 +15,7 @@ from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.executor import Plan
+from sony_rag.message_cache import MessageCache, detached_copy
 from sony_rag.message_codec import decode_message, encode_message, loads_exact
 from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
@@ -132,22 +133,33 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """Return the messages (newest ``max_messages`` if set), oldest first; raises SessionNotFoundError."""
-        rows = self._db.run(self._read_plan())
-        if rows is None:
-            self._db.run(self._missing_session_plan())
-            return []
-        return _decoded(rows)
+        cache = decoded_messages(self._db)
+        for known in (True, False):
+            rows = self._db.run(self._read_plan(cache, known))
+            if rows is None:
+                self._db.run(self._missing_session_plan())
+                return []
+            messages = _messages(cache, self._session_id, rows)
+            if messages is not None:
+                return messages
+        raise AssertionError("unreachable: a read that names no known row decodes every row")
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Return the messages (newest ``max_messages`` if set), oldest first; raises SessionNotFoundError."""
-        rows = await self._db.arun(self._read_plan())
-        if rows is None:
-            await self._db.arun(self._missing_session_plan())
-            return []
-        return _decoded(rows)
+        cache = decoded_messages(self._db)
+        for known in (True, False):
+            rows = await self._db.arun(self._read_plan(cache, known))
+            if rows is None:
+                await self._db.arun(self._missing_session_plan())
+                return []
+            messages = _messages(cache, self._session_id, rows)
+            if messages is not None:
+                return messages
+        raise AssertionError("unreachable: a read that names no known row decodes every row")
 
-    def _read_plan(self) -> Plan[list[plans.Row] | None]:
-        return plans.history_if_session(self._session_id, self.max_messages)
+    def _read_plan(self, cache: MessageCache, known: bool) -> Plan[list[plans.Row] | None]:
+        seqs, versions = cache.known(self._session_id) if known else ((), ())
+        return plans.history_if_session(self._session_id, self.max_messages, seqs, versions)
 
     def _missing_session_plan(self) -> Plan[plans.Row | None]:
         if not self.create_session:
@@ -200,14 +212,35 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
         return f"SonyChatMessageHistory(session_id={self.session_id!r}, max_messages={self.max_messages!r})"
 
 
-def _decoded(rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage]:
-    # The metadata arrives as JSON text (sql.messages.newest), parsed here (orjson: a third of json's cost per
-    # row); held by nothing else, it becomes the message's fields.
-    return [decode_message(row["role"], row["content"], _json(row["metadata"]), owned=True) for row in rows]
+def decoded_messages(db: Database) -> MessageCache:
+    """Return the cache of messages decoded from ``db``'s rows that every history on ``db`` shares."""
+    # A history object usually lives for one request; the conversation, and so the use of its decoded rows, for
+    # many: the cache belongs to the Database.
+    return db.decoded_messages
 
 
-def _json(text: str | None) -> Any:
-    return None if text is None else loads_exact(text)
+def _messages(cache: MessageCache, session_id: UUID, rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage] | None:
+    """Return the rows' messages, decoding the rows that came with their columns; None if a known row was evicted.
+
+    Callers get copies that share nothing with the cache, so changing a message changes no later read.
+    """
+    messages = []
+    for row in rows:
+        role = row["role"]
+        if role is not None:
+            # The metadata arrives as JSON text, parsed here (orjson: a third of json's cost per row); held by
+            # nothing else, it becomes the message's fields.
+            metadata = row["metadata"]
+            message = decode_message(role, row["content"], None if metadata is None else loads_exact(metadata),
+                                     owned=True)
+            cache.put(session_id, row["seq"], row["version"], None, message)
+        else:
+            entry = cache.get(session_id, row["seq"], row["version"])
+            if entry is None:  # dropped by other reads since this one named it as known (rare): read again
+                return None
+            message = entry[1]
+        messages.append(detached_copy(message))
+    return messages
 
 
 __all__ = ["SonyChatMessageHistory"]

@@ -47,6 +47,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
 from sony_rag.executor import Plan, PlanGenerator, Together, execute, fetch, plan
+from sony_rag.message_cache import MessageCache, shallow_copy
 from sony_rag.message_codec import EncodedMessage, decode_message, encode_message, loads_exact
 from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
@@ -153,58 +154,6 @@ class _KeyCache:
             alive = {identity: entry for identity, entry in list(self._keys.items()) if entry[0]() is not None}
             self._keys = alive
             self._sweep_at = max(1024, 2 * len(alive))
-
-
-def _copy(message: BaseMessage) -> BaseMessage:
-    """Return a shallow copy of a message (what pydantic's ``model_copy`` makes, without its overhead)."""
-    copy = object.__new__(type(message))
-    object.__setattr__(copy, "__dict__", dict(message.__dict__))
-    object.__setattr__(copy, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
-    extra = message.__pydantic_extra__
-    object.__setattr__(copy, "__pydantic_extra__", None if extra is None else dict(extra))
-    private = message.__pydantic_private__
-    object.__setattr__(copy, "__pydantic_private__", None if private is None else dict(private))
-    return copy
-
-
-class _MessageCache:
-    """Messages decoded from ``chat_messages`` rows of recently loaded threads, so loading a thread again decodes
-    only its new rows.
-
-    Keyed by the row's identity (session, seq) and version (``xmin``, which every UPDATE changes): a row edited
-    in SQL is decoded again. Bounded: the least recently loaded threads go first once more than ``limit``
-    messages are kept. Loads get copies, so a caller changing a message it got does not change the cache.
-    """
-
-    def __init__(self, limit: int = 20_000) -> None:
-        self._limit = limit
-        self._threads: OrderedDict[UUID, dict[int, tuple[int, str | None, BaseMessage]]] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def known(self, session_id: UUID) -> tuple[list[int], list[int]]:
-        """Return the seqs and row versions of the session's cached rows."""
-        with self._lock:
-            rows = self._threads.get(session_id)
-            if rows is None:
-                return [], []
-            self._threads.move_to_end(session_id)
-            return list(rows), [entry[0] for entry in rows.values()]
-
-    def get(self, session_id: UUID, seq: int, version: int) -> tuple[str | None, BaseMessage] | None:
-        """Return the cached message key and message of a row at this version, or None."""
-        entry = self._threads.get(session_id, {}).get(seq)
-        return (entry[1], entry[2]) if entry is not None and entry[0] == version else None
-
-    def put(self, session_id: UUID, seq: int, version: int, key: str | None, message: BaseMessage) -> None:
-        """Keep the decoded message of a row (evicting the least recently loaded threads when over the limit)."""
-        with self._lock:
-            rows = self._threads.setdefault(session_id, {})
-            self._size += seq not in rows
-            rows[seq] = (version, key, message)
-            while self._size > self._limit and self._threads:
-                _, evicted = self._threads.popitem(last=False)
-                self._size -= len(evicted)
 
 
 def message_from_row(row: Mapping[str, Any]) -> BaseMessage:
@@ -615,7 +564,7 @@ def _load(serde: SerializerProtocol, keys: _KeyCache, session_id: UUID | None, t
 
 
 @plan(read_only=True)
-def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, session_id: UUID, thread_id: str,
+def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: MessageCache, session_id: UUID, thread_id: str,
               namespace: str, checkpoint_id: str | None) -> PlanGenerator[CheckpointTuple | None]:
     """Return a thread's checkpoint (its newest when no id) with its values and pending writes, or None.
 
@@ -658,7 +607,7 @@ def _load_one(serde: SerializerProtocol, keys: _KeyCache, cache: _MessageCache, 
         for first, last in zip(runs[::2], runs[1::2], strict=True):
             for position in range(bisect_left(seqs, first), bisect_right(seqs, last)):
                 key, message = messages[position]
-                copy = _copy(message)
+                copy = shallow_copy(message)
                 if key is not None:
                     keys.remember(copy, key)
                 out.append(copy)
@@ -790,7 +739,7 @@ class SonyCheckpointer(BaseCheckpointSaver[float]):
         super().__init__(serde=serde)
         self.db = get_db(db)
         self._keys = _KeyCache()
-        self._messages = _MessageCache()
+        self._messages = MessageCache()
         self._sessions = _Sessions()
 
     # -- versions ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from sony_rag.settings import Settings, get_settings
 from sony_rag.vector_index import Capabilities, VectorIndex, warn_once
 
 if TYPE_CHECKING:
+    from sony_rag.message_cache import MessageCache
     from sony_rag.replicas import ReplicaSet
 
 logger = logging.getLogger("sony_rag")
@@ -91,6 +92,7 @@ class Database:
             self.replicas = ReplicaSet(read_urls, self.settings, Database)
         self._conninfo: str | None = None
         self._lock = threading.Lock()
+        self._decoded_messages: MessageCache | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._apool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._apool_loop: asyncio.AbstractEventLoop | None = None
@@ -130,6 +132,18 @@ class Database:
             cached = (conninfo, explicit, is_transaction_pooler(conninfo, explicit))
             self._pooler_cache = cached
         return cached[2]
+
+    @property
+    def decoded_messages(self) -> MessageCache:
+        """Return the messages decoded from this database's chat rows that every SonyChatMessageHistory shares."""
+        cache = self._decoded_messages
+        if cache is None:
+            # Imported here: the cache holds LangChain messages, which the documented operations never load.
+            from sony_rag.message_cache import MessageCache
+
+            with self._lock:
+                cache = self._decoded_messages = self._decoded_messages or MessageCache()
+        return cache
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments every connection of this database is opened with."""

@@ -154,9 +154,12 @@ def clear_messages(session_id: UUID) -> PlanGenerator[int]:
 
 
 @plan(read_only=True, replica=True, session="session_id")
-def history_if_session(session_id: UUID, limit: int | None) -> PlanGenerator[list[Row] | None]:
-    """Return a session's newest ``limit`` messages (role, content, metadata), oldest first; None if it is missing."""
-    rows: list[Row] = yield fetch(message_sql.newest(session_id, limit, message_only=True))
+def history_if_session(session_id: UUID, limit: int | None, known_seqs: Sequence[int] = (),
+                       known_versions: Sequence[int] = ()) -> PlanGenerator[list[Row] | None]:
+    """Return a session's newest ``limit`` rows for a message reader (``newest_messages``), oldest first; None if the
+    session is missing. Rows the reader holds (``known_seqs`` at ``known_versions``) come without their columns.
+    """
+    rows: list[Row] = yield fetch(message_sql.newest_messages(session_id, limit, known_seqs, known_versions))
     if rows:
         return rows
     # Only an empty answer needs the second look: a session with messages exists.
@@ -290,9 +293,20 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.F
     max_distance = None if min_similarity is None else 1.0 - min_similarity
     choice = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search, generic_unfiltered=True,
                                             literal_limit=True)
+    if choice.use_index and choice.exact_below is None and not filter and max_distance is None:
+        # The whole table, no threshold: the index's own query, with nothing around it that the server would
+        # spend time on (a CTE, counting its rows, a sort: 10 % of an HNSW search). Short answers are rare here
+        # (a table of fewer than k rows, ef_search set below k on the server): then an exact scan replaces it.
+        index = capabilities.vector_index
+        rows: list[Row] = yield fetch(document_sql.index_nearest(
+            query_vector, k, resort=capabilities.iterative_scan and index is not None and index.method == "ivfflat",
+            with_embedding=with_embedding, literal_limit=choice.literal_limit))
+        if len(rows) < k:
+            rows = yield fetch(document_sql.exact_nearest(query_vector, k, filter, with_embedding=with_embedding))
+        return rows
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
-    rows: list[Row] = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=choice.use_index,
+    rows = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=choice.use_index,
                                                         exact_below=choice.exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding,
                                                         literal_limit=choice.literal_limit))

@@ -13,9 +13,6 @@ from psycopg.types.json import Jsonb
 from sony_rag.sql import Params, Query
 
 COLUMNS = sql.SQL("message_id, session_id, role, content, created_at, token_usage, page_context, metadata, seq")
-# What a LangChain message is rebuilt from: fewer columns to send and decode (no UUIDs, no timestamps). The
-# metadata comes as its JSON text (what the server sends for jsonb anyway), which the reader parses itself.
-_MESSAGE_COLUMNS = sql.SQL("role, content, metadata::text AS metadata")
 
 
 def insert_many(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], contents: Sequence[str],
@@ -108,29 +105,55 @@ def _append_text(create: bool, messages: int) -> sql.SQL:
     ).format(session=session, rows=rows))
 
 
-def newest(session_id: UUID, limit: int | None, *, message_only: bool = False) -> Query:
-    """Return a SELECT of a session's newest ``limit`` messages (all when None), oldest first.
-
-    ``message_only`` selects just what a LangChain message is made of (role, content, and metadata as JSON text).
-    """
+def newest(session_id: UUID, limit: int | None) -> Query:
+    """Return a SELECT of a session's newest ``limit`` messages (all when None), oldest first."""
     values: list[Any] = [session_id] if limit is None else [session_id, limit]
-    return _newest_text(message_only, limit is not None), _named(values)
+    return _newest_text(limit is not None), _named(values)
 
 
-@functools.lru_cache(maxsize=8)
-def _newest_text(message_only: bool, limited: bool) -> sql.SQL:
+@functools.lru_cache(maxsize=4)
+def _newest_text(limited: bool) -> sql.SQL:
     p = Params()  # placeholders only; newest() binds the values in this order
-    columns = _MESSAGE_COLUMNS if message_only else COLUMNS
     if not limited:
         return _rendered(sql.SQL("SELECT {} FROM chat_messages WHERE session_id = {} ORDER BY seq").format(
-            columns, p.add(None)))
-    # The outer query orders by seq (and turns the metadata into text).
-    inner = sql.SQL("role, content, metadata, seq") if message_only else columns
+            COLUMNS, p.add(None)))
     # The inner ORDER BY seq DESC LIMIT reads only `limit` index entries, however long the session is.
     return _rendered(sql.SQL(
         "SELECT {} FROM (SELECT {} FROM chat_messages WHERE session_id = {} ORDER BY seq DESC LIMIT {}) newest "
         "ORDER BY seq"
-    ).format(columns, inner, p.add(None), p.add(None)))
+    ).format(COLUMNS, COLUMNS, p.add(None), p.add(None)))
+
+
+def newest_messages(session_id: UUID, limit: int | None, known_seqs: Sequence[int],
+                    known_versions: Sequence[int]) -> Query:
+    """Return a SELECT of a session's newest ``limit`` rows (all when None), oldest first, for a message reader.
+
+    Each row has ``seq`` and ``version`` (its xmin, which every UPDATE changes) and, unless the reader already holds
+    that row at that version (``known_seqs`` at ``known_versions``), what a LangChain message is made of: ``role``,
+    ``content`` and ``metadata`` as JSON text (parsed by the reader, faster than psycopg would); for a known row
+    they are NULL, so the server neither reads nor sends them.
+    """
+    known = Jsonb({str(seq): str(version) for seq, version in zip(known_seqs, known_versions, strict=True)})
+    values: list[Any] = [known, session_id] if limit is None else [known, session_id, limit]
+    return _newest_messages_text(limit is not None), _named(values)
+
+
+@functools.lru_cache(maxsize=2)
+def _newest_messages_text(limited: bool) -> sql.SQL:
+    p = Params()  # placeholders only; newest_messages() binds the values in this order
+    known = p.add(None, "jsonb")
+    session = p.add(None, "uuid")
+    limit = sql.SQL(" ORDER BY seq DESC LIMIT {}").format(p.add(None, "int")) if limited else sql.SQL("")
+    # The known rows go as one jsonb object {seq: version}, looked up per row (no join the planner could misjudge);
+    # the lateral subquery yields the columns only for rows the reader lacks.
+    return _rendered(sql.SQL(
+        "SELECT m.seq, m.version, k.role, k.content, k.metadata FROM ("
+        "SELECT seq, xmin::text::bigint AS version, role, content, metadata FROM chat_messages"
+        " WHERE session_id = {session}{limit}) AS m"
+        " LEFT JOIN LATERAL (SELECT m.role::text AS role, m.content, m.metadata::text AS metadata"
+        " WHERE {known} ->> m.seq::text IS DISTINCT FROM m.version::text) AS k ON true"
+        " ORDER BY m.seq"
+    ).format(session=session, limit=limit, known=known))
 
 
 def _rendered(statement: sql.Composable) -> sql.SQL:

@@ -454,3 +454,49 @@ async def test_agent_turns_with_tool_calls_are_saved_and_restored(db: Database) 
     assert [m.content for m in final if isinstance(m, ToolMessage)] == ["free", "$49"]
     rows = await get_chat_history(session_id, limit=None, db=db)
     assert [row["token_usage"] for row in rows if row["token_usage"] is not None] == [52, 52]
+
+
+# -- reading the same conversation again -------------------------------------------------------------------
+
+
+async def test_a_row_corrected_in_sql_is_read_as_corrected(db: Database, mode: str) -> None:
+    session = uuid.uuid4()
+    await add(SonyChatMessageHistory(session, db), [HumanMessage("hi"), AIMessage("Hello, how can I help?")], mode)
+    assert [m.content for m in await read(SonyChatMessageHistory(session, db), mode)][1] == "Hello, how can I help?"
+    with db.connect() as conn:
+        conn.execute("UPDATE chat_messages SET content = 'Hello! How can I help?' "
+                     "WHERE session_id = %s AND role = 'assistant'", (session,))
+    again = await read(SonyChatMessageHistory(session, db, max_messages=5), mode)
+    assert again == [HumanMessage("hi"), AIMessage("Hello! How can I help?")]
+
+
+async def test_changing_a_message_read_changes_no_later_read(db: Database, mode: str) -> None:
+    session = uuid.uuid4()
+    stored = AIMessage("Two sofas match.", additional_kwargs={"sources": [{"id": "sofa-1"}]},
+                       response_metadata={"model": "m"}, id="a1")
+    await add(SonyChatMessageHistory(session, db), [stored], mode)
+    first = (await read(SonyChatMessageHistory(session, db), mode))[0]
+    first.additional_kwargs["sources"][0]["id"] = "changed"
+    first.response_metadata["model"] = "changed"
+    first.content = "changed"
+    assert await read(SonyChatMessageHistory(session, db), mode) == [stored]
+
+
+async def test_messages_dropped_from_the_shared_cache_meanwhile_are_read_again(db: Database, mode: str) -> None:
+    from sony_rag.message_cache import MessageCache
+
+    class Forgetful(MessageCache):
+        """Names the rows it holds, then has lost them by the time the answer comes (other reads evicted them)."""
+
+        def get(self, session_id: uuid.UUID, seq: int, version: int) -> None:  # type: ignore[override]
+            return None
+
+    session = uuid.uuid4()
+    messages = [HumanMessage(f"question {index}") for index in range(4)]
+    await add(SonyChatMessageHistory(session, db), messages, mode)
+    db._decoded_messages = Forgetful()
+    try:
+        assert await read(SonyChatMessageHistory(session, db), mode) == messages  # fills the cache
+        assert await read(SonyChatMessageHistory(session, db), mode) == messages  # known, lost, read again
+    finally:
+        db._decoded_messages = None

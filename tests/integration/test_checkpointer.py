@@ -364,9 +364,9 @@ async def test_a_thread_stored_before_migration_005_continues_after_it(server_ur
 
 
 def test_a_load_whose_cached_rows_are_evicted_meanwhile_reads_them_again(db: Database) -> None:
-    from sony_rag.checkpointer import _MessageCache
+    from sony_rag.message_cache import MessageCache
 
-    class Forgetful(_MessageCache):
+    class Forgetful(MessageCache):
         """Reports rows as cached when the statement is planned, then has lost them (another load evicted them)."""
 
         def get(self, session_id: uuid.UUID, seq: int, version: int) -> None:  # type: ignore[override]

@@ -63,9 +63,9 @@ def test_versions_increase_and_differ_between_forks() -> None:
 
 
 def test_the_message_cache_keeps_at_most_its_limit_and_only_matching_row_versions() -> None:
-    from sony_rag.checkpointer import _MessageCache
+    from sony_rag.message_cache import MessageCache
 
-    cache = _MessageCache(limit=3)
+    cache = MessageCache(limit=3)
     first, second = uuid.uuid4(), uuid.uuid4()
     cache.put(first, 1, 100, "ka", HumanMessage("a", id="a"))
     cache.put(first, 2, 100, None, HumanMessage("b", id="b"))
@@ -79,7 +79,7 @@ def test_the_message_cache_keeps_at_most_its_limit_and_only_matching_row_version
 
 
 def test_a_copied_message_is_equal_and_independent() -> None:
-    from sony_rag.checkpointer import _copy
+    from sony_rag.message_cache import shallow_copy as _copy
 
     original = AIMessage("answer", id="x", tool_calls=[{"name": "f", "args": {}, "id": "c", "type": "tool_call"}])
     copy = _copy(original)

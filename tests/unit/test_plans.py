@@ -186,7 +186,7 @@ def test_hybrid_reads_the_word_statistics_once_then_takes_them_from_the_capabili
     _, steps = run(search_plan(hybrid, unanalysed, HybridOptions()), [None, []])
     assert not any(_reads_word_statistics(step) for step in steps)
     # Vector and keyword searches never ask for them.
-    for request, replies in ((SearchRequest.of(VECTOR, k=30), [None, []]),
+    for request, replies in ((SearchRequest.of(VECTOR, k=30), [None, [], []]),
                              (SearchRequest.of(VECTOR, mode="keyword", text="oak"), [[]])):
         fresh = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
         _, steps = run(search_plan(request, fresh, HybridOptions()), replies)
@@ -318,3 +318,33 @@ def test_steps_that_belong_to_other_kinds_of_plan_are_refused() -> None:
                              (atomic_inside_a_transaction(), "transactional=False")):
         with pytest.raises(TypeError, match=message):
             rounds(refused, pooled=False)
+
+
+def test_a_search_of_the_whole_table_sends_the_index_query_alone_and_scans_exactly_only_when_it_comes_back_short(
+) -> None:
+    hnsw = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+    ten = [{"embedding_id": index} for index in range(10)]
+    rows, steps = run(search_plan(SearchRequest.of(VECTOR, k=10), hnsw, HybridOptions()), [ten])
+    assert rows == ten and len(steps) == 1  # pgvector's defaults: no settings, one statement
+    statement = text(steps[0])
+    assert "ORDER BY embedding <=>" in statement and "LIMIT 10" in statement
+    assert "WITH" not in statement and "count(" not in statement  # nothing around the index's query
+
+    exact = [{"embedding_id": index} for index in range(10, 20)]
+    rows, steps = run(search_plan(SearchRequest.of(VECTOR, k=10), hnsw, HybridOptions()), [ten[:3], exact])
+    assert rows == exact and len(steps) == 2  # short: an exact scan, which no index can serve, answers
+    assert "OFFSET 0" in text(steps[1])
+
+    # A threshold or a filter keeps the one statement that chooses and falls back by itself.
+    for request, replies in ((SearchRequest.of(VECTOR, k=10, score_threshold=0.5), [ten[:3]]),
+                             (SearchRequest.of(VECTOR, k=10, filter={"source_type": "product"}), [None, ten[:3]])):
+        capabilities = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
+        rows, steps = run(search_plan(request, capabilities, HybridOptions()), replies)
+        assert rows == ten[:3] and "nearest_rows" in text(steps[-1])
+
+
+def test_an_ivfflat_search_on_pgvector_08_sorts_the_index_answer_again() -> None:
+    ivfflat = Capabilities((0, 8, 1), VectorIndex("ivfflat", 100, None, None), table_rows=100_000)
+    ten = [{"embedding_id": index} for index in range(10)]
+    _, steps = run(search_plan(SearchRequest.of(VECTOR, k=10), ivfflat, HybridOptions()), [None, ten])
+    assert isinstance(steps[0], SetLocal) and text(steps[1]).endswith("ORDER BY distance")

@@ -65,7 +65,8 @@ CASES: dict[str, Callable[[], Built]] = {
     "messages.append_nothing": lambda: messages.append(S1, [], [], [], [], None, [], create_session=None),
     "messages.newest": lambda: messages.newest(S1, 20),
     "messages.newest_all": lambda: messages.newest(S1, None),
-    "messages.newest_message_only": lambda: messages.newest(S1, 20, message_only=True),
+    "messages.newest_messages": lambda: messages.newest_messages(S1, 20, [3, 4], [700, 701]),
+    "messages.newest_messages_all": lambda: messages.newest_messages(S1, None, [], []),
     "messages.delete_for_session": lambda: messages.delete_for_session(S1),
     # selections
     "selections.insert": lambda: selections.insert(S1, "free shipping", "/p", [0.0, 1.0], {}),
