@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -407,8 +407,18 @@ class Database:
         for attempt in range(2):
             try:
                 pool = self.pool()
-                with pool.connection() as conn, self._using(conn):
+                # getconn/putconn rather than pool.connection(): its context manager and the commit it ends with
+                # (nothing to commit: connections are in autocommit and plans end their own transactions) cost
+                # a tenth of a chat append's client work. putconn rolls back a connection left in a transaction.
+                conn = pool.getconn()
+                try:
                     return drive(conn, plan_, initial, pooled=self.transaction_pooler)
+                except Exception as error:
+                    self._failed_on(conn, error)
+                    raise
+                finally:
+                    self._returned(conn)
+                    pool.putconn(conn)
             except (PoolTimeout, psycopg.Error) as error:
                 self._raise_unless_retryable(plan_, error, attempt)
             with contextlib.suppress(PoolClosed):
@@ -426,9 +436,15 @@ class Database:
         for attempt in range(2):
             try:
                 pool = await self.apool()
-                async with pool.connection() as conn:
-                    with self._using(conn):
-                        return await adrive(conn, plan_, initial, pooled=self.transaction_pooler)
+                aconn = await pool.getconn()
+                try:
+                    return await adrive(aconn, plan_, initial, pooled=self.transaction_pooler)
+                except Exception as error:
+                    self._failed_on(aconn, error)
+                    raise
+                finally:
+                    self._returned(aconn)
+                    await pool.putconn(aconn)
             except (PoolTimeout, psycopg.Error) as error:
                 self._raise_unless_retryable(plan_, error, attempt)
             with contextlib.suppress(PoolClosed):
@@ -441,21 +457,17 @@ class Database:
             raise ValueError("a plan made with transactional=False runs on a connection of its own (executor.drive)")
         return self._per_transaction_settings()
 
-    @contextlib.contextmanager
-    def _using(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Iterator[None]:
-        # No I/O here, so the sync and the async run share it.
-        try:
-            yield
-        except Exception as error:
-            if conn.closed:
-                # The server may have restarted: until checked again, no idle connection is trusted.
-                self._connection_lost()
-                if _lost_midway(conn, error):
-                    raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
-            raise
-        finally:
-            if not conn.closed:
-                self._returned_at[conn] = time.monotonic()
+    def _failed_on(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], error: Exception) -> None:
+        """Note a plan's failure on ``conn``; raises OperationalError when the connection was lost midway."""
+        if conn.closed:
+            # The server may have restarted: until checked again, no idle connection is trusted.
+            self._connection_lost()
+            if _lost_midway(conn, error):
+                raise psycopg.OperationalError(f"the connection was lost: {error!r}") from error
+
+    def _returned(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        if not conn.closed:
+            self._returned_at[conn] = time.monotonic()
 
     def _raise_unless_retryable(self, plan_: Plan[Any], error: PoolTimeout | psycopg.Error, attempt: int) -> None:
         """Return when ``plan_`` may run once more after ``error``; else raise the SonyRagError it stands for."""
