@@ -282,13 +282,16 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
 @plan(read_only=True, replica=True)
 def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.Filter,
            capabilities: Capabilities, *, min_similarity: float | None = None, with_embedding: bool = False,
-           probes: int | None = None, ef_search: int | None = None) -> PlanGenerator[list[Row]]:
-    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``, in one statement.
+           probes: int | None = None, ef_search: int | None = None,
+           documents_only: bool = False) -> PlanGenerator[list[Row]]:
+    """Return up to ``k`` nearest rows (cosine), closest first, each with ``distance``.
 
     The statement picks its plan (``sql.documents.nearest``): a filter matching fewer than
     ``vector_index.exact_scan_bound`` rows is answered by an exact scan of those rows; otherwise the vector
     index answers, and when it finds fewer than ``k`` rows (an IVFFlat index trained on few rows, a filter
     starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
+    A search of the whole table without a threshold sends the index's query alone, and the exact scan only when it
+    comes back short. ``documents_only``: rows of only what a LangChain Document is made of.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
     choice = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search, generic_unfiltered=True,
@@ -300,16 +303,18 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.F
         index = capabilities.vector_index
         rows: list[Row] = yield fetch(document_sql.index_nearest(
             query_vector, k, resort=capabilities.iterative_scan and index is not None and index.method == "ivfflat",
-            with_embedding=with_embedding, literal_limit=choice.literal_limit))
+            with_embedding=with_embedding, literal_limit=choice.literal_limit, documents_only=documents_only))
         if len(rows) < k:
-            rows = yield fetch(document_sql.exact_nearest(query_vector, k, filter, with_embedding=with_embedding))
+            rows = yield fetch(document_sql.exact_nearest(query_vector, k, filter, with_embedding=with_embedding,
+                                                          documents_only=documents_only))
         return rows
     # The threshold goes into the index query too: k rows that are close by the index's reckoning but partly
     # below it would otherwise hide rows above it that the probed lists missed.
     rows = yield fetch(document_sql.nearest(query_vector, k, filter, use_index=choice.use_index,
                                                         exact_below=choice.exact_below, max_distance=max_distance,
                                                         with_embedding=with_embedding,
-                                                        literal_limit=choice.literal_limit))
+                                                        literal_limit=choice.literal_limit,
+                                                        documents_only=documents_only))
     return rows
 
 

@@ -105,31 +105,34 @@ class SearchRequest:
         return max(self.k, self.fetch_k)
 
 
-def run(db: Database, request: SearchRequest, options: plans.HybridOptions) -> list[Row]:
+def run(db: Database, request: SearchRequest, options: plans.HybridOptions, *,
+        documents_only: bool = False) -> list[Row]:
     """Return the rows answering ``request`` on ``db`` (see ``search_plan``); raises SonyRagError subclasses."""
-    return db.run(search_plan(request, db.capabilities(), options))
+    return db.run(search_plan(request, db.capabilities(), options, documents_only=documents_only))
 
 
-async def arun(db: Database, request: SearchRequest, options: plans.HybridOptions) -> list[Row]:
+async def arun(db: Database, request: SearchRequest, options: plans.HybridOptions, *,
+               documents_only: bool = False) -> list[Row]:
     """Return the rows answering ``request`` on ``db``, from async code (see ``run``)."""
-    return await db.arun(search_plan(request, await db.acapabilities(), options))
+    return await db.arun(search_plan(request, await db.acapabilities(), options, documents_only=documents_only))
 
 
-def search_plan(request: SearchRequest, capabilities: Capabilities,
-                options: plans.HybridOptions) -> Plan[list[Row]]:
+def search_plan(request: SearchRequest, capabilities: Capabilities, options: plans.HybridOptions, *,
+                documents_only: bool = False) -> Plan[list[Row]]:
     """Return the plan answering ``request``: rows closest first (vector), fused (hybrid) or by text (keyword).
 
     Each row carries ``distance`` (cosine); hybrid rows ``rrf``, keyword rows ``word_coverage`` and
     ``text_score``. What the plan learns on the way (a metadata filter's estimated matches, hybrid's common
     words) is kept with ``capabilities``, so the next search of its kind sends one statement.
-    Raises SchemaNotReadyError when pgvector is missing (the query could not even be sent).
+    ``documents_only``: rows may carry only what ``vectorstore.document_from_row`` reads (vector searches then
+    send and parse nothing more). Raises SchemaNotReadyError when pgvector is missing.
     """
     require_pgvector(capabilities)
     k = request.rows_wanted
     if request.mode == "vector":
         return plans.search(request.vector, k, request.filter, capabilities, min_similarity=request.min_similarity,
                             with_embedding=request.with_embedding, probes=request.probes,
-                            ef_search=request.ef_search)
+                            ef_search=request.ef_search, documents_only=documents_only)
     assert request.text is not None
     if request.mode == "keyword":
         return plans.keyword_search(request.vector, request.text, k, request.filter, options,

@@ -206,10 +206,10 @@ class SonyVectorStore(VectorStore):
             embedded_by=type(self._embeddings).__name__ if embedded else None)
 
     def _rows(self, request: SearchRequest) -> list[Row]:
-        return retrieval.run(self._db, request, self.hybrid_options)
+        return retrieval.run(self._db, request, self.hybrid_options, documents_only=True)
 
     async def _arows(self, request: SearchRequest) -> list[Row]:
-        return await retrieval.arun(self._db, request, self.hybrid_options)
+        return await retrieval.arun(self._db, request, self.hybrid_options, documents_only=True)
 
     def similarity_search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None,
                           **kwargs: Any) -> list[Document]:

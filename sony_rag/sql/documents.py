@@ -22,6 +22,9 @@ COPY_TYPES: Final = ("uuid", "varchar", "text", "text", "vector", "jsonb", "text
 _RESULT_COLUMN_NAMES = ("embedding_id", "source_type", "source_id", "content_chunk", "metadata", "created_at",
                         "updated_at", "document_id")
 _RESULT_COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in _RESULT_COLUMN_NAMES)
+# What a LangChain Document is made of (``document_from_row``): the other columns, timestamps above all, cost the
+# client more to parse than anything else in a search's rows.
+_DOCUMENT_COLUMN_NAMES = ("embedding_id", "document_id", "content_chunk", "metadata")
 _STAGING = sql.Identifier("sony_rag_staging")
 
 
@@ -193,7 +196,7 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
 
 def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = True,
             exact_below: int | None = None, max_distance: float | None = None,
-            with_embedding: bool = False, literal_limit: bool = False) -> Query:
+            with_embedding: bool = False, literal_limit: bool = False, documents_only: bool = False) -> Query:
     """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
 
     With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
@@ -201,12 +204,14 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
     the index answers with fewer than ``limit`` rows. Rows come back sorted by distance even when the index
     returned them in relaxed order. The text is composed once per shape of call. With ``literal_limit`` the
     limit (an int, checked here) is written into the text instead of bound, so that a prepared statement's
-    generic plan costs what a custom one does (one text per limit).
+    generic plan costs what a custom one does (one text per limit). ``documents_only``: only the columns a
+    LangChain Document is made of (and ``distance``).
     """
     counted = exact_below is not None
     if literal_limit and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"a literal limit must be a positive int, not {limit!r}")
-    flags = (use_index, counted, max_distance is not None, with_embedding, limit if literal_limit else None)
+    flags = (use_index, counted, max_distance is not None, with_embedding, limit if literal_limit else None,
+             documents_only)
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
@@ -214,7 +219,7 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
         filter_sql = compile_filter(filter, p) if filter else None
         distance_cond = None if max_distance is None else sql.SQL("(embedding <=> {}) <= {}").format(
             q, p.add(v["max_distance"], "float8"))
-        columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
+        columns = _selected(with_embedding, documents_only)
         bound = p.add(v["exact_below"]) if counted else None
         limit_sql = sql.Literal(limit) if literal_limit else p.add(v["limit"])
         ctes = _nearest_ctes(q, filter_sql, distance_cond, limit_sql, bound, use_index=use_index,
@@ -226,20 +231,20 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
 
 
 def index_nearest(query_vector: Any, limit: int, *, resort: bool = False, with_embedding: bool = False,
-                  literal_limit: bool = False) -> Query:
+                  literal_limit: bool = False, documents_only: bool = False) -> Query:
     """Return the vector index's own query for the ``limit`` nearest rows of the whole table, closest first.
 
     Nothing around it: the caller falls back to ``exact_nearest`` when it comes back short. ``resort``: sorted
-    again (an index scan in relaxed order). ``literal_limit`` as for ``nearest``.
+    again (an index scan in relaxed order). ``literal_limit`` and ``documents_only`` as for ``nearest``.
     """
     if literal_limit and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"a literal limit must be a positive int, not {limit!r}")
-    flags = (resort, with_embedding, limit if literal_limit else None)
+    flags = (resort, with_embedding, limit if literal_limit else None, documents_only)
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
         q = p.add(v["query_vector"])
-        columns = (*_RESULT_COLUMN_NAMES, "embedding") if with_embedding else _RESULT_COLUMN_NAMES
+        columns = _selected(with_embedding, documents_only)
         scan = _index_scan(sql.SQL(", ").join(sql.Identifier(name) for name in columns), q, sql.SQL("TRUE"),
                            sql.Literal(limit) if literal_limit else p.add(v["limit"]))
         if resort:
@@ -249,11 +254,16 @@ def index_nearest(query_vector: Any, limit: int, *, resort: bool = False, with_e
     return _per_shape("index_nearest", flags, None, {"query_vector": query_vector, "limit": limit}, compose)
 
 
-def exact_nearest(query_vector: Any, limit: int, filter: Filter, *,
-                  max_distance: float | None = None, with_embedding: bool = False) -> Query:
+def exact_nearest(query_vector: Any, limit: int, filter: Filter, *, max_distance: float | None = None,
+                  with_embedding: bool = False, documents_only: bool = False) -> Query:
     """Return an exact nearest-neighbour search that no vector index can serve, whatever the settings."""
     return nearest(query_vector, limit, filter, use_index=False, max_distance=max_distance,
-                   with_embedding=with_embedding)
+                   with_embedding=with_embedding, documents_only=documents_only)
+
+
+def _selected(with_embedding: bool, documents_only: bool) -> tuple[str, ...]:
+    columns = _DOCUMENT_COLUMN_NAMES if documents_only else _RESULT_COLUMN_NAMES
+    return (*columns, "embedding") if with_embedding else columns
 
 
 def ann_nearest(query_vector: Any, limit: int, filter: Filter) -> Query:
