@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import numpy as np
@@ -44,6 +44,10 @@ from sony_rag.vector_index import (
 )
 
 Row = dict[str, Any]
+
+# How far from the exact-scan bound a column filter's planned matches must be for the plan to be chosen without
+# counting: the planner's estimates of our columns are good to well within this (most common values, histograms).
+ESTIMATE_MARGIN: Final = 2
 
 # Re-exported: callers and tests reach them through plans.
 __all__ = ["DEFAULT_EF_SEARCH", "MAX_EF_SEARCH", "MAX_PROBES", "ann_settings", "default_probes",
@@ -244,6 +248,23 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
     kind = filter_kind(filter)
     exact_below = exact_scan_bound(capabilities, kind, k=k, probes=probes)
     known = exact_below is not None
+    if use_index and filter and kind == "columns" and exact_below is not None:
+        # The planner's own estimate of a column filter (its statistics: exact for source_type's few values), asked
+        # once per filter while the capabilities are cached, settles the plan here when it is far from the bound:
+        # the statement then holds one branch and no count, which the server plans in a fraction of the time
+        # (planning the counted statement took 1.4-2.3 ms of a 1-6 ms search at 100k rows). Near the bound the
+        # statement still counts.
+        key = estimate_key(filter)
+        if key in capabilities.estimates:
+            planned = capabilities.estimates[key]
+        else:
+            rows = yield fetch(document_sql.planned_matches(filter))
+            planned = float(rows[0]["QUERY PLAN"][0]["Plan"]["Plan Rows"])
+            remember_estimate(capabilities, key, planned)
+        if planned is not None and planned * ESTIMATE_MARGIN < exact_below:
+            return _VectorPlan(use_index=False, exact_below=None)
+        if planned is not None and planned > exact_below * ESTIMATE_MARGIN:
+            exact_below = None  # the index answers; a short answer still falls back to the exact scan
     if use_index and filter and not known and kind == "metadata":
         bound = estimated_scan_bound(capabilities, k=k, probes=probes)
         if bound is not None and _metadata_only(filter_shape(filter)[0]):

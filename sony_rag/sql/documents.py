@@ -130,6 +130,17 @@ def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composabl
         " ORDER BY embedding <=> {q} LIMIT {limit}").format(columns=columns, q=q, where=where, limit=limit)
 
 
+def planned_matches(filter: Filter) -> Query:
+    """Return an EXPLAIN whose plan's ``Plan Rows`` is the planner's estimate of the rows ``filter`` matches.
+
+    For filters of btree-indexed columns, whose statistics (most common values, histograms) the planner reads
+    itself; nothing runs. The answer is one row whose ``QUERY PLAN`` is the JSON plan.
+    """
+    p = Params()
+    return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM document_embeddings WHERE {}").format(
+        compile_filter(filter, p)), p.values
+
+
 def estimated_matches(filter: Filter) -> Query:
     """Return a SELECT of ``rows``: how many rows a metadata-only filter matches, estimated from ANALYZE's statistics.
 

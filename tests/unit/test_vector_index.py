@@ -111,10 +111,10 @@ def test_the_estimate_reads_analyzes_statistics_of_the_metadata_column() -> None
     assert "tenth" in params.values()
 
 
-def run_choice(capabilities: Capabilities, flt: dict[str, object] | None,
-               estimate: float | None = None) -> tuple[plans._VectorPlan, list[object]]:
-    """Drive the plan choice with no database, answering an estimate query with ``estimate``; return the choice
-    and the steps it yielded."""
+def run_choice(capabilities: Capabilities, flt: dict[str, object] | None, estimate: float | None = None,
+               planned: float = 0.0) -> tuple[plans._VectorPlan, list[object]]:
+    """Drive the plan choice with no database, answering a metadata estimate with ``estimate`` and the planner's
+    estimate of a column filter with ``planned``; return the choice and the steps it yielded."""
     steps = plans._vector_plan_choice(capabilities, flt, 10, None, None)
     yielded: list[object] = []
     answer: object = None
@@ -122,7 +122,12 @@ def run_choice(capabilities: Capabilities, flt: dict[str, object] | None,
         while True:
             step = steps.send(answer)
             yielded.append(step)
-            answer = None if isinstance(step, SetLocal) else [{"rows": estimate}]
+            if isinstance(step, SetLocal):
+                answer = None
+            elif step.query.as_string(None).startswith("EXPLAIN"):  # type: ignore[attr-defined]
+                answer = [{"QUERY PLAN": [{"Plan": {"Plan Rows": planned}}]}]
+            else:
+                answer = [{"rows": estimate}]
     except StopIteration as done:
         return done.value, yielded
 
@@ -143,7 +148,7 @@ def test_a_metadata_only_filter_on_a_large_table_is_estimated_once_and_ranked_ex
     # A column leaf beside the metadata one: the metadata column's statistics cannot estimate it.
     choice, steps = run_choice(big, {"source_type": "faq", "tenth": True})
     assert choice == plans._VectorPlan(True, None) and len(steps) == 1
-    assert run_choice(big, {"source_type": "faq"})[0] == plans._VectorPlan(True, 20_000)
+    assert run_choice(big, {"source_type": "faq"}, planned=20_000.0)[0] == plans._VectorPlan(True, 20_000)
     # A small table is counted in the statement instead.
     assert run_choice(caps(IVFFLAT, rows=5_000), {"tenth": True})[0] == plans._VectorPlan(True, 2_000)
 
@@ -229,3 +234,20 @@ def test_statements_are_composed_once_per_shape_and_bind_each_calls_values(monke
     # Another shape (string bounds render another jsonpath type test) gets its own text.
     other = nearest([1.0], 10, {"price": {"$between": ["a", "b"]}, "source_type": "faq"}, exact_below=2000)
     assert '"string"' in str(other[0]) and '"string"' not in str(second[0])
+
+
+def test_a_column_filter_far_from_the_bound_is_settled_by_the_planners_estimate_without_counting() -> None:
+    big = caps(HNSW)
+    bound = vector_index.exact_scan_bound(big, "columns")
+    assert bound is not None
+    # Few match by the planner's estimate: the exact scan alone, no settings, no count; asked once per filter.
+    choice, steps = run_choice(big, {"source_type": "policy"}, planned=bound / 4)
+    assert choice == plans._VectorPlan(False, None) and len(steps) == 1
+    choice, steps = run_choice(big, {"source_type": "policy"}, planned=bound * 100)
+    assert choice == plans._VectorPlan(False, None) and steps == []
+    # Most match: the index answers without a count (its short answers still fall back in the statement).
+    choice, steps = run_choice(big, {"source_type": "product"}, planned=bound * 4)
+    assert choice == plans._VectorPlan(True, None) and isinstance(steps[-1], SetLocal)
+    # Near the bound: the statement counts, as without an estimate.
+    choice, _ = run_choice(big, {"source_type": "faq"}, planned=bound * 1.5)
+    assert choice == plans._VectorPlan(True, bound)
