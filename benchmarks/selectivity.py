@@ -194,8 +194,10 @@ def measure(bench: Bench) -> Report:
                           "sony recall": sony_recall, "sony rows min": sony_rows, "x faster bare": ratio})
             label = f"{method} {share} {kind}"
             report.target(f"{label} recall@10", sony_recall, ">= 0.95", sony_recall >= 0.95)
-            met = ratio <= 1.2 or (sony_p50 - best <= 0.5 and best < 1.0)
-            report.target(f"{label} p50 vs faster bare", ratio, "<= 1.2x (or +0.5 ms under 1 ms)", met)
+            # The target: 1.2x the faster bare query, plus at most 0.5 ms of client cost where that
+            # query's plan takes under a millisecond.
+            met = sony_p50 <= 1.2 * best + (0.5 if best < 1.0 else 0.0)
+            report.target(f"{label} p50 vs faster bare", ratio, "<= 1.2x (+0.5 ms under 1 ms)", met)
     report.notes.append("'ann p50' is blank where the bare ANN query returned fewer than 10 rows or recall "
                         "< 0.95 (it does not count then). The bare queries use sony-rag's own filter SQL and, "
                         "for ANN, the settings sony-rag sets. The machine is shared by other jobs: treat "
