@@ -293,3 +293,20 @@ def test_bad_index_search_options_raise_our_error(db: Database, call: Callable[.
         SonyVectorStore(AxisEmbeddings(), db, **option)
     good = {name: 5 for name in option}
     assert len(call(store, "similarity_search", "axis:1", k=1, **good)) == 1
+
+
+def test_metadata_statistics_tell_a_tenth_of_a_percent_from_one_percent(db: Database) -> None:
+    """Migration 006's finer statistics: the estimate that picks exact scan or index for a metadata filter."""
+    from sony_rag.sql import documents as document_sql
+    from sony_rag.sql.filters import parse_filter
+
+    with db.connect() as conn:
+        conn.execute("INSERT INTO document_embeddings (embedding_id, source_type, content_chunk, embedding, metadata)"
+                     " SELECT gen_random_uuid(), 'product', 'x', array_fill(0.1, ARRAY[384])::vector,"
+                     " jsonb_build_object('r', i % 1000) FROM generate_series(1, 60000) AS i")
+        conn.execute("ANALYZE document_embeddings")
+        estimates = {bound: conn.execute(*document_sql.estimated_matches(parse_filter({"r": {"$lt": bound}})))
+                     .fetchone()[0] for bound in (1, 10, 100)}
+    # 60, 600 and 6,000 rows match. At the default statistics target (ANALYZE samples half the rows) the first
+    # two come out alike, near half a histogram bucket.
+    assert 30 <= estimates[1] <= 120 and 300 <= estimates[10] <= 1_200 and 3_000 <= estimates[100] <= 12_000
