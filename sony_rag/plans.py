@@ -310,20 +310,23 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.F
     The statement picks its plan (``sql.documents.nearest``): a filter matching fewer than
     ``vector_index.exact_scan_bound`` rows is answered by an exact scan of those rows; otherwise the vector
     index answers, and when it finds fewer than ``k`` rows (an IVFFlat index trained on few rows, a filter
-    starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever few match.
-    A search of the whole table without a threshold sends the index's query alone, and the exact scan only when it
-    comes back short. ``documents_only``: rows of only what a LangChain Document is made of.
+    starving the scan) an exact scan replaces its answer. So the count is exact, and so are the rows whenever
+    few match. Where the index answers without a count or a threshold (the whole table, a filter known to match
+    many rows), the index's query goes alone, and the exact scan only when it comes back short.
+    ``documents_only``: rows of only what a LangChain Document is made of.
     """
     max_distance = None if min_similarity is None else 1.0 - min_similarity
     choice = yield from _vector_plan_choice(capabilities, filter, k, probes, ef_search, generic_unfiltered=True,
                                             literal_limit=True)
-    if choice.use_index and choice.exact_below is None and not filter and max_distance is None:
-        # The whole table, no threshold: the index's own query, with nothing around it that the server would
-        # spend time on (a CTE, counting its rows, a sort: 10 % of an HNSW search). Short answers are rare here
-        # (a table of fewer than k rows, ef_search set below k on the server): then an exact scan replaces it.
+    if choice.use_index and choice.exact_below is None and max_distance is None:
+        # The index answers (the whole table, or a filter known to match many rows) and no threshold: its own
+        # query, with nothing around it that the server would spend time on (a CTE, counting its rows, a sort:
+        # 10 % of an HNSW search). Short answers are rare here (a table of fewer than k rows, ef_search set below
+        # k on the server, a filter that matches fewer rows than estimated): then an exact scan replaces it.
         index = capabilities.vector_index
         rows: list[Row] = yield fetch(document_sql.index_nearest(
-            query_vector, k, resort=capabilities.iterative_scan and index is not None and index.method == "ivfflat",
+            query_vector, k, filter,
+            resort=capabilities.iterative_scan and index is not None and index.method == "ivfflat",
             with_embedding=with_embedding, literal_limit=choice.literal_limit, documents_only=documents_only))
         if len(rows) < k:
             rows = yield fetch(document_sql.exact_nearest(query_vector, k, filter, with_embedding=with_embedding,

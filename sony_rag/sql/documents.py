@@ -241,12 +241,13 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
                                                  "exact_below": exact_below, "max_distance": max_distance}, compose)
 
 
-def index_nearest(query_vector: Any, limit: int, *, resort: bool = False, with_embedding: bool = False,
-                  literal_limit: bool = False, documents_only: bool = False) -> Query:
-    """Return the vector index's own query for the ``limit`` nearest rows of the whole table, closest first.
+def index_nearest(query_vector: Any, limit: int, filter: Filter = None, *, resort: bool = False,
+                  with_embedding: bool = False, literal_limit: bool = False, documents_only: bool = False) -> Query:
+    """Return the vector index's own query for the ``limit`` nearest rows matching ``filter``, closest first.
 
     Nothing around it: the caller falls back to ``exact_nearest`` when it comes back short. ``resort``: sorted
-    again (an index scan in relaxed order). ``literal_limit`` and ``documents_only`` as for ``nearest``.
+    again (an index scan in relaxed order). ``literal_limit`` and ``documents_only`` as for ``nearest``. Raises
+    InvalidFilterError for a malformed filter.
     """
     if literal_limit and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"a literal limit must be a positive int, not {limit!r}")
@@ -256,13 +257,14 @@ def index_nearest(query_vector: Any, limit: int, *, resort: bool = False, with_e
         p = Params()
         q = p.add(v["query_vector"])
         columns = _selected(with_embedding, documents_only)
-        scan = _index_scan(sql.SQL(", ").join(sql.Identifier(name) for name in columns), q, sql.SQL("TRUE"),
+        where = compile_filter(filter, p) if filter else sql.SQL("TRUE")
+        scan = _index_scan(sql.SQL(", ").join(sql.Identifier(name) for name in columns), q, where,
                            sql.Literal(limit) if literal_limit else p.add(v["limit"]))
         if resort:
             scan = sql.SQL("SELECT * FROM ({}) AS i ORDER BY distance").format(scan)
         return scan, p.values
 
-    return _per_shape("index_nearest", flags, None, {"query_vector": query_vector, "limit": limit}, compose)
+    return _per_shape("index_nearest", flags, filter, {"query_vector": query_vector, "limit": limit}, compose)
 
 
 def exact_nearest(query_vector: Any, limit: int, filter: Filter, *, max_distance: float | None = None,
