@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import numpy as np
@@ -179,6 +179,30 @@ def vector(value: object, what: str = "embedding") -> npt.NDArray[np.float32]:
     if not array.any():
         raise InvalidEmbeddingError(f"{what} is all zeros, which has no cosine similarity to anything")
     return array
+
+
+# Vectors are checked together a chunk at a time: per vector, numpy's call overhead outweighs the work on 384
+# numbers, and bulk ingest checks one per row.
+_BULK_CHUNK = 2048
+_FLOAT32 = np.dtype(np.float32)
+
+
+def vectors_pass_in_bulk(vectors: Sequence[object]) -> bool:
+    """Return True when every vector passes ``vector`` unchanged (float32 array, 384 finite numbers, not 0).
+
+    False when any is another type or fails: rows then go through ``vector`` one by one, which accepts or
+    refuses each exactly as before and names the bad one.
+    """
+    shape = (EMBEDDING_DIMENSIONS,)
+    for start in range(0, len(vectors), _BULK_CHUNK):
+        chunk = vectors[start:start + _BULK_CHUNK]
+        # Exact type and dtype: subclasses and byte-swapped arrays take the row-by-row path.
+        if not all(type(item) is np.ndarray and item.dtype is _FLOAT32 and item.shape == shape for item in chunk):
+            return False
+        matrix = np.stack(cast("list[npt.NDArray[np.float32]]", chunk))
+        if not (np.isfinite(matrix).all() and matrix.any(axis=1).all()):
+            return False
+    return True
 
 
 def vectors(values: Iterable[object], what: str = "embedding") -> list[npt.NDArray[np.float32]]:

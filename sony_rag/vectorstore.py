@@ -156,7 +156,7 @@ class SonyVectorStore(VectorStore):
         if not resolved:
             return None, []
         last = {embedding_id: index for index, (embedding_id, _, _) in enumerate(resolved)}
-        vectors_checked = _vectors_pass_in_bulk(vectors)
+        vectors_checked = check.vectors_pass_in_bulk(vectors)
         # A repeated id in one batch: the last one wins. Rows are checked as they stream into the COPY (float32
         # arrays' vectors all at once above, when they pass), so the checks overlap the server's work; a bad row
         # aborts the COPY and its transaction.
@@ -407,31 +407,6 @@ def document_from_row(row: Mapping[str, Any]) -> Document:
     """Return the LangChain Document for a document_embeddings row."""
     return Document(id=row["document_id"] or str(row["embedding_id"]), page_content=row["content_chunk"],
                     metadata=row["metadata"])
-
-
-# Vectors are checked together a chunk at a time: per vector, numpy's call overhead outweighs the work on 384
-# numbers, and bulk ingest checks one per row.
-_BULK_CHUNK = 2048
-_FLOAT32 = np.dtype(np.float32)
-
-
-def _vectors_pass_in_bulk(vectors: Sequence[object]) -> bool:
-    """Return True when every vector passes ``check.vector`` unchanged (float32 array, 384 finite numbers, not 0).
-
-    False when any is another type or fails: rows then go through ``check.vector`` one by one, which accepts or
-    refuses each exactly as before and names the bad one.
-    """
-    shape = (EMBEDDING_DIMENSIONS,)
-    for start in range(0, len(vectors), _BULK_CHUNK):
-        chunk = vectors[start:start + _BULK_CHUNK]
-        # Exact type and dtype: subclasses and byte-swapped arrays take the row-by-row path.
-        if not all(type(vector) is np.ndarray and vector.dtype is _FLOAT32 and vector.shape == shape
-                   for vector in chunk):
-            return False
-        matrix = np.stack(cast("list[npt.NDArray[np.float32]]", chunk))
-        if not (np.isfinite(matrix).all() and matrix.any(axis=1).all()):
-            return False
-    return True
 
 
 def _source_id(value: object, index: int) -> str | None:
