@@ -25,7 +25,7 @@ from sony_rag.sql import documents as document_sql
 from sony_rag.sql import messages as message_sql
 from sony_rag.sql import selections as selection_sql
 from sony_rag.sql import sessions as session_sql
-from sony_rag.sql.filters import filter_kind, filter_shape
+from sony_rag.sql.filters import ParsedFilter, filter_kind, filter_shape
 from sony_rag.vector_index import (
     DEFAULT_EF_SEARCH,
     MAX_EF_SEARCH,
@@ -231,6 +231,26 @@ def _metadata_only(shape: Any) -> bool:
     return all(_metadata_only(item) for item in shape[1:] if isinstance(item, tuple))
 
 
+def _remembered_estimate(capabilities: Capabilities, filter: Mapping[str, Any] | ParsedFilter, *,
+                         planner: bool) -> PlanGenerator[float | None]:
+    """Return how many rows ``filter`` matches by statistics, asked once per filter while the capabilities last.
+
+    ``planner``: the planner's own estimate (column filters); else ``estimated_matches`` over the metadata
+    column's statistics (None when the table was never analysed).
+    """
+    key = estimate_key(filter)
+    if key in capabilities.estimates:
+        return capabilities.estimates[key]
+    if planner:
+        rows = yield fetch(document_sql.planned_matches(filter))
+        estimate: float | None = float(rows[0]["QUERY PLAN"][0]["Plan"]["Plan Rows"])
+    else:
+        rows = yield fetch(document_sql.estimated_matches(filter))
+        estimate = None if rows[0]["rows"] is None else float(rows[0]["rows"])
+    remember_estimate(capabilities, key, estimate)
+    return estimate
+
+
 def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter, k: int, probes: int | None,
                         ef_search: int | None, *, generic_unfiltered: bool = False,
                         literal_limit: bool = False) -> PlanGenerator[_VectorPlan]:
@@ -254,13 +274,7 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
         # the statement then holds one branch and no count, which the server plans in a fraction of the time
         # (planning the counted statement took 1.4-2.3 ms of a 1-6 ms search at 100k rows). Near the bound the
         # statement still counts.
-        key = estimate_key(filter)
-        if key in capabilities.estimates:
-            planned = capabilities.estimates[key]
-        else:
-            rows = yield fetch(document_sql.planned_matches(filter))
-            planned = float(rows[0]["QUERY PLAN"][0]["Plan"]["Plan Rows"])
-            remember_estimate(capabilities, key, planned)
+        planned = yield from _remembered_estimate(capabilities, filter, planner=True)
         if planned is not None and planned * ESTIMATE_MARGIN < exact_below:
             return _VectorPlan(use_index=False, exact_below=None)
         if planned is not None and planned > exact_below * ESTIMATE_MARGIN:
@@ -268,13 +282,7 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
     if use_index and filter and not known and kind == "metadata":
         bound = estimated_scan_bound(capabilities, k=k, probes=probes)
         if bound is not None and _metadata_only(filter_shape(filter)[0]):
-            key = estimate_key(filter)
-            if key in capabilities.estimates:
-                estimate = capabilities.estimates[key]
-            else:
-                rows = yield fetch(document_sql.estimated_matches(filter))
-                estimate = None if rows[0]["rows"] is None else float(rows[0]["rows"])
-                remember_estimate(capabilities, key, estimate)
+            estimate = yield from _remembered_estimate(capabilities, filter, planner=False)
             if estimate is not None:
                 known = True  # the index is asked only when at least the bound's rows match
                 use_index = estimate >= bound
