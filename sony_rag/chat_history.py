@@ -14,7 +14,7 @@ from sony_rag import plans
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
-from sony_rag.executor import Plan
+from sony_rag.executor import Plan, PlanGenerator, plan
 from sony_rag.message_cache import MessageCache, detached_copy
 from sony_rag.message_codec import decode_message, encode_message, loads_exact
 from sony_rag.operations import get_db
@@ -133,33 +133,22 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """Return the messages (newest ``max_messages`` if set), oldest first; raises SessionNotFoundError."""
-        cache = decoded_messages(self._db)
-        for known in (True, False):
-            rows = self._db.run(self._read_plan(cache, known))
-            if rows is None:
-                self._db.run(self._missing_session_plan())
-                return []
-            messages = _messages(cache, self._session_id, rows)
-            if messages is not None:
-                return messages
-        raise AssertionError("unreachable: a read that names no known row decodes every row")
+        messages = self._db.run(self._read_plan())
+        if messages is None:
+            self._db.run(self._missing_session_plan())
+            return []
+        return messages
 
     async def aget_messages(self) -> list[BaseMessage]:
         """Return the messages (newest ``max_messages`` if set), oldest first; raises SessionNotFoundError."""
-        cache = decoded_messages(self._db)
-        for known in (True, False):
-            rows = await self._db.arun(self._read_plan(cache, known))
-            if rows is None:
-                await self._db.arun(self._missing_session_plan())
-                return []
-            messages = _messages(cache, self._session_id, rows)
-            if messages is not None:
-                return messages
-        raise AssertionError("unreachable: a read that names no known row decodes every row")
+        messages = await self._db.arun(self._read_plan())
+        if messages is None:
+            await self._db.arun(self._missing_session_plan())
+            return []
+        return messages
 
-    def _read_plan(self, cache: MessageCache, known: bool) -> Plan[list[plans.Row] | None]:
-        seqs, versions = cache.known(self._session_id) if known else ((), ())
-        return plans.history_if_session(self._session_id, self.max_messages, seqs, versions)
+    def _read_plan(self) -> Plan[list[BaseMessage] | None]:
+        return _read_messages(self._db.decoded_messages, self._session_id, self.max_messages)
 
     def _missing_session_plan(self) -> Plan[plans.Row | None]:
         if not self.create_session:
@@ -212,11 +201,18 @@ class SonyChatMessageHistory(BaseChatMessageHistory):
         return f"SonyChatMessageHistory(session_id={self.session_id!r}, max_messages={self.max_messages!r})"
 
 
-def decoded_messages(db: Database) -> MessageCache:
-    """Return the cache of messages decoded from ``db``'s rows that every history on ``db`` shares."""
-    # A history object usually lives for one request; the conversation, and so the use of its decoded rows, for
-    # many: the cache belongs to the Database.
-    return db.decoded_messages
+@plan(read_only=True, replica=True, session="session_id")
+def _read_messages(cache: MessageCache, session_id: UUID, limit: int | None) -> PlanGenerator[list[BaseMessage] | None]:
+    """Return a session's newest ``limit`` messages, oldest first, decoding only rows ``cache`` lacks; None if the
+    session is missing. A row the cache named but lost meanwhile (other reads evicted it) makes it read all again.
+    """
+    seqs, versions = cache.known(session_id)
+    rows = yield from plans.history_if_session(session_id, limit, seqs, versions).start()
+    messages = None if rows is None else _messages(cache, session_id, rows)
+    if rows is not None and messages is None:
+        rows = yield from plans.history_if_session(session_id, limit).start()
+        messages = None if rows is None else _messages(cache, session_id, rows)
+    return messages
 
 
 def _messages(cache: MessageCache, session_id: UUID, rows: Sequence[Mapping[str, Any]]) -> list[BaseMessage] | None:
