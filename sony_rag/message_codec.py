@@ -83,7 +83,7 @@ __all__ = ["CODEC_VERSION", "EncodedMessage", "decode_message", "encode_message"
 try:  # orjson (a dependency of langsmith, so nearly always there) parses the rows' metadata several times faster
     import orjson
 
-    _fast_loads: Callable[[str], Any] = orjson.loads
+    _fast_loads: Callable[[str | bytes], Any] = orjson.loads
 except ImportError:  # pragma: no cover
     _fast_loads = json.loads
 
@@ -93,7 +93,7 @@ except ImportError:  # pragma: no cover
 _LARGE_FLOAT: Final = float(2**63)
 
 
-def loads_exact(text: str) -> Any:
+def loads_exact(text: str | bytes) -> Any:
     """Return the value of JSON text exactly as json.loads does (integers of any size too); raises ValueError."""
     try:
         value = _fast_loads(text)

@@ -112,14 +112,18 @@ def _joined_columns(with_embedding: bool) -> sql.Composable:
     return columns + sql.SQL(", d.embedding") if with_embedding else columns
 
 
+def _fenced_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composable) -> sql.Composable:
+    # ``columns`` and the distance of every row matching ``where``: ``OFFSET 0`` fences the distance computation
+    # off from an ORDER BY around it, so even a cached generic plan cannot turn it into an (approximate) index
+    # scan, while btree indexes still serve ``where``.
+    return sql.SQL("SELECT {columns}, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} OFFSET 0"
+                   ).format(columns=columns, q=q, where=where)
+
+
 def _fenced_nearest(q: sql.Composable, where: sql.Composable, limit: sql.Composable) -> sql.Composable:
-    # The nearest ``limit`` ids and distances by an exact scan: ``OFFSET 0`` fences the distance computation off
-    # from the ORDER BY, so even a cached generic plan cannot turn it into an (approximate) index scan, while
-    # btree indexes still serve ``where``.
-    return sql.SQL(
-        "SELECT embedding_id, distance FROM ("
-        "SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings WHERE {where} OFFSET 0"
-        ") AS f ORDER BY distance LIMIT {limit}").format(q=q, where=where, limit=limit)
+    # The nearest ``limit`` ids and distances by an exact scan.
+    return sql.SQL("SELECT embedding_id, distance FROM ({}) AS f ORDER BY distance LIMIT {}").format(
+        _fenced_scan(sql.SQL("embedding_id"), q, where), limit)
 
 
 def _index_scan(columns: sql.Composable, q: sql.Composable, where: sql.Composable,
@@ -170,7 +174,7 @@ def estimated_matches(filter: Filter) -> Query:
 
 def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
                   limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
-                  columns: Sequence[str]) -> sql.Composable:
+                  columns: Sequence[str], few_matches: bool = False) -> sql.Composable:
     # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
     # the filter and the distance condition, the plan chosen in the statement itself:
     # - ``choice`` (with ``exact_below``): whether at least that many rows match the filter (all rows without
@@ -184,8 +188,15 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
     plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
     joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
-    exact = sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
-                    " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, where, limit))
+    if (not use_index and few_matches) or tuple(columns) == ("embedding_id",):
+        # The scan's rows are the answer, no join back: only ids are wanted (hybrid's vector leg), or the filter
+        # matches few rows (``few_matches``), which are then cheaper to read whole in the scan than to join for
+        # the winners (see plans.FEW_MATCHES).
+        exact: sql.Composable = sql.SQL("SELECT * FROM ({}) AS f ORDER BY distance LIMIT {}").format(
+            _fenced_scan(plain, q, where), limit)
+    else:
+        exact = sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
+                        " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, where, limit))
     if not use_index:
         return sql.SQL("nearest_rows AS ({})").format(exact)
     many: sql.Composable = sql.SQL("TRUE")
@@ -207,7 +218,8 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
 
 def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = True,
             exact_below: int | None = None, max_distance: float | None = None,
-            with_embedding: bool = False, literal_limit: bool = False, documents_only: bool = False) -> Query:
+            with_embedding: bool = False, literal_limit: bool = False, documents_only: bool = False,
+            few_matches: bool = False) -> Query:
     """Return one statement for the ``limit`` nearest rows (cosine), closest first, each with ``distance``.
 
     With ``use_index`` the vector index answers, except that a filter matching fewer than ``exact_below`` rows
@@ -216,13 +228,14 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
     returned them in relaxed order. The text is composed once per shape of call. With ``literal_limit`` the
     limit (an int, checked here) is written into the text instead of bound, so that a prepared statement's
     generic plan costs what a custom one does (one text per limit). ``documents_only``: only the columns a
-    LangChain Document is made of (and ``distance``).
+    LangChain Document is made of (and ``distance``). ``few_matches`` (without ``use_index``): the filter is
+    known to match few rows, so the exact scan reads them whole instead of joining its winners back.
     """
     counted = exact_below is not None
     if literal_limit and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"a literal limit must be a positive int, not {limit!r}")
     flags = (use_index, counted, max_distance is not None, with_embedding, limit if literal_limit else None,
-             documents_only)
+             documents_only, few_matches)
 
     def compose(v: Mapping[str, Any]) -> Query:
         p = Params()
@@ -234,7 +247,7 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
         bound = p.add(v["exact_below"]) if counted else None
         limit_sql = sql.Literal(limit) if literal_limit else p.add(v["limit"])
         ctes = _nearest_ctes(q, filter_sql, distance_cond, limit_sql, bound, use_index=use_index,
-                             columns=columns)
+                             columns=columns, few_matches=few_matches)
         return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
 
     return _per_shape("nearest", flags, filter, {"query_vector": query_vector, "limit": limit,

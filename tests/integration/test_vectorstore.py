@@ -81,6 +81,18 @@ def test_metadata_maps_to_columns_and_reads_back_exactly(store: SonyVectorStore,
     assert doc.id == "p3"
 
 
+def test_metadata_numbers_read_back_exactly_beyond_64_bits(store: SonyVectorStore, call: Callable[..., Any]) -> None:
+    # Rows are parsed with orjson, which reads an integer outside 64 bits as a float: those must come back exact.
+    metadata = {"big": 123456789012345678901234567890, "edge": 2**64, "negative": -(2**63) - 1, "max": 2**63 - 1,
+                "fraction": 0.1 + 0.2, "tiny": 5e-324, "nested": {"list": [2**70, 1.5, "2**70"]}}
+    call(store, "add_texts", ["axis:3 numbers"], [metadata], ids=["n1"])
+    [found] = call(store, "similarity_search", "axis:3", k=1)
+    [read] = call(store, "get_by_ids", ["n1"])
+    for doc in (found, read):
+        assert doc.metadata == metadata
+        assert type(doc.metadata["big"]) is int and type(doc.metadata["nested"]["list"][0]) is int
+
+
 def test_default_source_type_and_bad_source_type(db: Database, call: Callable[..., Any]) -> None:
     store = SonyVectorStore(AxisEmbeddings(), db, source_type="faq")
     call(store, "add_texts", ["axis:7 returns"], ids=["x"])

@@ -135,10 +135,12 @@ def run_choice(capabilities: Capabilities, flt: dict[str, object] | None, estima
 def test_a_metadata_only_filter_on_a_large_table_is_estimated_once_and_ranked_exactly_when_few_match() -> None:
     big = caps(IVFFLAT)  # bound: 750 estimated matches
     choice, steps = run_choice(big, {"tenth": True}, estimate=480.0)
-    assert choice == plans._VectorPlan(False, None) and len(steps) == 1  # the estimate, then the exact scan
+    # The estimate, then the exact scan, which reads so few rows whole rather than joining its winners back.
+    assert choice == plans._VectorPlan(False, None, few_matches=True) and len(steps) == 1
     # Remembered with the capabilities: the same filter again asks nothing.
     choice, steps = run_choice(big, {"tenth": True}, estimate=99_999.0)
-    assert choice == plans._VectorPlan(False, None) and steps == []
+    assert choice == plans._VectorPlan(False, None, few_matches=True) and steps == []
+    assert run_choice(big, {"half": True}, estimate=700.0)[0] == plans._VectorPlan(False, None, few_matches=True)
     # Many match: the index answers, with the settings sized for at least the bound's selectivity.
     choice, steps = run_choice(big, {"$or": [{"a": 1}, {"$not": {"b": {"$lt": 2}}}]}, estimate=5_000.0)
     assert choice == plans._VectorPlan(True, None) and isinstance(steps[-1], SetLocal)
@@ -241,13 +243,33 @@ def test_a_column_filter_far_from_the_bound_is_settled_by_the_planners_estimate_
     bound = vector_index.exact_scan_bound(big, "columns")
     assert bound is not None
     # Few match by the planner's estimate: the exact scan alone, no settings, no count; asked once per filter.
+    # So few (bound 2,000 on pgvector 0.8) that the scan reads the rows whole instead of joining winners back.
+    assert bound / 4 <= plans.FEW_MATCHES
     choice, steps = run_choice(big, {"source_type": "policy"}, planned=bound / 4)
-    assert choice == plans._VectorPlan(False, None) and len(steps) == 1
+    assert choice == plans._VectorPlan(False, None, few_matches=True) and len(steps) == 1
     choice, steps = run_choice(big, {"source_type": "policy"}, planned=bound * 100)
-    assert choice == plans._VectorPlan(False, None) and steps == []
+    assert choice == plans._VectorPlan(False, None, few_matches=True) and steps == []
+    # pgvector 0.6's HNSW bound is 25,000: 6,000 matches are scanned exactly, their winners joined back.
+    choice, _ = run_choice(caps(HNSW, (0, 6, 2)), {"source_type": "faq"}, planned=6_000.0)
+    assert choice == plans._VectorPlan(False, None, few_matches=False)
     # Most match: the index answers without a count (its short answers still fall back in the statement).
     choice, steps = run_choice(big, {"source_type": "product"}, planned=bound * 4)
     assert choice == plans._VectorPlan(True, None) and isinstance(steps[-1], SetLocal)
     # Near the bound: the statement counts, as without an estimate.
     choice, _ = run_choice(big, {"source_type": "faq"}, planned=bound * 1.5)
     assert choice == plans._VectorPlan(True, bound)
+
+
+def test_an_exact_scan_joins_its_winners_back_only_when_many_rows_match_and_whole_rows_are_wanted() -> None:
+    def statement(**options: object) -> str:
+        return nearest([1.0], 10, {"source_type": "faq"}, use_index=False, **options)[0].as_string(None)  # type: ignore[arg-type]
+
+    assert "JOIN document_embeddings" in statement()
+    few = statement(few_matches=True)
+    assert "JOIN" not in few and "OFFSET 0" in few and '"content_chunk"' in few
+    # The fence keeps every form exact whatever the plan cache does.
+    assert "OFFSET 0" in statement()
+    # Hybrid's vector leg wants ids only: its exact branch never joins.
+    fused = hybrid([1.0], "sofa", 10, 20, {"source_type": "faq"}, config="english", rrf_k=1.0, vector_weight=1.0,
+                   keyword_weight=0.4, text_candidates=200, similarity_tie=0.005, exact_below=2000)
+    assert "JOIN document_embeddings AS d" not in fused[0].as_string(None)
