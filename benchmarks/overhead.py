@@ -9,15 +9,17 @@ pipelined in the same round trip).
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from langchain_core.documents import Document
 from psycopg.rows import dict_row
 
-from benchmarks.common import Bench, K, Report, VectorsOnly, run_standalone
+from benchmarks.common import Bench, K, Report, VectorsOnly, run_standalone, why_not
 from sony_rag import SonyVectorStore, plans
 from sony_rag.executor import Fetch, SetLocal, _settings_statement
 from sony_rag.retrieval import SearchRequest, search_plan
@@ -26,6 +28,13 @@ COLUMNS = ["index", "measure", "p50 us", "p95 us", "us over bare", "x bare"]
 STATEMENT = ("SELECT embedding_id, source_type, source_id, content_chunk, metadata, created_at, updated_at, "
              "document_id, embedding <=> %(q)s AS distance FROM document_embeddings "
              "ORDER BY embedding <=> %(q)s LIMIT 10")
+# The same search for what a LangChain Document is made of, as a store's caller gets it: the floor any vector
+# store on this table stands on.
+DOCUMENT_STATEMENT = ("SELECT embedding_id, document_id, content_chunk, metadata, embedding <=> %(q)s AS distance "
+                      "FROM document_embeddings ORDER BY embedding <=> %(q)s LIMIT 10")
+STORE = "sony-rag SonyVectorStore search"
+FLOOR = "bare psycopg + LangChain Documents from its rows"
+PEER = "langchain-postgres PGVectorStore search (same table, same index)"
 
 
 def _p(values: list[float]) -> tuple[float, float]:
@@ -57,8 +66,13 @@ def run_index(bench: Bench, method: str, report: Report) -> None:
     statement: list[float] = []
     pipelined: list[float] = []
     sony: list[float] = []
+    floor: list[float] = []
+    peer: list[float] = []
+    peer_search, engine = _peer(bench, method, settings, report)
     with bench.connect() as conn, bench.connect() as session, bench.connect() as local, \
-            bench.connect() as probe:
+            bench.connect() as probe, bench.connect() as documents:
+        for name, value in settings.items():
+            documents.execute("SELECT set_config(%s, %s, false)", (name, value))
         for name, value in settings.items():
             probe.execute("SELECT set_config(%s, %s, false)", (name, value))
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -82,24 +96,27 @@ def run_index(bench: Bench, method: str, report: Report) -> None:
                 cursor.execute(step.query, step.params)
             return cursor.fetchall()
 
-        queries = bench.data.queries
-        for query in queries[:5]:  # warm up: prepared statements, caches, the pool
-            conn.execute(STATEMENT, {"q": query}).fetchall()
-            statement_alone(query)
-            statement_pipelined(query)
-            store.similarity_search_with_score_by_vector(query, k=K)
-
         def bare_statement(query: Any) -> list[Any]:
             return conn.execute(STATEMENT, {"q": query}).fetchall()
 
         def store_search(query: Any) -> list[Any]:
             return store.similarity_search_with_score_by_vector(query, k=K)
 
+        def bare_documents(query: Any) -> list[Any]:
+            return [(Document(id=row[1] or str(row[0]), page_content=row[2], metadata=row[3]), row[4])
+                    for row in documents.execute(DOCUMENT_STATEMENT, {"q": query}).fetchall()]
+
         # Timed in turn, each query starting with the next contender: the first to meet a query vector pays for
         # bringing its part of the index into the CPU caches, which the later ones find warm.
         contenders: list[tuple[Callable[[Any], list[Any]], list[float]]] = [
             (bare_statement, bare), (statement_alone, statement), (statement_pipelined, pipelined),
-            (store_search, sony)]
+            (store_search, sony), (bare_documents, floor)]
+        if peer_search is not None:
+            contenders.append((peer_search, peer))
+        queries = bench.data.queries
+        for query in queries[:5]:  # warm up: prepared statements, caches, the pools
+            for search, _ in contenders:
+                search(query)
 
         for turn, query in enumerate(queries):
             first = turn % len(contenders)
@@ -117,23 +134,50 @@ def run_index(bench: Bench, method: str, report: Report) -> None:
             started = time.perf_counter()
             probe.execute("SELECT 1").fetchall()
             noop.append((time.perf_counter() - started) * 1e6)
+    if engine is not None:
+        asyncio.run(engine.close())
     bare_p50 = _p(bare)[0]
     label = "IVFFlat" if method == "ivfflat" else "HNSW"
-    for name, values in (("server execution (EXPLAIN ANALYZE, TIMING OFF)", execution),
-                         ("server planning (EXPLAIN ANALYZE)", planning),
-                         ("no-op round trip (SELECT 1)", noop),
-                         ("bare psycopg: one prepared statement", bare),
-                         ("sony-rag's statement alone (prepared, session settings)", statement),
-                         ("sony-rag's statement with its settings pipelined (SET LOCAL)", pipelined),
-                         ("sony-rag SonyVectorStore search", sony)):
+    rows = [("server execution (EXPLAIN ANALYZE, TIMING OFF)", execution),
+            ("server planning (EXPLAIN ANALYZE)", planning),
+            ("no-op round trip (SELECT 1)", noop),
+            ("bare psycopg: one prepared statement", bare),
+            ("sony-rag's statement alone (prepared, session settings)", statement),
+            ("sony-rag's statement with its settings pipelined (SET LOCAL)", pipelined),
+            (STORE, sony), (FLOOR, floor)]
+    if peer:
+        rows.append((PEER, peer))
+    for name, values in rows:
         p50, p95 = _p(values)
-        compared = values is sony or values is statement or values is pipelined
+        compared = any(values is timed for timed in (sony, statement, pipelined, floor, peer))
         report.add(index=label, measure=name, **{"p50 us": p50, "p95 us": p95,
                                                  "us over bare": p50 - bare_p50 if compared else None,
                                                  "x bare": p50 / bare_p50 if compared else None})
     if label == "HNSW":
         ratio = _p(sony)[0] / bare_p50
         report.target("HNSW SonyVectorStore search vs bare prepared statement", ratio, "<= 1.10x", ratio <= 1.10)
+        to_floor = _p(sony)[0] / _p(floor)[0]
+        report.target("HNSW SonyVectorStore search vs bare statement + Documents", to_floor, "<= 1.10x",
+                      to_floor <= 1.10)
+        if peer:
+            to_peer = _p(sony)[0] / _p(peer)[0]
+            report.target("HNSW SonyVectorStore search vs langchain-postgres PGVectorStore", to_peer, "<= 1.0x",
+                          to_peer <= 1.0)
+
+
+def _peer(bench: Bench, method: str, settings: dict[str, str],
+          report: Report) -> tuple[Callable[[Any], list[Any]] | None, Any]:
+    """Return langchain-postgres PGVectorStore's search on the same table and index (and its engine), if installed."""
+    if not bench.options.langchain:
+        return None, None
+    try:
+        from benchmarks.search import langchain_v2
+
+        search, engine = langchain_v2(bench, method, settings)
+    except Exception as error:  # the peer is optional: its absence is reported, not fatal
+        report.notes.append(f"langchain-postgres PGVectorStore not measured: {why_not(error)}")
+        return None, None
+    return (lambda query: search(query, False)), engine
 
 
 def run(bench: Bench) -> Report:
@@ -149,7 +193,7 @@ def run(bench: Bench) -> Report:
         "The column that matters is sony-rag's time over the bare statement: the same server work, so the "
         "difference is what sony-rag's client side costs per search. "
         "The bare statement runs on one dedicated connection with the index settings set once for the session. "
-        "The four timed searches take turns query by query, each query starting with the next one (the first to "
+        "The timed searches take turns query by query, each query starting with the next one (the first to "
         "meet a query vector finds the index pages it needs cold in the CPU caches); EXPLAIN and SELECT 1 run on "
         "a fifth connection, after them. "
         "sony-rag's search checks the query vector and filter, takes a pooled connection (checked with an "
@@ -160,7 +204,11 @@ def run(bench: Bench) -> Report:
         "LangChain Documents from the rows. The two rows in between split that: sony-rag's statement alone "
         "(its plan choice and exact fallback in one statement, prepared, run by its generic plan) on a "
         "connection whose settings were set once, then the same with the settings sent per call as sony-rag "
-        "sends them; what remains is the pool, the executor, the checks and the Documents.")
+        "sends them; what remains is the pool, the executor, the checks and the Documents. "
+        f"'{FLOOR}' is the floor any LangChain vector store on this table stands on: the same index query for "
+        "the columns a Document is made of, on a dedicated connection, and Documents built from its rows with no "
+        f"check of the input. '{PEER}' is langchain-postgres's current store searching document_embeddings itself "
+        "(same rows, same index, the same ef_search/probes), through its sync API.")
     return report
 
 

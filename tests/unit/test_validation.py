@@ -195,6 +195,8 @@ def test_metadata_error_names_the_argument() -> None:
     [np.float32(0.5)] * (DIM - 1) + [1],
     Vector(unit(7)),
     [3.4e38] * DIM,  # the largest float32 values are still finite
+    [1e-30] * DIM,  # squares that underflow to zero: not all zeros
+    [0.0] * (DIM - 1) + [1e-40],  # one subnormal float32
 ])
 def test_vector_accepts_384_finite_numbers(value: object) -> None:
     array = check.vector(value)
