@@ -338,7 +338,7 @@ def test_a_search_of_the_whole_table_sends_the_index_query_alone_and_scans_exact
     # A threshold or a filter keeps the one statement that chooses and falls back by itself.
     for request, replies in ((SearchRequest.of(VECTOR, k=10, score_threshold=0.5), [ten[:3]]),
                              (SearchRequest.of(VECTOR, k=10, filter={"source_type": "product"}),
-                              [[{"QUERY PLAN": [{"Plan": {"Plan Rows": 20_000}}]}], None, ten[:3]])):
+                              [[{"QUERY PLAN": [{"Plan": {"Plan Rows": 30_000}}]}], None, ten[:3]])):
         capabilities = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=100_000)
         rows, steps = run(search_plan(request, capabilities, HybridOptions()), replies)
         assert rows == ten[:3] and "nearest_rows" in text(steps[-1])

@@ -255,9 +255,12 @@ def test_a_column_filter_far_from_the_bound_is_settled_by_the_planners_estimate_
     # Most match: the index answers without a count (its short answers still fall back in the statement).
     choice, steps = run_choice(big, {"source_type": "product"}, planned=bound * 4)
     assert choice == plans._VectorPlan(True, None) and isinstance(steps[-1], SetLocal)
-    # Near the bound: the statement counts, as without an estimate.
+    # Just above the bound: the statement counts, as without an estimate.
     choice, _ = run_choice(big, {"source_type": "faq"}, planned=bound * 1.5)
     assert choice == plans._VectorPlan(True, bound)
+    # Just below it: exact, whatever the true count (a wrong estimate costs time, never rows).
+    choice, _ = run_choice(big, {"source_type": "page_content"}, planned=bound * 0.9)
+    assert choice == plans._VectorPlan(False, None, few_matches=False)
 
 
 def test_an_exact_scan_joins_its_winners_back_only_when_many_rows_match_and_whole_rows_are_wanted() -> None:
