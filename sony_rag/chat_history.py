@@ -15,8 +15,9 @@ from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError, SessionNotFoundError
 from sony_rag.executor import Plan, PlanGenerator, plan
+from sony_rag.json_values import loads_exact
 from sony_rag.message_cache import MessageCache, detached_copy
-from sony_rag.message_codec import decode_message, encode_message, loads_exact
+from sony_rag.message_codec import decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.replicas import observe_position, write_position
 

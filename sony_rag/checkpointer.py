@@ -47,8 +47,9 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sony_rag.database import Database
 from sony_rag.errors import InvalidInputError
 from sony_rag.executor import Plan, PlanGenerator, Together, execute, fetch, plan
+from sony_rag.json_values import loads_exact
 from sony_rag.message_cache import MessageCache, shallow_copy
-from sony_rag.message_codec import EncodedMessage, decode_message, encode_message, loads_exact
+from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 from sony_rag.operations import get_db
 from sony_rag.sql import checkpoints as checkpoint_sql
 

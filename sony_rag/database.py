@@ -32,7 +32,7 @@ from sony_rag.errors import (
     translate_database_error,
 )
 from sony_rag.executor import NotStarted, Plan, adrive, drive
-from sony_rag.message_codec import loads_exact
+from sony_rag.json_values import loads_exact
 from sony_rag.retry import ConnectionGate, backoff_delays, give_up_at_once
 from sony_rag.settings import Settings, get_settings
 from sony_rag.vector_index import Capabilities, VectorIndex, warn_once

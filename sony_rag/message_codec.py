@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -78,45 +78,8 @@ from sony_rag import validation
 from sony_rag.errors import InvalidInputError, InvalidMetadataError
 from sony_rag.types import Role
 
-__all__ = ["CODEC_VERSION", "EncodedMessage", "decode_message", "encode_message", "loads_exact"]
+__all__ = ["CODEC_VERSION", "EncodedMessage", "decode_message", "encode_message"]
 
-try:  # orjson (a dependency of langsmith, so nearly always there) parses the rows' metadata several times faster
-    import orjson
-
-    _fast_loads: Callable[[str | bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover
-    _fast_loads = json.loads
-
-# orjson reads an integer outside 64 bits (below -2**63 or above 2**64 - 1) as a float, so a value read with a
-# float that large may have been such an integer: that text is read again with json, which keeps it exact. Looking
-# at the value costs about half of scanning the text for long runs of digits.
-_LARGE_FLOAT: Final = float(2**63)
-
-
-def loads_exact(text: str | bytes) -> Any:
-    """Return the value of JSON text exactly as json.loads does (integers of any size too); raises ValueError."""
-    try:
-        value = _fast_loads(text)
-    except ValueError:
-        return json.loads(text)  # 1e400 (json reads inf), or the error as json words it
-    return json.loads(text) if _holds_large_float(value) else value
-
-
-def _holds_large_float(value: Any) -> bool:
-    kind = type(value)
-    if kind is float:
-        return not -_LARGE_FLOAT < value < _LARGE_FLOAT
-    if kind is dict:
-        value = value.values()
-    elif kind is not list:
-        return False
-    for item in value:  # noqa: SIM110 - a loop: any() over a generator costs more per item, on every row read
-        if type(item) in _NESTED and _holds_large_float(item):
-            return True
-    return False
-
-
-_NESTED: Final = frozenset({dict, list, float})
 
 CODEC_VERSION: Final = 1
 

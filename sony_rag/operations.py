@@ -13,13 +13,12 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from psycopg.types.json import Jsonb
-
 from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.durations import parse_age
 from sony_rag.errors import InvalidInputError, InvalidSourceTypeError
+from sony_rag.json_values import checked_jsonb
 from sony_rag.replicas import observe_position, write_position
 from sony_rag.retrieval import SearchRequest
 from sony_rag.types import ChatMessage, ChatSession, EmbeddingInput, EmbeddingMatch, TextSelection
@@ -202,7 +201,7 @@ def embedding_row(item: Mapping[str, Any], index: int = 0, *, embedding_id: UUID
         check.text(item.get("source_id"), f"item {index} source_id", optional=True),
         check.required_text(item["content_chunk"], f"item {index} content_chunk"),
         item["embedding"] if vector_checked else check.vector(item["embedding"], f"item {index} embedding"),
-        Jsonb(check.metadata(item.get("metadata"), f"item {index} metadata")),
+        checked_jsonb(check.metadata(item.get("metadata"), f"item {index} metadata")),
         document_id,
     )
 

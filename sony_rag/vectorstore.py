@@ -13,13 +13,13 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
-from psycopg.types.json import Jsonb
 
 from sony_rag import plans, retrieval
 from sony_rag import validation as check
 from sony_rag.database import Database
 from sony_rag.errors import InvalidEmbeddingError, InvalidIdentifierError, InvalidInputError
 from sony_rag.executor import Plan
+from sony_rag.json_values import checked_jsonb
 from sony_rag.operations import get_db
 from sony_rag.retrieval import SearchRequest
 from sony_rag.sql.filters import validate_filter
@@ -177,7 +177,7 @@ class SonyVectorStore(VectorStore):
             _source_id(checked.get("source_id", self.default_source_id), index),
             check.required_text(text, f"texts[{index}]"),
             cast("npt.NDArray[np.float32]", vector) if vector_checked else check.vector(vector, f"embeddings[{index}]"),
-            Jsonb(checked),
+            checked_jsonb(checked),
             resolved[1],
         )
 

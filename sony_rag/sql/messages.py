@@ -10,6 +10,7 @@ from uuid import UUID
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from sony_rag.json_values import checked_jsonb
 from sony_rag.sql import Params, Query
 
 COLUMNS = sql.SQL("message_id, session_id, role, content, created_at, token_usage, page_context, metadata, seq")
@@ -51,9 +52,10 @@ def append(session_id: UUID, message_ids: Sequence[UUID], roles: Sequence[str], 
                    Jsonb(create_session.get("metadata") or {})]
     count = len(message_ids)
     if count == 1:
-        values += [message_ids[0], roles[0], contents[0], token_usages[0], Jsonb(metadatas[0])]
+        values += [message_ids[0], roles[0], contents[0], token_usages[0], checked_jsonb(metadatas[0])]
     elif count:
-        values += [list(message_ids), list(roles), list(contents), list(token_usages), [Jsonb(m) for m in metadatas]]
+        values += [list(message_ids), list(roles), list(contents), list(token_usages),
+                   [checked_jsonb(m) for m in metadatas]]
     return _append_text(create_session is not None, min(count, 2)), _named(values)
 
 

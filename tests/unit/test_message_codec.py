@@ -27,7 +27,8 @@ from langchain_core.messages import (
 )
 
 from sony_rag.errors import InvalidInputError, InvalidMetadataError, InvalidRoleError, InvalidTextError
-from sony_rag.message_codec import EncodedMessage, decode_message, encode_message, loads_exact
+from sony_rag.json_values import dumps_checked, loads_exact
+from sony_rag.message_codec import EncodedMessage, decode_message, encode_message
 
 BLOCKS: list[str | dict[str, Any]] = [
     {"type": "text", "text": "Look at "},
@@ -503,3 +504,17 @@ def test_metadata_is_kept_exactly_when_the_json_rule_accepts_it(value: Any) -> N
 def test_metadata_json_reads_back_exactly_as_json_does(text: str) -> None:
     # orjson turns integers outside 64 bits into floats; the codec's reader must not.
     assert repr(loads_exact(text)) == repr(json.loads(text))
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_ANY_VALUE | st.sampled_from([_deep(40), {"f": 1e-07, "g": 1e16, "h": -0.0, "u": "é\u2028"}]))
+def test_checked_json_is_written_as_json_writes_it(value: Any) -> None:
+    # Values the JSON rule accepts are sent with orjson (dumps_checked): they must read back as json.dumps's do.
+    from sony_rag import validation
+
+    try:
+        validation.metadata({"v": value})
+    except InvalidMetadataError:
+        return
+    written = dumps_checked({"v": value})
+    assert repr(loads_exact(written)) == repr(json.loads(json.dumps({"v": value})))
