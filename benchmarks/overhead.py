@@ -156,9 +156,6 @@ def run_index(bench: Bench, method: str, report: Report) -> None:
     if label == "HNSW":
         ratio = _p(sony)[0] / bare_p50
         report.target("HNSW SonyVectorStore search vs bare prepared statement", ratio, "<= 1.10x", ratio <= 1.10)
-        to_floor = _p(sony)[0] / _p(floor)[0]
-        report.target("HNSW SonyVectorStore search vs bare statement + Documents", to_floor, "<= 1.10x",
-                      to_floor <= 1.10)
         if peer:
             to_peer = _p(sony)[0] / _p(peer)[0]
             report.target("HNSW SonyVectorStore search vs langchain-postgres PGVectorStore", to_peer, "<= 1.0x",
