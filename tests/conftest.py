@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,43 @@ TEST_DATABASE = "sony_rag_test"
 SLOW_PLACES = ("tests/reliability/", "tests/replicas/", "test_examples.py", "test_cli.py", "test_docs.py")
 
 
+# Whole folders and files whose tests need no PostgreSQL at all: pure logic, a model, or connections to addresses
+# where nothing listens. CI's first pass runs them with everything else; its PgBouncer and pgvector 0.8 passes, which
+# are there to run the database tests against another server, leave them out (`-m "not no_database"`). Checked:
+# asking for a server's fixture here is a collection error, and starting the embedded server fails the test.
+NO_DATABASE_PLACES = ("tests/unit/", "tests/reliability/test_secrets.py")
+SERVER_FIXTURES = frozenset({"server_url", "database_url", "shared_db", "db", "cluster", "fault_server"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests under SLOW_PLACES as slow."""
+    """Mark the tests under SLOW_PLACES as slow and those under NO_DATABASE_PLACES as no_database."""
     for item in items:
         where = item.nodeid.replace("\\", "/")
         if any(place in where for place in SLOW_PLACES):
             item.add_marker(pytest.mark.slow)
+        if any(place in where for place in NO_DATABASE_PLACES):
+            servers = sorted(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+            if servers:
+                raise pytest.UsageError(f"{item.nodeid} uses {', '.join(servers)} but is under NO_DATABASE_PLACES "
+                                        "(tests/conftest.py): CI's second and third passes would not run it")
+            item.add_marker(pytest.mark.no_database)
+
+
+class _NoEmbeddedServer(types.ModuleType):
+    """Stands in for the pgserver module during a no_database test: using it fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # what the import machinery and inspect.getmodule look up on every module
+            raise AttributeError(name)
+        pytest.fail(f"a no_database test (NO_DATABASE_PLACES in tests/conftest.py) used pgserver.{name}: "
+                    "move it out, or CI's second and third passes would not run it")
+
+
+@pytest.fixture(autouse=True)
+def _no_embedded_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a no_database test fail if it starts an embedded server (sony_rag imports pgserver when it does)."""
+    if request.node.get_closest_marker("no_database") is not None:
+        monkeypatch.setitem(sys.modules, "pgserver", _NoEmbeddedServer("pgserver"))
 
 
 def _fresh_database(server_url: str, name: str) -> str:
