@@ -192,6 +192,10 @@ def run_suite(pytest_args: list[str]) -> int:
     try:
         server_url = str(server.get_uri())
         with psycopg.connect(server_url, autocommit=True) as conn:
+            # A throwaway server, as conftest's own: no fsync (commits still write their WAL; see
+            # conftest.without_fsync).
+            conn.execute("ALTER SYSTEM SET fsync = off")
+            conn.execute("SELECT pg_reload_conf()")
             conn.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
         with PgBouncer(socket_dir_of(server_url)) as bouncer:
             env = {**os.environ, "TEST_DATABASE_URL": bouncer.url(TEST_DATABASE),
