@@ -292,11 +292,9 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
         bound = estimated_scan_bound(capabilities, k=k, probes=probes)
         if bound is not None and _metadata_only(filter_shape(filter)[0]):
             estimate = yield from _remembered_estimate(capabilities, filter, planner=False)
-            if estimate is not None:
-                known = True  # the index is asked only when at least the bound's rows match
-                use_index = estimate >= bound
-                if not use_index:
-                    return _VectorPlan(use_index=False, exact_below=None, few_matches=estimate <= FEW_MATCHES)
+            if estimate is not None and estimate < bound:
+                return _VectorPlan(use_index=False, exact_below=None, few_matches=estimate <= FEW_MATCHES)
+            known = estimate is not None  # the index is asked only when at least the bound's rows match
     if use_index:
         # With a filter, a forced custom plan: a generic cached plan would ignore how selective this call's filter
         # is (one of the hybrid statement ran 5-40x slower at 100k rows). Without one (``generic_unfiltered``),

@@ -187,7 +187,6 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     parts = [part for part in (filter_sql, distance_cond) if part is not None]
     where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
     plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
-    joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
     if (not use_index and few_matches) or tuple(columns) == ("embedding_id",):
         # The scan's rows are the answer, no join back: only ids are wanted (hybrid's vector leg), or the filter
         # matches few rows (``few_matches``), which are then cheaper to read whole in the scan than to join for
@@ -195,6 +194,7 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
         exact: sql.Composable = sql.SQL("SELECT * FROM ({}) AS f ORDER BY distance LIMIT {}").format(
             _fenced_scan(plain, q, where), limit)
     else:
+        joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
         exact = sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
                         " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, where, limit))
     if not use_index:
