@@ -169,12 +169,14 @@ class ConnectionGate:
             self._attempt()
         except DatabaseUnavailableError as error:
             with self._lock:
-                self._failure = (time.monotonic(), str(error))
+                self._failure = (time.monotonic(), str(error))  # for callers the pools' closing fails meanwhile
             try:
                 self._on_failure()
             except Exception:
                 logger.exception("sony-rag: cleaning up after a failed connection attempt failed")
             with self._lock:
+                # Again: the cool-down counts from the moment the waiters learn of the failure.
+                self._failure = (time.monotonic(), str(error))
                 self._in_flight = None
             future.set_exception(error)
         except BaseException as error:

@@ -66,23 +66,41 @@ def _call_sync(db: Database, session_id: UUID) -> Any:
     return db.run(plans.history(session_id, 50))
 
 
-async def _many_tasks(db: Database, session_id: UUID) -> list[tuple[float, BaseException | None]]:
-    """Run CALLERS concurrent reads as tasks; return each one's duration and error."""
+async def _many_tasks(db: Database, session_id: UUID, then: Callable[[], Awaitable[object]] | None = None
+                      ) -> tuple[list[tuple[float, BaseException | None]], tuple[float, BaseException | None] | None]:
+    """Run CALLERS concurrent reads as tasks; return each one's duration and error, and ``then`` timed.
+
+    ``then`` is awaited by the first task whose call ends, at once (as in ``_many_threads``).
+    """
+    after: list[tuple[float, BaseException | None]] = []
+
     async def one() -> tuple[float, BaseException | None]:
         started = time.monotonic()
         try:
             await get_chat_history(session_id, db=db)
         except Exception as error:
-            return time.monotonic() - started, error
-        return time.monotonic() - started, None
+            outcome: tuple[float, BaseException | None] = (time.monotonic() - started, error)
+        else:
+            outcome = (time.monotonic() - started, None)
+        if then is not None and not after:
+            after.append((0.0, None))  # taken: later tasks must not run ``then`` too
+            after[0] = await _atimed(then())
+        return outcome
 
-    return list(await asyncio.gather(*(one() for _ in range(CALLERS))))
+    return list(await asyncio.gather(*(one() for _ in range(CALLERS)))), (after[0] if after else None)
 
 
-def _many_threads(db: Database, session_id: UUID) -> list[tuple[float, BaseException | None]]:
-    """Run CALLERS concurrent reads on threads; return each one's duration and error."""
+def _many_threads(db: Database, session_id: UUID, then: Callable[[], object] | None = None
+                  ) -> tuple[list[tuple[float, BaseException | None]], tuple[float, BaseException | None] | None]:
+    """Run CALLERS concurrent reads on threads; return each one's duration and error, and ``then`` timed.
+
+    ``then`` runs on the first thread whose call ends, at once: waiting for a hundred threads to wake and
+    finish on a loaded machine can outlast the cool-down ``then`` is meant to meet.
+    """
     results: list[tuple[float, BaseException | None]] = []
+    after: list[tuple[float, BaseException | None]] = []
     go = threading.Barrier(CALLERS)
+    first = threading.Lock()
 
     def worker() -> None:
         go.wait()
@@ -93,13 +111,15 @@ def _many_threads(db: Database, session_id: UUID) -> list[tuple[float, BaseExcep
             results.append((time.monotonic() - started, error))
         else:
             results.append((time.monotonic() - started, None))
+        if then is not None and first.acquire(blocking=False):
+            after.append(_timed(then))
 
     threads = [threading.Thread(target=worker) for _ in range(CALLERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return results
+    return results, (after[0] if after else None)
 
 
 def _timed(call: Callable[[], object]) -> tuple[float, BaseException | None]:
@@ -134,21 +154,22 @@ def test_concurrent_calls_during_an_outage_fail_together_within_one_retry_cycle(
     db = _database(proxy.url(FAULT_DATABASE))
     try:
         session_id = asyncio.run(create_chat_session(db=db)) if pool == "open" else UUID(int=1)
+        # ``after``: a call made as soon as the outage's callers learn of the failure, in the cool-down.
         if mode == "sync":
             if pool == "open":
                 _many_threads(db, session_id)  # the pool's connections in use, then idle
             proxy.down()
-            results = _many_threads(db, session_id)
-            after = _timed(lambda: _call_sync(db, session_id))
+            results, after = _many_threads(db, session_id, then=lambda: _call_sync(db, session_id))
         else:
-            async def outage() -> tuple[list[tuple[float, BaseException | None]], tuple[float, BaseException | None]]:
+            async def outage() -> tuple[list[tuple[float, BaseException | None]],
+                                        tuple[float, BaseException | None] | None]:
                 if pool == "open":
                     await _many_tasks(db, session_id)  # on the loop the outage then meets
                 proxy.down()
-                during = await _many_tasks(db, session_id)
-                return during, await _atimed(get_chat_history(session_id, db=db))
+                return await _many_tasks(db, session_id, then=lambda: get_chat_history(session_id, db=db))
 
             results, after = asyncio.run(outage())
+        assert after is not None
         assert all(isinstance(error, DatabaseUnavailableError) for _, error in results), results[:3]
         messages = {str(error) for _, error in results}
         assert len(messages) == 1, messages  # the same error for everyone: the shared attempt's
