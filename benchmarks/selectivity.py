@@ -13,6 +13,7 @@ migration's index). Each cell times at most ``MAX_QUERIES`` queries: 18 cells of
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,10 +42,11 @@ from sony_rag.sql import Params
 from sony_rag.sql.filters import compile_filter
 from sony_rag.vector_index import ann_settings
 
-COLUMNS = ["pgvector", "index", "filter", "matching", "sony p50 ms", "exact p50 ms", "ann p50 ms", "ann recall",
-           "sony recall", "sony rows min", "x faster bare"]
+COLUMNS = ["pgvector", "index", "filter", "matching", "sony p50 ms", "exact p50 ms", "ann p50 ms", "its plan ms",
+           "ann recall", "sony recall", "sony rows min", "x faster bare"]
 LATENT = 24
 MAX_QUERIES = 50
+PLAN_QUERIES = 10  # EXPLAIN ANALYZE runs of the faster bare query, for the server's time of its plan
 # source_type shares: policy 0.1 %, faq 0.9 %, page_content 9 %, product 90 % (the four allowed types), so
 # $in over the rarest ones gives 0.1, 1, 10 and 100 %; 50 % has no source_type filter and is left out.
 TYPE_FILTERS: dict[str, dict[str, Any]] = {
@@ -88,21 +90,56 @@ def matches(flt: dict[str, Any], types: list[str], r: npt.NDArray[np.int64]) -> 
     return np.asarray([i for i, kind in enumerate(types) if kind in allowed], dtype=np.int64)
 
 
+def balanced_orders(names: Sequence[str]) -> list[list[str]]:
+    """Return turns (each name once per turn) whose concatenation, repeated, has every name follow every other
+    name equally often and never itself.
+
+    What runs just before a query changes its time: an HNSW scan of another backend evicts the CPU caches the
+    next query's client and server code run from (a 0.2 ms exact scan then takes 1.3 ms). A plain rotation of
+    three contenders puts one of them after a given other twice as often as the third (it had sony-rag follow
+    the bare ANN query in 2 of 3 turns, the bare exact scan in 1 of 3).
+    """
+    count = len(names)
+    if count < 3:
+        return [list(names)]  # two: a b a b ... is balanced already
+
+    def extend(turns: list[list[str]], pairs: set[tuple[str, str]]) -> list[list[str]] | None:
+        if len(turns) == count - 1:
+            closing = (turns[-1][-1], turns[0][0])
+            return turns if closing not in pairs and closing[0] != closing[1] else None
+        for order in itertools.permutations(names):
+            new = set(itertools.pairwise(order))
+            if turns:
+                new.add((turns[-1][-1], order[0]))
+            if any(a == b for a, b in new) or new & pairs:
+                continue
+            found = extend([*turns, list(order)], pairs | new)
+            if found is not None:
+                return found
+        return None
+
+    found = extend([], set())
+    if found is None:
+        raise ValueError(f"no balanced order of {count} contenders")
+    return found
+
+
 def timed_runs(contenders: dict[str, Callable[[npt.NDArray[np.float32]], list[int]]],
                queries: npt.NDArray[np.float32], truth: list[list[int]]) -> dict[str, tuple[float, float, int]]:
     """Return each contender's p50 ms, mean recall@10 and fewest rows returned over the queries.
 
-    The contenders take turns query by query, each round starting with the next one, so the load of a shared
-    machine falls on all of them alike.
+    The contenders take turns query by query (the load of a shared machine falls on all of them alike), in
+    ``balanced_orders``: each follows each other one equally often.
     """
     names = list(contenders)
+    orders = balanced_orders(names)
     for name in names:
         contenders[name](queries[0])
     durations: dict[str, list[float]] = {name: [] for name in names}
     recalls: dict[str, list[float]] = {name: [] for name in names}
     fewest = dict.fromkeys(names, K)
     for turn, (query, expected) in enumerate(zip(queries, truth, strict=True)):
-        for name in names[turn % len(names):] + names[:turn % len(names)]:
+        for name in orders[turn % len(orders)]:
             started = time.perf_counter()
             found = contenders[name](query)
             durations[name].append(time.perf_counter() - started)
@@ -111,30 +148,50 @@ def timed_runs(contenders: dict[str, Callable[[npt.NDArray[np.float32]], list[in
     return {name: (percentiles(durations[name])[0], float(np.mean(recalls[name])), fewest[name]) for name in names}
 
 
-def bare(bench: Bench, flt: dict[str, Any], exact: bool, settings: dict[str, str]) -> Callable[..., list[int]]:
-    """Return a bare psycopg search with the same filter SQL: a fenced exact scan, or the ANN query."""
-    conn = bench.connect()
-    for name, value in settings.items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-    p = Params()
-    q = p.add(None)
-    where = compile_filter(flt, p)
-    # The columns a search answer is made of (a LangChain Document's), as the other benchmarks' bare queries
-    # return whole rows: a bare query of ids alone would not answer the question.
-    if exact:
-        query = sql.SQL("SELECT embedding_id, document_id, content_chunk, metadata, distance FROM ("
-                        "SELECT embedding_id, document_id, content_chunk, metadata, embedding <=> {q} AS distance "
-                        "FROM document_embeddings WHERE {where} OFFSET 0) AS d ORDER BY distance LIMIT {k}")
-    else:
-        query = sql.SQL("SELECT embedding_id, document_id, content_chunk, metadata, embedding <=> {q} AS distance "
-                        "FROM document_embeddings WHERE {where} ORDER BY embedding <=> {q} LIMIT {k}")
-    statement = query.format(q=q, where=where, k=sql.Literal(K))
-    name = next(iter(p.values))
+class BareQuery:
+    """A bare psycopg search with sony-rag's filter SQL on a dedicated connection: a fenced exact scan, or the
+    ANN query with ``settings``. Called with a query vector, it returns the row indexes found."""
 
-    def search(vector: npt.NDArray[np.float32]) -> list[int]:
-        return [Dataset.index_of(row[0]) for row in conn.execute(statement, {**p.values, name: vector}).fetchall()]
+    def __init__(self, bench: Bench, flt: dict[str, Any], exact: bool, settings: dict[str, str]) -> None:
+        """Open the connection and compose the statement (nothing is timed here)."""
+        self.conn = bench.connect()
+        for name, value in settings.items():
+            self.conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        p = Params()
+        q = p.add(None)
+        where = compile_filter(flt, p)
+        # The columns a search answer is made of (a LangChain Document's), as the other benchmarks' bare
+        # queries return whole rows: a bare query of ids alone would not answer the question.
+        if exact:
+            query = sql.SQL("SELECT embedding_id, document_id, content_chunk, metadata, distance FROM ("
+                            "SELECT embedding_id, document_id, content_chunk, metadata, embedding <=> {q} AS distance "
+                            "FROM document_embeddings WHERE {where} OFFSET 0) AS d ORDER BY distance LIMIT {k}")
+        else:
+            query = sql.SQL("SELECT embedding_id, document_id, content_chunk, metadata, embedding <=> {q} AS distance "
+                            "FROM document_embeddings WHERE {where} ORDER BY embedding <=> {q} LIMIT {k}")
+        self.statement = query.format(q=q, where=where, k=sql.Literal(K))
+        self.params = p.values
+        self.vector_name = next(iter(p.values))
 
-    return search
+    def __call__(self, vector: npt.NDArray[np.float32]) -> list[int]:
+        """Return the row indexes the statement finds for ``vector``, nearest first."""
+        return [Dataset.index_of(row[0]) for row in
+                self.conn.execute(self.statement, {**self.params, self.vector_name: vector}).fetchall()]
+
+    def server_ms(self, vectors: npt.NDArray[np.float32]) -> float:
+        """Return the median time the server takes to plan and run the statement (EXPLAIN ANALYZE), in ms.
+
+        What the issue calls the time a plan takes: a 0.2 ms plan's round trip measures 0.6-1.4 ms from the
+        client, by what ran just before it.
+        """
+        explain = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, SUMMARY, FORMAT JSON) ") + self.statement
+        times = []
+        for vector in vectors:
+            row = self.conn.execute(explain, {**self.params, self.vector_name: vector}).fetchone()
+            assert row is not None
+            summary = row[0][0]  # FORMAT JSON: a list of one plan
+            times.append(float(summary["Planning Time"]) + float(summary["Execution Time"]))
+        return float(np.median(times))
 
 
 def run(bench: Bench) -> Report:
@@ -183,24 +240,30 @@ def measure(bench: Bench) -> Report:
                 return [Dataset.index_of(str(d.id)) for d, _ in store.similarity_search_with_score_by_vector(
                     query, k=K, filter=flt)]
 
-            timings = timed_runs({"sony": sony, "exact": bare(bench, flt, True, {}),
-                                  "ann": bare(bench, flt, False, settings)}, queries, truth)
+            exact, ann = BareQuery(bench, flt, True, {}), BareQuery(bench, flt, False, settings)
+            timings = timed_runs({"sony": sony, "exact": exact, "ann": ann}, queries, truth)
             sony_p50, sony_recall, sony_rows = timings["sony"]
             exact_p50, _, _ = timings["exact"]
             ann_p50, ann_recall, ann_rows = timings["ann"]
             ann_ok = ann_rows == min(K, len(among)) and ann_recall >= 0.95
-            best = min(exact_p50, ann_p50) if ann_ok else exact_p50
+            faster = ann if ann_ok and ann_p50 < exact_p50 else exact
+            best = ann_p50 if faster is ann else exact_p50
+            plan_ms = faster.server_ms(queries[:PLAN_QUERIES])
             ratio = sony_p50 / best
             report.add(**{"pgvector": version, "index": method, "filter": f"{share} {kind}",
                           "matching": len(among), "sony p50 ms": sony_p50, "exact p50 ms": exact_p50,
-                          "ann p50 ms": ann_p50 if ann_ok else None, "ann recall": ann_recall,
-                          "sony recall": sony_recall, "sony rows min": sony_rows, "x faster bare": ratio})
+                          "ann p50 ms": ann_p50 if ann_ok else None, "its plan ms": plan_ms,
+                          "ann recall": ann_recall, "sony recall": sony_recall, "sony rows min": sony_rows,
+                          "x faster bare": ratio})
             label = f"{method} {share} {kind}"
             report.target(f"{label} recall@10", sony_recall, ">= 0.95", sony_recall >= 0.95)
             # The issue's target: 1.2x the faster bare query, plus at most 0.5 ms of client cost where that
-            # query's plan takes under a millisecond.
-            met = sony_p50 <= 1.2 * best + (0.5 if best < 1.0 else 0.0)
-            report.target(f"{label} p50 vs faster bare", ratio, "<= 1.2x (+0.5 ms under 1 ms)", met)
+            # query's plan takes under a millisecond (on the server).
+            met = sony_p50 <= 1.2 * best + (0.5 if plan_ms < 1.0 else 0.0)
+            report.target(f"{label} p50 vs faster bare", ratio, "<= 1.2x (+0.5 ms where its plan < 1 ms)", met)
+    report.notes.append("'its plan ms': the server's planning and execution time (EXPLAIN ANALYZE, median of "
+                        f"{PLAN_QUERIES} queries) of the faster bare query, which decides the +0.5 ms allowance. "
+                        "The contenders take turns so that each follows each other equally often.")
     report.notes.append("'ann p50' is blank where the bare ANN query returned fewer than 10 rows or recall "
                         "< 0.95 (it does not count then). The bare queries use sony-rag's own filter SQL and, "
                         "for ANN, the settings sony-rag sets; they return the columns a Document is made of "

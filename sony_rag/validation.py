@@ -146,8 +146,20 @@ def _check_json(value: object, path: str, depth: int) -> None:
     )
 
 
+_FLOAT32 = np.dtype(np.float32)
+_SHAPE = (EMBEDDING_DIMENSIONS,)
+
+
 def vector(value: object, what: str = "embedding") -> npt.NDArray[np.float32]:
     """Return ``value`` as a float32 array of 384 finite numbers with non-zero norm; raises InvalidEmbeddingError."""
+    # Already what is stored (an embedding model's numpy output): nothing to convert or inspect but the values.
+    # Exact type, dtype and shape; anything else takes the long way, which refuses or converts it.
+    if type(value) is np.ndarray and value.dtype is _FLOAT32 and value.shape == _SHAPE:
+        return _finite_not_zero(value, what)
+    return _finite_not_zero(_as_float32(value, what), what)
+
+
+def _as_float32(value: object, what: str) -> npt.NDArray[np.float32]:
     if value is None or isinstance(value, str | bytes | Mapping):
         raise InvalidEmbeddingError(f"{what} must be a sequence of {EMBEDDING_DIMENSIONS} floats, got "
                                     f"{type(value).__name__}")
@@ -174,6 +186,10 @@ def vector(value: object, what: str = "embedding") -> npt.NDArray[np.float32]:
             raise InvalidEmbeddingError(f"{what} must contain only numbers: {error}") from None
     if array.ndim != 1 or array.shape[0] != EMBEDDING_DIMENSIONS:
         raise InvalidEmbeddingError(f"{what} must have {EMBEDDING_DIMENSIONS} dimensions, got shape {array.shape}")
+    return array
+
+
+def _finite_not_zero(array: npt.NDArray[np.float32], what: str) -> npt.NDArray[np.float32]:
     # One reduction settles the usual vector: its squared norm is finite and positive only if every element is
     # finite and one is not zero. Squares that overflow (elements beyond about 1e19) or underflow (below about
     # 1e-23) are told apart by the element-wise checks. Per search, the two checks cost five times the one.
@@ -188,7 +204,6 @@ def vector(value: object, what: str = "embedding") -> npt.NDArray[np.float32]:
 # Vectors are checked together a chunk at a time: per vector, numpy's call overhead outweighs the work on 384
 # numbers, and bulk ingest checks one per row.
 _BULK_CHUNK = 2048
-_FLOAT32 = np.dtype(np.float32)
 
 
 def vectors_pass_in_bulk(vectors: Sequence[object]) -> bool:

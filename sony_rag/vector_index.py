@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sony_rag.sql.filters import ParsedFilter, filter_shape
+from sony_rag.sql.filters import ParsedFilter, parse_filter
 from sony_rag.types import EMBEDDING_DIMENSIONS
 
 logger = logging.getLogger("sony_rag")
@@ -258,8 +258,14 @@ def estimate_key(filter: Mapping[str, Any] | ParsedFilter) -> str:
 
     Raises InvalidFilterError when ``filter`` is malformed.
     """
-    shape, values = filter_shape(filter)
-    return json.dumps([shape, list(values)], separators=(",", ":"), default=str)
+    parsed = parse_filter(filter)
+    if parsed is None:
+        return "[null,[]]"
+    key = parsed.memo.get("estimate_key")
+    if key is None:
+        key = parsed.memo["estimate_key"] = json.dumps([parsed.shape, list(parsed.values)], separators=(",", ":"),
+                                                       default=str)
+    return key  # type: ignore[no-any-return]
 
 
 def remember_estimate(capabilities: Capabilities, key: str, rows: float | None) -> None:

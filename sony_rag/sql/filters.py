@@ -124,7 +124,7 @@ class ParsedFilter:
     Every function of this module that takes a filter dict also takes one of these, and then parses nothing.
     """
 
-    __slots__ = ("kind", "node", "shape", "values")
+    __slots__ = ("kind", "memo", "node", "shape", "values")
 
     def __init__(self, node: _Node) -> None:
         """Wrap a parsed tree (use ``parse_filter``), working out once what searches ask of it."""
@@ -132,6 +132,8 @@ class ParsedFilter:
         self.shape = _shape(node)
         self.values = tuple(value for value, _cast in _values(node))
         self.kind = "columns" if _columns_only(node) else "metadata"
+        # What other modules work out from the filter alone (its estimate key), kept as long as it is.
+        self.memo: dict[str, Any] = {}
 
     def and_column(self, column: str, value: str) -> ParsedFilter:
         """Return this filter AND ``column = value`` (a column leaf; ``value`` already checked)."""
@@ -150,8 +152,66 @@ def parse_filter(filter: Mapping[str, Any] | ParsedFilter | None) -> ParsedFilte
     """Return ``filter`` parsed (None for None or {}); raises InvalidFilterError when it is malformed."""
     if filter is None or isinstance(filter, ParsedFilter):
         return filter
-    node = _parse_top(filter)
-    return None if node is None else ParsedFilter(node)
+    # A search's filter is usually one of a handful the application writes again and again: parsing it once
+    # per process saves a tenth of a selective search's client time. Only malformed filters raise, and those
+    # are never remembered.
+    key = _parse_key_of(filter)
+    parsed = None if key is None else _PARSED.get(key)
+    if parsed is None:
+        node = _parse_top(filter)
+        if node is None:
+            return None
+        parsed = ParsedFilter(node)
+        if key is not None:
+            if len(_PARSED) >= _MAX_PARSED:
+                _PARSED.clear()
+            _PARSED[key] = parsed
+    return parsed
+
+
+_MAX_PARSED: Final = 512
+_MAX_KEYED_PARTS: Final = 64
+_PARSED: dict[tuple[Any, ...], ParsedFilter] = {}
+_KEYED_SCALARS: Final = frozenset({str, int, bool, type(None)})
+
+
+def _parse_key_of(filter: object) -> tuple[Any, ...] | None:
+    """Return a key equal only for filters that parse alike, or None when the filter is not worth keying.
+
+    Every part is keyed with its exact type, so ``1``, ``1.0`` and ``True`` (equal in Python, not in a filter)
+    and subclasses (an IntEnum, a str subclass) never share a key; floats by their exact bits (``-0.0``).
+    Large or unusual filters (datetimes, other types) are parsed every time.
+    """
+    budget = [_MAX_KEYED_PARTS]
+
+    def keyed(value: object) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _NotKeyed
+        kind = type(value)
+        if kind in _KEYED_SCALARS:
+            return kind, value
+        if kind is float:
+            return kind, value.hex()  # type: ignore[attr-defined]
+        if kind is dict:
+            return kind, tuple((name, keyed(item)) if type(name) is str else _not_keyed()
+                               for name, item in value.items())  # type: ignore[attr-defined]
+        if kind is list or kind is tuple:
+            return kind, tuple(keyed(item) for item in value)  # type: ignore[attr-defined]
+        raise _NotKeyed
+
+    try:
+        return keyed(filter)  # type: ignore[no-any-return]
+    except _NotKeyed:
+        return None
+
+
+class _NotKeyed(Exception):
+    pass
+
+
+def _not_keyed() -> Any:
+    raise _NotKeyed
 
 
 def validate_filter(filter: Mapping[str, Any] | None) -> None:

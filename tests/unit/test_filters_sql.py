@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from sony_rag.errors import InvalidFilterError, InvalidInputError
 from sony_rag.sql import Params
-from sony_rag.sql.filters import MAX_FILTER_DEPTH, compile_filter, validate_filter
+from sony_rag.sql.filters import MAX_FILTER_DEPTH, compile_filter, parse_filter, validate_filter
 
 
 def compile_text(filter: Any) -> tuple[str, dict[str, Any]]:
@@ -139,6 +139,35 @@ def test_value_types_are_preserved_in_the_bound_json() -> None:
     assert flat_params(values) == ["a", True, "b", 1, "c", 1.0, "d", "1", "e", None]
     assert type(flat_params(values)[1]) is bool
     assert type(flat_params(values)[3]) is int
+
+
+@pytest.mark.parametrize("value", [1, 1.0, True, 0.0, -0.0, "1", 2**70, [1, 1.0, True]])
+def test_filters_equal_in_python_but_not_in_a_filter_are_never_mixed_up(value: Any) -> None:
+    # Parsed filters are remembered per process: 1, 1.0 and True compare equal in Python, not in JSON.
+    for first in ([1, 1.0, True, 0.0, -0.0, "1", 2**70, [1, 1.0, True]]):
+        parse_filter({"a": {"$in": first} if isinstance(first, list) else first})
+    wanted = {"a": {"$in": value}} if isinstance(value, list) else {"a": value}
+    bound = flat_params(compile_text(parse_filter(wanted))[1])
+    expected = value if isinstance(value, list) else [value]
+    assert bound[1:] == expected
+    assert [type(item) for item in bound[1:]] == [type(item) for item in expected]
+    assert [math.copysign(1, item) for item in bound[1:] if isinstance(item, float)] == \
+        [math.copysign(1, item) for item in expected if isinstance(item, float)]
+
+
+def test_a_filter_changed_after_use_is_read_as_it_now_is() -> None:
+    filter: dict[str, Any] = {"color": {"$in": ["oak", "walnut"]}}
+    before = parse_filter(filter)
+    filter["color"]["$in"].append("teak")
+    after = parse_filter(filter)
+    assert flat_params(compile_text(after)[1])[1:] == ["oak", "walnut", "teak"]
+    assert flat_params(compile_text(before)[1])[1:] == ["oak", "walnut"]
+
+
+def test_a_malformed_filter_is_refused_every_time() -> None:
+    for _ in range(3):
+        with pytest.raises(InvalidFilterError, match="unknown operator"):
+            parse_filter({"price": {"$greater": 1}})
 
 
 def test_int_enum_is_bound_as_plain_int() -> None:
