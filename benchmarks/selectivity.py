@@ -94,11 +94,10 @@ def balanced_orders(names: Sequence[str]) -> list[list[str]]:
     """Return the turns' orders: every permutation of ``names``, so each contender runs a query first as often
     as any other, and right after each other one as often as after any other.
 
-    What ran just before a query changes its time. Before all, the same query just run by another contender:
+    What ran just before a query changes its time. Above all, the same query just run by another contender:
     the HNSW graph walk it repeats is then in the CPU caches (an index search 1.4x faster second than first).
     Then a heavy one: an exact scan of the whole table evicts what the next query's code runs from. A plain
-    rotation of three contenders had sony-rag run right after the bare ANN query in 2 of 3 turns, and a
-    rotation of each turn's start alone had it always first.
+    rotation of three contenders had sony-rag run right after the bare ANN query in 2 of 3 turns.
     """
     return [list(order) for order in itertools.permutations(names)]
 
