@@ -20,6 +20,7 @@ from sony_rag.database import Database
 from sony_rag.errors import InvalidEmbeddingError, InvalidIdentifierError, InvalidInputError
 from sony_rag.executor import Plan
 from sony_rag.json_values import checked_jsonb
+from sony_rag.langchain_documents import document
 from sony_rag.operations import get_db
 from sony_rag.retrieval import SearchRequest
 from sony_rag.sql.filters import validate_filter
@@ -405,8 +406,7 @@ def resolve_id(given: object) -> tuple[UUID, str | None, str]:
 
 def document_from_row(row: Mapping[str, Any]) -> Document:
     """Return the LangChain Document for a document_embeddings row."""
-    return Document(id=row["document_id"] or str(row["embedding_id"]), page_content=row["content_chunk"],
-                    metadata=row["metadata"])
+    return document(row["document_id"] or str(row["embedding_id"]), row["content_chunk"], row["metadata"])
 
 
 def _source_id(value: object, index: int) -> str | None:
