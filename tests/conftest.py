@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import restore_migration_vector_index, test_settings
+from helpers import restore_migration_vector_index, test_settings, without_fsync
 from psycopg.conninfo import make_conninfo
 
 from sony_rag.database import Database
@@ -70,18 +70,6 @@ def _fresh_database(server_url: str, name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return make_conninfo(server_url, dbname=name)
-
-
-def without_fsync(server_url: str) -> None:
-    """Turn fsync off on a throwaway server this run started (PostgreSQL's non-durable settings for tests).
-
-    Commits still write their WAL, so a stopped or killed server loses nothing acknowledged; only a crash of
-    the machine could, and no test crashes the machine. Each commit and TRUNCATE stops waiting for the disk:
-    a sixth off the database modules' time on CI's machine.
-    """
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET fsync = off")
-        conn.execute("SELECT pg_reload_conf()")
 
 
 @pytest.fixture(scope="session")

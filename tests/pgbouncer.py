@@ -185,17 +185,15 @@ def run_suite(pytest_args: list[str]) -> int:
     """Run pytest through PgBouncer in front of a fresh embedded server and return pytest's exit code."""
     import pgserver
     import psycopg
+    from helpers import without_fsync
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     folder = Path(tempfile.mkdtemp(prefix="sony-rag-pooler-pass-"))
     server = pgserver.get_server(folder / "pgdata", cleanup_mode="delete")
     try:
         server_url = str(server.get_uri())
+        without_fsync(server_url)  # a throwaway server, as conftest's own
         with psycopg.connect(server_url, autocommit=True) as conn:
-            # A throwaway server, as conftest's own: no fsync (commits still write their WAL; see
-            # conftest.without_fsync).
-            conn.execute("ALTER SYSTEM SET fsync = off")
-            conn.execute("SELECT pg_reload_conf()")
             conn.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
         with PgBouncer(socket_dir_of(server_url)) as bouncer:
             env = {**os.environ, "TEST_DATABASE_URL": bouncer.url(TEST_DATABASE),
