@@ -6,7 +6,6 @@ Everything here is a pure function of facts the server reported (``sql.documents
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -259,13 +258,7 @@ def estimate_key(filter: Mapping[str, Any] | ParsedFilter) -> str:
     Raises InvalidFilterError when ``filter`` is malformed.
     """
     parsed = parse_filter(filter)
-    if parsed is None:
-        return "[null,[]]"
-    key = parsed.memo.get("estimate_key")
-    if key is None:
-        key = parsed.memo["estimate_key"] = json.dumps([parsed.shape, list(parsed.values)], separators=(",", ":"),
-                                                       default=str)
-    return key  # type: ignore[no-any-return]
+    return "[null,[]]" if parsed is None else parsed.key
 
 
 def remember_estimate(capabilities: Capabilities, key: str, rows: float | None) -> None:

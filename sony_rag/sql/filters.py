@@ -47,6 +47,7 @@ in this module, so one filter shape always yields the same SQL text.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ class ParsedFilter:
     Every function of this module that takes a filter dict also takes one of these, and then parses nothing.
     """
 
-    __slots__ = ("kind", "memo", "node", "shape", "values")
+    __slots__ = ("_key", "kind", "node", "shape", "values")
 
     def __init__(self, node: _Node) -> None:
         """Wrap a parsed tree (use ``parse_filter``), working out once what searches ask of it."""
@@ -132,8 +133,14 @@ class ParsedFilter:
         self.shape = _shape(node)
         self.values = tuple(value for value, _cast in _values(node))
         self.kind = "columns" if _columns_only(node) else "metadata"
-        # What other modules work out from the filter alone (its estimate key), kept as long as it is.
-        self.memo: dict[str, Any] = {}
+        self._key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Return text equal for filters of one shape binding equal values of equal JSON types (worked out once)."""
+        if self._key is None:
+            self._key = json.dumps([self.shape, list(self.values)], separators=(",", ":"), default=str)
+        return self._key
 
     def and_column(self, column: str, value: str) -> ParsedFilter:
         """Return this filter AND ``column = value`` (a column leaf; ``value`` already checked)."""
@@ -182,36 +189,32 @@ def _parse_key_of(filter: object) -> tuple[Any, ...] | None:
     and subclasses (an IntEnum, a str subclass) never share a key; floats by their exact bits (``-0.0``).
     Large or unusual filters (datetimes, other types) are parsed every time.
     """
-    budget = [_MAX_KEYED_PARTS]
+    parts_left = _MAX_KEYED_PARTS
 
-    def keyed(value: object) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise _NotKeyed
+    def keyed(value: Any) -> tuple[Any, ...]:
+        nonlocal parts_left
+        parts_left -= 1
         kind = type(value)
+        if parts_left < 0:
+            raise _NotKeyed
         if kind in _KEYED_SCALARS:
             return kind, value
         if kind is float:
-            return kind, value.hex()  # type: ignore[attr-defined]
-        if kind is dict:
-            return kind, tuple((name, keyed(item)) if type(name) is str else _not_keyed()
-                               for name, item in value.items())  # type: ignore[attr-defined]
+            return kind, value.hex()
+        if kind is dict and all(type(name) is str for name in value):
+            return kind, tuple((name, keyed(item)) for name, item in value.items())
         if kind is list or kind is tuple:
-            return kind, tuple(keyed(item) for item in value)  # type: ignore[attr-defined]
+            return kind, tuple(keyed(item) for item in value)
         raise _NotKeyed
 
     try:
-        return keyed(filter)  # type: ignore[no-any-return]
+        return keyed(filter)
     except _NotKeyed:
         return None
 
 
 class _NotKeyed(Exception):
     pass
-
-
-def _not_keyed() -> Any:
-    raise _NotKeyed
 
 
 def validate_filter(filter: Mapping[str, Any] | None) -> None:
