@@ -303,16 +303,14 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
         # planning it on every call: 0.5 ms of a 2.8 ms HNSW search, 1.2-1.8 ms of hybrid's 15 CTEs. Postgres's
         # own choice keeps planning, as the generic cost of ``LIMIT $n`` looks higher.
         generic = generic_unfiltered and kind == "none"
-        if index_alone and literal_limit and filter and exact_below is None:
-            # The index's own query under a filter known to match many rows: whatever its values, the best plan
-            # is the index scan, so Postgres' own plan cache choice stands (a generic plan after five custom ones,
-            # when it costs no more). Forcing a custom plan cost its planning on every call, and the settings
-            # statement, where pgvector's defaults suffice, its pipeline: 0.8 ms of 3.2 at 100k rows.
-            if not pgvector_defaults_suffice(capabilities, k, ef_search=ef_search):
-                yield SetLocal(ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known))
-            return _VectorPlan(use_index, exact_below, literal_limit=True)
-        if (generic and literal_limit and exact_below is None
-                and pgvector_defaults_suffice(capabilities, k, ef_search=ef_search)):
+        # The index's own query under a filter known to match many rows (``own_plan``): whatever its values, the
+        # best plan is the index scan, so Postgres' own plan cache choice stands (a generic plan after five
+        # custom ones, when it costs no more). Forcing a custom plan cost its planning on every call: with the
+        # settings statement below, 0.8 ms of 3.2 at 100k rows.
+        literal_uncounted = literal_limit and exact_below is None
+        own_plan = literal_uncounted and index_alone and bool(filter)
+        if (own_plan or (generic and literal_uncounted)) and pgvector_defaults_suffice(capabilities, k,
+                                                                                        ef_search=ef_search):
             # No settings statement (its pipelined second statement costs 0.15-0.2 ms of client CPU per call):
             # with ``k`` a literal (validated int) the generic plan costs what a custom one does, so Postgres's
             # own choice (plan_cache_mode auto) runs the generic plan from the sixth execution on. Sound whatever
@@ -321,8 +319,11 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
             # plan_cache_mode forced by the server only costs planning. Only where nothing else is set: not
             # counted (exact_below), not pgvector 0.8 (iterative scans), not IVFFlat (probes 1 is never ours).
             return _VectorPlan(use_index, exact_below, literal_limit=True)
-        yield SetLocal({**ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known),
-                        "plan_cache_mode": "force_generic_plan" if generic else "force_custom_plan"})
+        settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known)
+        if own_plan:
+            yield SetLocal(settings)
+            return _VectorPlan(use_index, exact_below, literal_limit=True)
+        yield SetLocal({**settings, "plan_cache_mode": "force_generic_plan" if generic else "force_custom_plan"})
     return _VectorPlan(use_index, exact_below)
 
 
