@@ -289,13 +289,18 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
             return _VectorPlan(use_index=False, exact_below=None, few_matches=planned <= FEW_MATCHES)
         if planned is not None and planned > exact_below * ESTIMATE_MARGIN:
             exact_below = None  # the index answers; a short answer still falls back to the exact scan
-    if use_index and filter and not known and kind == "metadata":
+    if use_index and filter and kind == "metadata":
+        # Statistics first, on a table of any size: a metadata filter has no index, so counting it (small tables
+        # only, ``exact_scan_bound``) reads the table row by row, and planning the counted statement took longer
+        # than an exact scan of 3,000 rows. Only without statistics (a table never analysed) is it counted.
         bound = estimated_scan_bound(capabilities, k=k, probes=probes)
         if bound is not None and _metadata_only(filter_shape(filter)[0]):
             estimate = yield from _remembered_estimate(capabilities, filter, planner=False)
             if estimate is not None and estimate < bound:
                 return _VectorPlan(use_index=False, exact_below=None, few_matches=estimate <= FEW_MATCHES)
-            known = estimate is not None  # the index is asked only when at least the bound's rows match
+            if estimate is not None:
+                exact_below = None  # the index answers; a short answer still falls back to the exact scan
+            known = known or estimate is not None  # the index is asked only when at least the bound's rows match
     if use_index:
         # With a filter, a forced custom plan: a generic cached plan would ignore how selective this call's filter
         # is (one of the hybrid statement ran 5-40x slower at 100k rows). Without one (``generic_unfiltered``),

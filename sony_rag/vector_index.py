@@ -37,10 +37,11 @@ EXACT_SCAN_ROWS: Final = 2_000
 MAX_EXACT_SCAN_ROWS: Final = 25_000
 
 # A metadata filter has no index: counting its matches reads the table until EXACT_SCAN_ROWS match, up to all of
-# it. Worth it (the rows are then exact, and the count's pass is the exact scan's) only on tables this small.
+# it. Worth it (the rows are then exact, and the count's pass is the exact scan's) only on tables this small, and
+# only where ANALYZE's statistics cannot estimate the filter instead (see below).
 METADATA_PROBE_ROWS: Final = 10_000
 
-# A metadata-only filter on a larger table is not counted but estimated from ANALYZE's statistics of the
+# A metadata-only filter is not counted but estimated from ANALYZE's statistics of the
 # metadata column (a histogram of about 100 buckets: good to about 1 % of the table). It is scanned exactly when
 # the estimate says the index would answer it badly (measured on 100k clustered rows, docs/pgvector.md):
 # - IVFFlat finds the nearest rows among the probed lists' matches: recall@10 was 0.77 with about 20 of them
@@ -229,24 +230,25 @@ def exact_scan_bound(capabilities: Capabilities, filter_kind: str, *, k: int = 1
 def estimated_scan_bound(capabilities: Capabilities, *, k: int = 10, probes: int | None = None) -> int | None:
     """Return below how many estimated matches a metadata-only filter is scanned exactly; None: the index answers.
 
-    For a table too large to count a metadata filter's matches (``exact_scan_bound`` returns None). The
+    On a table of any size (a small one is counted only when it has no statistics, ``exact_scan_bound``). The
     estimate comes from ANALYZE's statistics (``sql.documents.estimated_matches``, asked once per filter while
-    the capabilities are cached); without statistics the index answers. IVFFlat: below
+    the capabilities are cached); without statistics a large table's index answers. IVFFlat: below
     ``IVFFLAT_PROBED_MATCHES_PER_K * k`` matches in the lists a search probes. HNSW: below
     ``HNSW_ITERATIVE_MIN_SHARE`` of the table with iterative scans (pgvector 0.8), below ``k / ef_search`` of it
     without (where the index would come back short and the exact scan run anyway). The exact scan reads the
     whole table: it buys exact answers where the index's would be poor, not speed.
     """
     index = capabilities.vector_index
-    rows = capabilities.table_rows
-    if index is None or rows <= METADATA_PROBE_ROWS:
+    if index is None:
         return None
     if index.method == "ivfflat":
         lists = index.lists or 100
         probed_share = min(lists, probes or default_probes(lists)) / lists
         return math.ceil(IVFFLAT_PROBED_MATCHES_PER_K * k / probed_share)
     share = HNSW_ITERATIVE_MIN_SHARE if capabilities.iterative_scan else k / max(DEFAULT_EF_SEARCH, 2 * k)
-    return max(EXACT_SCAN_ROWS, math.ceil(rows * share))
+    # No floor of EXACT_SCAN_ROWS here: that many rows found through a btree cost one index query, but a
+    # metadata filter's exact scan evaluates it on every row of the table however few match.
+    return math.ceil(max(capabilities.table_rows, 0) * share)
 
 
 MAX_ESTIMATES: Final = 1024

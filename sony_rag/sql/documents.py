@@ -9,7 +9,7 @@ from uuid import UUID
 from psycopg import sql
 
 from sony_rag.sql import Params, Query
-from sony_rag.sql.filters import ParsedFilter, compile_filter, filter_shape
+from sony_rag.sql.filters import ParsedFilter, compile_filter, filter_kind, filter_shape
 
 # A filter as the statements take it: a dict in the filter grammar, or one parsed once (sony_rag.retrieval).
 Filter = Mapping[str, Any] | ParsedFilter | None
@@ -174,7 +174,8 @@ def estimated_matches(filter: Filter) -> Query:
 
 def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
                   limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
-                  columns: Sequence[str], few_matches: bool = False) -> sql.Composable:
+                  columns: Sequence[str], few_matches: bool = False, count_reads_rows: bool = False
+                  ) -> sql.Composable:
     # CTEs ending in ``nearest_rows``: ``columns`` and ``distance`` of up to ``limit`` nearest rows that satisfy
     # the filter and the distance condition, the plan chosen in the statement itself:
     # - ``choice`` (with ``exact_below``): whether at least that many rows match the filter (all rows without
@@ -184,6 +185,8 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     # - ``exact_rows``: ...when fewer match, or the index found fewer than ``limit`` rows (IVFFlat trained on few
     #   rows, a filter starving an approximate scan): an exact scan of the matching rows (btree, then heap).
     # A CTE is computed only when read and each branch's CASE reads only what it needs, so one branch runs.
+    # ``count_reads_rows``: no btree serves the filter (a metadata key, or no filter), so the count reads the
+    # table itself; see ``_counted_rows``.
     parts = [part for part in (filter_sql, distance_cond) if part is not None]
     where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
     plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
@@ -201,7 +204,10 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
         return sql.SQL("nearest_rows AS ({})").format(exact)
     many: sql.Composable = sql.SQL("TRUE")
     choice: sql.Composable = sql.SQL("")
-    if exact_below is not None:
+    if exact_below is not None and count_reads_rows:
+        many = sql.SQL("(SELECT many FROM choice)")
+        choice, exact = _counted_rows(q, where, limit, exact_below, columns, exact, many)
+    elif exact_below is not None:
         many = sql.SQL("(SELECT many FROM choice)")
         choice = sql.SQL(
             "choice AS (SELECT count(*) >= {bound} AS many FROM ("
@@ -214,6 +220,32 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
         " UNION ALL SELECT * FROM exact_rows WHERE CASE WHEN {many} THEN (SELECT count(*) FROM index_rows) < {limit}"
         " ELSE TRUE END)"
     ).format(choice=choice, index_rows=_index_scan(plain, q, where, limit), exact=exact, many=many, limit=limit)
+
+
+def _counted_rows(q: sql.Composable, where: sql.Composable, limit: sql.Composable, bound: sql.Composable,
+                  columns: Sequence[str], exact: sql.Composable,
+                  many: sql.Composable) -> tuple[sql.Composable, sql.Composable]:
+    # The ``choice`` CTE and the exact branch of a count that reads the rows themselves (a metadata filter, no
+    # filter: no btree to count through). The count keeps the id and distance of every row it reads, so when
+    # fewer than the bound match, the rows it read are all the matching rows and the exact answer is their
+    # nearest ``limit``: one pass over the table where counting and then scanning took two (at 3,000 rows, a
+    # metadata filter costs about 1.7 us a row to evaluate). When the bound is reached, the index answers and
+    # the exact scan runs only if it comes back short, reading everything as before.
+    choice = sql.SQL(
+        "matching AS MATERIALIZED (SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings"
+        " WHERE {where} LIMIT {bound}), choice AS (SELECT count(*) >= {bound} AS many FROM matching), "
+    ).format(q=q, where=where, bound=bound)
+    nearest_counted = sql.SQL("SELECT embedding_id, distance FROM matching ORDER BY distance LIMIT {}").format(limit)
+    if tuple(columns) == ("embedding_id",):
+        few: sql.Composable = nearest_counted
+    else:
+        joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
+        few = sql.SQL("SELECT {joined}, n.distance FROM ({counted}) AS n JOIN document_embeddings AS d"
+                      " USING (embedding_id)").format(joined=joined, counted=nearest_counted)
+    # Each branch behind a condition that needs no row (a one-time filter): only one of them runs.
+    return choice, sql.SQL("SELECT * FROM ({few}) AS c WHERE NOT {many}"
+                           " UNION ALL SELECT * FROM ({exact}) AS e WHERE {many}").format(few=few, exact=exact,
+                                                                                         many=many)
 
 
 def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = True,
@@ -247,7 +279,8 @@ def nearest(query_vector: Any, limit: int, filter: Filter, *, use_index: bool = 
         bound = p.add(v["exact_below"]) if counted else None
         limit_sql = sql.Literal(limit) if literal_limit else p.add(v["limit"])
         ctes = _nearest_ctes(q, filter_sql, distance_cond, limit_sql, bound, use_index=use_index,
-                             columns=columns, few_matches=few_matches)
+                             columns=columns, few_matches=few_matches,
+                             count_reads_rows=filter_kind(filter) != "columns")
         return sql.SQL("WITH {} SELECT * FROM nearest_rows ORDER BY distance").format(ctes), p.values
 
     return _per_shape("nearest", flags, filter, {"query_vector": query_vector, "limit": limit,
@@ -351,13 +384,13 @@ def _text_ctes(p: Params, query_text: str, config: str, where: sql.Composable, c
 
 
 def _vector_leg_ctes(q: sql.Composable, limit: sql.Composable, filter_sql: sql.Composable | None,
-                     exact_below: sql.Composable | None, use_index: bool) -> sql.Composable:
+                     exact_below: sql.Composable | None, use_index: bool, count_reads_rows: bool) -> sql.Composable:
     # vector_leg: up to ``limit`` nearest rows, ranked, chosen as a plain search chooses them (_nearest_ctes).
     return sql.SQL(
         "{nearest}, vector_leg AS (SELECT embedding_id, distance,"
         " row_number() OVER (ORDER BY distance, embedding_id) AS rank FROM nearest_rows)"
     ).format(nearest=_nearest_ctes(q, filter_sql, None, limit, exact_below, use_index=use_index,
-                                   columns=("embedding_id",)))
+                                   columns=("embedding_id",), count_reads_rows=count_reads_rows))
 
 
 def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter: Filter, *,
@@ -389,7 +422,7 @@ def hybrid(query_vector: Any, query_text: str, limit: int, fetch_k: int, filter:
         filter_sql = compile_filter(filter, p) if filter else None
         where = filter_sql if filter_sql is not None else sql.SQL("TRUE")
         bound = p.add(v["exact_below"]) if counted else None
-        vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index)
+        vector_ctes = _vector_leg_ctes(q, legs_limit, filter_sql, bound, use_index, filter_kind(filter) != "columns")
         text_ctes = _text_ctes(p, v["query_text"], v["config"], where, v["text_candidates"],
                                lambda _: sql.SQL(", e.embedding <=> {} AS distance").format(q),
                                common_words=v["common_words"])

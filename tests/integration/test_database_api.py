@@ -819,6 +819,46 @@ async def test_search_count_is_exact_under_a_selective_metadata_filter(
     assert [r["content_chunk"] for r in results] == _exact_top(vectors, query, rare, 10)
 
 
+def _passes_over_the_table(db: Database, statement: Any, params: Any) -> int:
+    """Return how many scans of document_embeddings (not by primary key) ran in the statement (EXPLAIN ANALYZE)."""
+    with db.pool().connection() as conn, conn.transaction():
+        register_vector(conn)
+        conn.execute("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+        plan = conn.execute(psycopg.sql.Composed([psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) "), statement]),
+                            params).fetchone()[0][0]["Plan"]
+
+    def scans(node: dict[str, Any]) -> int:
+        own = (node.get("Relation Name") == "document_embeddings" and node.get("Actual Loops", 0) > 0
+               and node.get("Index Name") != "document_embeddings_pkey")
+        return int(own) + sum(scans(child) for child in node.get("Plans", []))
+
+    return scans(plan)
+
+
+async def test_a_counted_filter_is_ranked_from_the_rows_its_count_read(
+        db: Database, many_rows: tuple[Vec, npt.NDArray[np.bool_]]) -> None:
+    """A filter the statistics cannot estimate (a metadata key beside a column) on a small table is counted in
+    the search's statement; when fewer rows than the bound match, the count's own pass ranks them exactly."""
+    from sony_rag.sql.filters import parse_filter
+
+    vectors, rare = many_rows
+    query = _random_unit(np.random.default_rng(7), 1)[0]
+    rare_faq = {"group": "rare", "source_type": "faq"}
+    results = await search_similar_embeddings(query, limit=10, filter=rare_faq, db=db)
+    assert [r["content_chunk"] for r in results] == _exact_top(vectors, query, rare, 10)
+    _assert_ranked(results, vectors, query)
+    # The statement the search sends reads the table once (the count), not twice (the count, then a scan).
+    statement, params = document_sql.nearest(query, 10, parse_filter(rare_faq), exact_below=2000)
+    assert _passes_over_the_table(db, statement, params) == 1
+    # Every row matches the filter, few pass the threshold: the count (of both) is below the bound, and the rows
+    # are exactly those above the threshold, closest first.
+    everything = {"group": {"$in": ["rare", "common"]}, "source_type": {"$in": ["faq", "product"]}}
+    threshold = float(np.sort(vectors @ query)[-4])  # four rows at or above it
+    above = await search_similar_embeddings(query, limit=10, filter=everything, similarity_threshold=threshold,
+                                            db=db)
+    assert [r["content_chunk"] for r in above] == _exact_top(vectors, query, np.ones(len(vectors), bool), 4)
+
+
 async def test_an_unfiltered_hnsw_search_is_exact_in_count_whatever_the_servers_ef_search(
         database_url: str, db: Database, many_rows: tuple[Vec, npt.NDArray[np.bool_]]) -> None:
     from helpers import test_settings

@@ -127,6 +127,26 @@ def test_the_index_answering_a_filter_that_matches_many_rows_leaves_the_plan_to_
         assert isinstance(step, Fetch) and "LIMIT 7" in str(step.query) and "exact" not in str(step.query)
 
 
+def test_a_metadata_filter_on_a_small_table_is_estimated_and_counted_only_without_statistics() -> None:
+    # 3,000 rows, HNSW on pgvector 0.6: the index would come back short below k / ef_search (a quarter) of them.
+    def statement_for(estimated: float | None) -> str:
+        small = Capabilities((0, 6, 2), VectorIndex("hnsw", None, 16, 64), table_rows=3_000)  # no estimate kept
+        steps = search_plan(SearchRequest.of(VECTOR, k=10, filter={"r": {"$lt": 5}}), small,
+                            HybridOptions()).start()
+        step = next(steps)
+        assert isinstance(step, Fetch) and "pg_stats" in str(step.query)  # the statistics, not the table
+        step = steps.send([{"rows": estimated}])
+        while isinstance(step, SetLocal):
+            step = steps.send(None)
+        assert isinstance(step, Fetch)
+        return str(step.query)
+
+    few, many, unknown = statement_for(30.0), statement_for(2_500.0), statement_for(None)
+    assert "index_rows" not in few and "choice" not in few  # an exact scan, one pass
+    assert "ORDER BY embedding <=>" in many and "choice" not in many  # the index, uncounted
+    assert "matching" in unknown and "choice" in unknown  # no statistics: counted, ranked from the count's pass
+
+
 def _lists(statement: Any) -> list[Any]:
     assert isinstance(statement, Fetch)
     return [value for value in statement.params.values() if isinstance(value, list)]

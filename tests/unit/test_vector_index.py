@@ -89,7 +89,7 @@ def test_the_bound_rises_where_the_index_would_read_more_rows_than_an_exact_scan
     assert exact_scan_bound(caps(HNSW, (0, 6, 2), rows=20_000), "columns") == 10_000
 
 
-def test_metadata_only_filters_on_large_tables_are_estimated_from_statistics() -> None:
+def test_metadata_only_filters_are_estimated_from_statistics() -> None:
     # IVFFlat probing 20 of 100 lists: exact below 15 * k matches in the probed 20 %, i.e. 750 rows for k=10.
     assert estimated_scan_bound(caps(IVFFLAT), k=10) == 750
     assert estimated_scan_bound(caps(IVFFLAT), k=20) == 1_500
@@ -98,8 +98,11 @@ def test_metadata_only_filters_on_large_tables_are_estimated_from_statistics() -
     assert estimated_scan_bound(caps(HNSW), k=10) == 3_000
     assert estimated_scan_bound(caps(HNSW, (0, 6, 2)), k=10) == 25_000
     assert estimated_scan_bound(caps(HNSW, (0, 6, 2)), k=40) == 50_000
-    # Small tables are counted instead (exact_scan_bound); no index, nothing to choose.
-    assert estimated_scan_bound(caps(HNSW, rows=METADATA_PROBE_ROWS), k=10) is None
+    # Small tables too (counted only without statistics), with no floor: however few rows match, a metadata
+    # filter's exact scan evaluates it on every row, so only the index's own limits decide.
+    assert estimated_scan_bound(caps(HNSW, (0, 6, 2), rows=3_000), k=10) == 750
+    assert estimated_scan_bound(caps(HNSW, rows=METADATA_PROBE_ROWS), k=10) == 300
+    assert estimated_scan_bound(caps(HNSW, rows=-1), k=10) == 0  # never analysed: no estimate either
     assert estimated_scan_bound(caps(None), k=10) is None
 
 
