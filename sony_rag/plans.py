@@ -314,15 +314,16 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
         # settings statement below, 0.8 ms of 3.2 at 100k rows.
         literal_uncounted = literal_limit and exact_below is None
         own_plan = literal_uncounted and index_alone and bool(filter)
-        if (own_plan or (generic and literal_uncounted)) and pgvector_defaults_suffice(capabilities, k,
-                                                                                        ef_search=ef_search):
+        if (own_plan or (generic and literal_uncounted)) and pgvector_defaults_suffice(
+                capabilities, k, ef_search=ef_search, filtered=bool(filter)):
             # No settings statement (its pipelined second statement costs 0.15-0.2 ms of client CPU per call):
             # with ``k`` a literal (validated int) the generic plan costs what a custom one does, so Postgres's
             # own choice (plan_cache_mode auto) runs the generic plan from the sixth execution on. Sound whatever
             # the server's settings: ef_search is what pgvector uses unset, and a server default that differs is
             # the operator's; one below k comes back short and the statement's exact fallback answers; a
             # plan_cache_mode forced by the server only costs planning. Only where nothing else is set: not
-            # counted (exact_below), not pgvector 0.8 (iterative scans), not IVFFlat (probes 1 is never ours).
+            # counted (exact_below), not a filter on pgvector 0.8 (iterative scans), not IVFFlat (probes 1 is
+            # never ours).
             return _VectorPlan(use_index, exact_below, literal_limit=True)
         settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known)
         if own_plan:

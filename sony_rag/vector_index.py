@@ -188,11 +188,17 @@ def ann_settings(capabilities: Capabilities, k: int, *, probes: int | None = Non
     return settings
 
 
-def pgvector_defaults_suffice(capabilities: Capabilities, k: int, *, ef_search: int | None = None) -> bool:
-    """Return True when ``ann_settings`` for ``k`` sets only pgvector's defaults (HNSW before 0.8, ef_search 40)."""
+def pgvector_defaults_suffice(capabilities: Capabilities, k: int, *, ef_search: int | None = None,
+                              filtered: bool = True) -> bool:
+    """Return True when pgvector's defaults (HNSW, ef_search 40) find the rows ``ann_settings`` would for ``k``.
+
+    Before 0.8 whenever the settings are only that ef_search; on 0.8 only without a filter: an iterative scan
+    goes on past rows a filter drops, and with none every row the first pass finds is kept.
+    """
     index = capabilities.vector_index
-    return (index is not None and index.method == "hnsw" and not capabilities.iterative_scan
-            and ann_settings(capabilities, k, ef_search=ef_search) == {"hnsw.ef_search": str(DEFAULT_EF_SEARCH)})
+    if index is None or index.method != "hnsw" or (capabilities.iterative_scan and filtered):
+        return False
+    return ann_settings(capabilities, k, ef_search=ef_search).get("hnsw.ef_search") == str(DEFAULT_EF_SEARCH)
 
 
 def exact_scan_bound(capabilities: Capabilities, filter_kind: str, *, k: int = 10,
