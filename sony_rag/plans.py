@@ -229,6 +229,7 @@ class _VectorPlan:
     exact_below: int | None  # with the index: count the filter's matches this far, and scan exactly below
     literal_limit: bool = False  # no settings sent: the statement must carry its limit as a literal
     few_matches: bool = False  # the exact scan's filter is estimated to match at most FEW_MATCHES rows
+    in_statement: Mapping[str, str] | None = None  # HNSW settings the index's own query sets itself
 
 
 def _metadata_only(shape: Any) -> bool:
@@ -326,6 +327,12 @@ def _vector_plan_choice(capabilities: Capabilities, filter: document_sql.Filter,
             # never ours).
             return _VectorPlan(use_index, exact_below, literal_limit=True)
         settings = ann_settings(capabilities, k, probes=probes, ef_search=ef_search, counted=known)
+        index = capabilities.vector_index
+        if own_plan and capabilities.iterative_scan and index is not None and index.method == "hnsw":
+            # pgvector 0.8's iterative scan: the statement sets it itself (``index_nearest``'s hnsw_settings),
+            # so nothing is pipelined before it (tested against the server). IVFFlat reads its probes when
+            # the scan begins: a SetLocal.
+            return _VectorPlan(use_index, exact_below, literal_limit=True, in_statement=settings)
         if own_plan:
             yield SetLocal(settings)
             return _VectorPlan(use_index, exact_below, literal_limit=True)
@@ -360,7 +367,8 @@ def search(query_vector: npt.NDArray[np.float32], k: int, filter: document_sql.F
         rows: list[Row] = yield fetch(document_sql.index_nearest(
             query_vector, k, filter,
             resort=capabilities.iterative_scan and index is not None and index.method == "ivfflat",
-            with_embedding=with_embedding, literal_limit=choice.literal_limit, documents_only=documents_only))
+            with_embedding=with_embedding, literal_limit=choice.literal_limit, documents_only=documents_only,
+            hnsw_settings=choice.in_statement))
         if len(rows) < k:
             rows = yield fetch(document_sql.exact_nearest(query_vector, k, filter, with_embedding=with_embedding,
                                                           documents_only=documents_only))

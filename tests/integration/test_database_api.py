@@ -859,6 +859,42 @@ async def test_a_counted_filter_is_ranked_from_the_rows_its_count_read(
     assert [r["content_chunk"] for r in above] == _exact_top(vectors, query, np.ones(len(vectors), bool), 4)
 
 
+async def test_an_hnsw_query_sets_its_iterative_scan_itself_for_its_transaction_only(db: Database) -> None:
+    """pgvector 0.8: the index's own query carries its scan settings (no statement pipelined before it), and
+    they take effect on its scan: under a 5 % filter, pgvector's defaults come back short, the query does not."""
+    if not db.capabilities().iterative_scan:
+        pytest.skip("iterative index scans arrived in pgvector 0.8")
+    rng = np.random.default_rng(8)
+    vectors = _random_unit(rng, 2000)
+    await batch_insert_embeddings([item("faq" if i % 20 == 0 else "product", f"doc-{i}", f"doc-{i}", vectors[i])
+                                   for i in range(2000)], db=db)
+    sql_rows(db, "DROP INDEX IF EXISTS idx_document_embeddings_vector")
+    sql_rows(db, "CREATE INDEX idx_document_embeddings_vector ON document_embeddings "
+                 "USING hnsw (embedding vector_cosine_ops)")
+    sql_rows(db, "ANALYZE document_embeddings")
+    db.forget_capabilities()
+    faq = {"source_type": "faq"}
+    settings = plans.ann_settings(db.capabilities(), 10)
+    assert settings["hnsw.iterative_scan"] == "strict_order"
+    found: dict[bool, list[int]] = {False: [], True: []}
+    with db.pool().connection() as conn:
+        register_vector(conn)
+        for query in _random_unit(rng, 8):
+            for with_settings in (False, True):
+                statement, params = document_sql.index_nearest(
+                    query, 10, faq, literal_limit=True, hnsw_settings=settings if with_settings else None)
+                with conn.transaction():
+                    # Only the vector index can give this order: the scan under test.
+                    conn.execute("SELECT set_config('enable_seqscan', 'off', true), "
+                                 "set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true)")
+                    rows = conn.execute(statement, params).fetchall()
+                found[with_settings].append(len(rows))
+        # For its transaction only: nothing is left on the connection.
+        assert conn.execute("SELECT current_setting('hnsw.iterative_scan')").fetchone()[0] == "off"
+    assert min(found[False]) < 10  # about 2 of the 40 candidates match: the defaults come back short
+    assert found[True] == [10] * 8
+
+
 async def test_an_unfiltered_hnsw_search_is_exact_in_count_whatever_the_servers_ef_search(
         database_url: str, db: Database, many_rows: tuple[Vec, npt.NDArray[np.bool_]]) -> None:
     from helpers import test_settings

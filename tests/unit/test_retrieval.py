@@ -113,20 +113,32 @@ def test_only_a_statement_whose_best_plan_depends_on_the_filter_forces_a_custom_
 
 def test_the_index_answering_a_filter_that_matches_many_rows_leaves_the_plan_to_postgres() -> None:
     # The planner says 90,000 of 100,000 rows match: the index's own query, whose best plan is the index scan
-    # whatever the filter's values; pgvector 0.6's defaults suffice, so nothing is sent before it.
-    for capabilities, sent in ((HNSW, {}), (HNSW_08, {"hnsw.iterative_scan": "strict_order", "hnsw.ef_search": "40",
-                                                      "hnsw.max_scan_tuples": "20000"})):
+    # whatever the filter's values; nothing is sent before it. pgvector 0.6's defaults suffice; on 0.8 the
+    # statement sets its iterative scan itself.
+    for capabilities, in_statement in ((HNSW, {}), (HNSW_08, {"hnsw.iterative_scan": "strict_order",
+                                                              "hnsw.ef_search": "40",
+                                                              "hnsw.max_scan_tuples": "20000"})):
         steps = search_plan(SearchRequest.of(VECTOR, k=7, source_type="faq"), Capabilities(
             capabilities.pgvector_version, capabilities.vector_index, table_rows=100_000), HybridOptions()).start()
         step = next(steps)
         assert isinstance(step, Fetch) and str(step.query).startswith("Composed([SQL('EXPLAIN")
         step = steps.send([{"QUERY PLAN": [{"Plan": {"Plan Rows": 90_000}}]}])
-        settings = {}
-        if isinstance(step, SetLocal):
-            settings = dict(step.settings)
-            step = steps.send(None)
-        assert settings == sent
         assert isinstance(step, Fetch) and "LIMIT 7" in str(step.query) and "exact" not in str(step.query)
+        assert str(step.query).count("set_config") == len(in_statement)
+        assert {value for value in step.params.values() if isinstance(value, str)} >= set(in_statement.values())
+    # IVFFlat reads its probes when the scan begins: those settings go before the statement.
+    ivfflat_08 = Capabilities((0, 8, 0), IVFFLAT.vector_index, table_rows=100_000)
+    steps = search_plan(SearchRequest.of(VECTOR, k=7, source_type="faq"), ivfflat_08, HybridOptions()).start()
+    next(steps)
+    step = steps.send([{"QUERY PLAN": [{"Plan": {"Plan Rows": 90_000}}]}])
+    assert isinstance(step, SetLocal) and step.settings["ivfflat.iterative_scan"] == "relaxed_order"
+
+
+def test_an_index_query_sets_only_the_scan_settings_it_may_set_itself() -> None:
+    from sony_rag.sql.documents import index_nearest
+
+    with pytest.raises(ValueError, match="statement_timeout"):
+        index_nearest(VECTOR, 10, {"source_type": "faq"}, hnsw_settings={"statement_timeout": "0"})
 
 
 def test_a_metadata_filter_on_a_small_table_is_estimated_and_counted_only_without_statistics() -> None:
