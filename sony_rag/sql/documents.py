@@ -172,6 +172,16 @@ def estimated_matches(filter: Filter) -> Query:
     ).format(filter=condition), p.values
 
 
+def _rows_of(columns: Sequence[str], ranked: sql.Composable) -> sql.Composable:
+    # ``columns`` and ``distance`` of the rows ``ranked`` (a query of ids and distances) returns: itself when only
+    # ids are wanted (hybrid's vector leg), else its rows joined back by id.
+    if tuple(columns) == ("embedding_id",):
+        return ranked
+    joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
+    return sql.SQL("SELECT {joined}, n.distance FROM ({ranked}) AS n JOIN document_embeddings AS d"
+                   " USING (embedding_id)").format(joined=joined, ranked=ranked)
+
+
 def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance_cond: sql.Composable | None,
                   limit: sql.Composable, exact_below: sql.Composable | None, *, use_index: bool,
                   columns: Sequence[str], few_matches: bool = False, count_reads_rows: bool = False
@@ -190,16 +200,13 @@ def _nearest_ctes(q: sql.Composable, filter_sql: sql.Composable | None, distance
     parts = [part for part in (filter_sql, distance_cond) if part is not None]
     where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
     plain = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
-    if (not use_index and few_matches) or tuple(columns) == ("embedding_id",):
-        # The scan's rows are the answer, no join back: only ids are wanted (hybrid's vector leg), or the filter
-        # matches few rows (``few_matches``), which are then cheaper to read whole in the scan than to join for
-        # the winners (see plans.FEW_MATCHES).
+    if not use_index and few_matches:
+        # The filter matches few rows (``few_matches``): cheaper to read whole in the scan than to join for the
+        # winners (see plans.FEW_MATCHES).
         exact: sql.Composable = sql.SQL("SELECT * FROM ({}) AS f ORDER BY distance LIMIT {}").format(
             _fenced_scan(plain, q, where), limit)
     else:
-        joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
-        exact = sql.SQL("SELECT {joined}, n.distance FROM ({fenced}) AS n JOIN document_embeddings AS d"
-                        " USING (embedding_id)").format(joined=joined, fenced=_fenced_nearest(q, where, limit))
+        exact = _rows_of(columns, _fenced_nearest(q, where, limit))
     if not use_index:
         return sql.SQL("nearest_rows AS ({})").format(exact)
     many: sql.Composable = sql.SQL("TRUE")
@@ -235,13 +242,8 @@ def _counted_rows(q: sql.Composable, where: sql.Composable, limit: sql.Composabl
         "matching AS MATERIALIZED (SELECT embedding_id, embedding <=> {q} AS distance FROM document_embeddings"
         " WHERE {where} LIMIT {bound}), choice AS (SELECT count(*) >= {bound} AS many FROM matching), "
     ).format(q=q, where=where, bound=bound)
-    nearest_counted = sql.SQL("SELECT embedding_id, distance FROM matching ORDER BY distance LIMIT {}").format(limit)
-    if tuple(columns) == ("embedding_id",):
-        few: sql.Composable = nearest_counted
-    else:
-        joined = sql.SQL(", ").join(sql.SQL("d.") + sql.Identifier(name) for name in columns)
-        few = sql.SQL("SELECT {joined}, n.distance FROM ({counted}) AS n JOIN document_embeddings AS d"
-                      " USING (embedding_id)").format(joined=joined, counted=nearest_counted)
+    few = _rows_of(columns, sql.SQL("SELECT embedding_id, distance FROM matching ORDER BY distance LIMIT {}"
+                                    ).format(limit))
     # Each branch behind a condition that needs no row (a one-time filter): only one of them runs.
     return choice, sql.SQL("SELECT * FROM ({few}) AS c WHERE NOT {many}"
                            " UNION ALL SELECT * FROM ({exact}) AS e WHERE {many}").format(few=few, exact=exact,
